@@ -1,0 +1,148 @@
+"""The Fresco sampler: a k-diffusion-style Euler loop over ``(denoise, plan)`` whose token layout changes.
+
+The loop knows nothing of any pipeline. ``denoise(latents, positions, step)`` returns the flow velocity for a
+``(B, N, D)`` latent whose tokens sit at ``positions`` (``(B, N, 2)``, rows/cols in units of the stage's base grid);
+``step`` carries the sigma and the model timestep. The integration supplies it, the stage schedules and the noise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .config import FrescoConfig
+from .layout import TokenGeometry, TokenLayout
+from .noise import FreshNoise, NoiseField
+from .registry import get_score, get_strategy
+from .schedule import StagePlan, StageSchedule
+from .selection import StepRecord, select_promotions
+from .transitions import Transition
+
+__all__ = ["Step", "SamplerResult", "sample", "min_score_history"]
+
+
+@dataclass(frozen=True)
+class Step:
+    index: int  # global step index, 0-based
+    stage: int
+    sigma: torch.Tensor  # 0-dim float32
+    timestep: torch.Tensor  # 0-dim float32, the scheduler's timestep (sigma * 1000 for FLUX)
+
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor, Step], torch.Tensor]
+StepCallback = Callable[[Step, torch.Tensor, TokenLayout], torch.Tensor | None]
+
+
+@dataclass(frozen=True)
+class SamplerResult:
+    latents: torch.Tensor  # (B, N_full, D) in raster order
+    tokens_per_step: tuple[int, ...]  # tokens per image that each step's model call saw
+    sigmas_used: tuple[float, ...]
+
+
+def min_score_history(config: FrescoConfig) -> int:
+    return int(getattr(get_score(config.score), "min_history", 1))
+
+
+def sample(
+    denoise: Denoiser,
+    noise: torch.Tensor,
+    *,
+    config: FrescoConfig,
+    stages: Sequence[StagePlan],
+    schedules: Sequence[StageSchedule],
+    geometry: TokenGeometry,
+    field: NoiseField,
+    fresh: FreshNoise | None = None,
+    callback: StepCallback | None = None,
+    interrupted: Callable[[], bool] = lambda: False,
+) -> SamplerResult:
+    """Run every stage and return the full-resolution latent in raster order.
+
+    ``noise`` is the initial latent of the first stage's layout (the field read at its tokens, or the user's latents).
+    """
+    rule = get_strategy(config.strategy)(**config.strategy_options)
+    score = get_score(config.score)
+    layout = TokenLayout.uniform(noise.shape[0], geometry, stages[0].level, noise.device)
+    x = noise
+    velocity = torch.zeros_like(x)
+    history: list[StepRecord] = []
+    tokens_per_step: list[int] = []
+    sigmas_used: list[float] = []
+    rewound_to: torch.Tensor | None = None  # where a stage switch left the latent, if not where the plan said
+
+    for stage, schedule in zip(stages, schedules):
+        sigmas, timesteps = schedule.sigmas.clone(), schedule.timesteps.clone()
+        if rewound_to is not None:
+            sigmas[0], timesteps[0] = rewound_to, rewound_to * schedule.timestep_scale
+            rewound_to = None
+        for local in range(stage.num_steps):
+            step = Step(stage.first_step + local, stage.index, sigmas[local], timesteps[local])
+            if not interrupted():
+                positions = layout.positions(stage.level, config.position_mode)
+                velocity = denoise(x, positions, step)
+                tokens_per_step.append(layout.num_tokens)
+                sigmas_used.append(float(step.sigma))
+                history.append(StepRecord(latents=x, denoised=x - step.sigma * velocity))
+                del history[: -config.score_window]
+                dt = sigmas[local + 1] - sigmas[local]
+                x = (x.to(torch.float32) + dt * velocity).to(velocity.dtype)  # the scheduler's Euler step, exactly
+                if callback is not None:
+                    replaced = callback(step, x, layout)
+                    if replaced is not None:
+                        if replaced.shape != x.shape:
+                            raise ValueError(
+                                f"callback_on_step_end returned latents of shape {tuple(replaced.shape)} at step "
+                                f"{step.index}; Fresco's latents at this step have shape {tuple(x.shape)}"
+                            )
+                        x = replaced
+            round_here = (local + 1) in stage.promotion_after
+            stage_end = local + 1 == stage.num_steps and stage.index + 1 < len(stages)
+            if not (round_here or stage_end):
+                continue
+            candidates = layout.level == stage.level
+            if stage_end:
+                promote = candidates
+                restart = schedules[stage.index + 1].sigmas[0]
+            else:
+                scores = score(history) if history else torch.zeros(candidates.shape, device=x.device)
+                promote = select_promotions(scores, candidates, ratio=config.promotion_ratio,
+                                            threshold=config.promotion_threshold, order=config.promotion_order)
+                restart = sigmas[local + 1]
+                if not bool(promote.any()):
+                    continue
+            transition = Transition(
+                latents=x, velocity=velocity, sigma=sigmas[local + 1], restart_sigma=restart, layout=layout,
+                promote=promote, geometry=geometry, field=field, fresh=fresh, expansion=config.expansion,
+            )
+            x, new_layout, reached = rule(transition)
+            velocity = torch.zeros_like(x)  # no velocity exists for the new layout until the next model call
+            moved = not torch.equal(reached, restart)  # rules like dct-rewind pick their own sigma
+            if stage_end:
+                history.clear()
+                rewound_to = reached if moved else None
+            else:
+                kept = (~promote).nonzero()[:, 1].view(promote.shape[0], -1)
+                history = [_keep(record, kept, x.shape[1]) for record in history]
+                if moved:
+                    sigmas[local + 1], timesteps[local + 1] = reached, reached * schedule.timestep_scale
+            layout = new_layout
+
+    if layout.coarsest_level != 0:
+        raise RuntimeError("the plan ended before every token reached full resolution")
+    order = layout.raster_order(geometry)
+    x = x.gather(1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+    return SamplerResult(x, tuple(tokens_per_step), tuple(sigmas_used))
+
+
+def _keep(record: StepRecord, kept: torch.Tensor, num_tokens: int) -> StepRecord:
+    """Carry a step record over a partial promotion: kept tokens keep their history, new ones start empty (NaN)."""
+
+    def carry(values: torch.Tensor) -> torch.Tensor:
+        out = values.new_full((values.shape[0], num_tokens, values.shape[-1]), float("nan"))
+        out[:, : kept.shape[1]] = values.gather(1, kept.unsqueeze(-1).expand(-1, -1, values.shape[-1]))
+        return out
+
+    return StepRecord(latents=carry(record.latents), denoised=carry(record.denoised))

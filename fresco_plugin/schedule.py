@@ -1,0 +1,122 @@
+"""Stage plans and sigma schedules (pure arithmetic, no model)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .config import FrescoConfig
+
+__all__ = ["StagePlan", "plan_stages", "base_sigmas", "flux_mu", "shift_sigmas", "StageSchedule"]
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """One stage: its base level, its global step range, and after which of its steps a promotion round runs."""
+
+    index: int
+    level: int
+    first_step: int
+    num_steps: int
+    promotion_after: tuple[int, ...]  # local step counts (1-based: after that many steps of the stage)
+    shift: float | None  # explicit shift, or None for the resolution-dependent default
+
+    @property
+    def last_step(self) -> int:
+        return self.first_step + self.num_steps
+
+
+def _split_steps(config: FrescoConfig, total: int) -> tuple[int, ...]:
+    n = config.num_stages
+    shares = config.stage_fractions or (1.0,) * n
+    weight = sum(shares)
+    steps = [max(1, math.floor(total * share / weight)) for share in shares]
+    steps[-1] = total - sum(steps[:-1])
+    return tuple(steps)
+
+
+def plan_stages(config: FrescoConfig, num_inference_steps: int | None, *, min_score_history: int) -> list[StagePlan]:
+    """Validate ``config`` against a call's step count and lay the stages out on the global step axis.
+
+    ``num_inference_steps`` is what the user passed explicitly (``None`` when they did not); a config with fixed
+    ``stage_steps`` then decides the total.
+    """
+    if config.stage_steps is not None:
+        steps = config.stage_steps
+        if num_inference_steps is not None and num_inference_steps != sum(steps):
+            raise ValueError(
+                f"num_inference_steps={num_inference_steps} does not match FrescoConfig.stage_steps={steps} "
+                f"(sum {sum(steps)}); leave num_inference_steps out, or set stage_steps=None to split it by "
+                "stage_fractions"
+            )
+    else:
+        total = 28 if num_inference_steps is None else num_inference_steps
+        if total < config.num_stages:
+            raise ValueError(
+                f"num_inference_steps={total} is fewer than the {config.num_stages} stages of "
+                f"stage_scales={config.stage_scales}; give at least one step per stage"
+            )
+        steps = _split_steps(config, total)
+        if min(steps) < 1:
+            raise ValueError(f"stage_fractions={config.stage_fractions} leave a stage without steps at {total} steps")
+
+    plans, first = [], 0
+    last = config.num_stages - 1
+    for index, (level, n) in enumerate(zip(config.stage_levels, steps)):
+        rounds = config.promotion_rounds if index < last else 0
+        after = tuple(math.ceil(n * (j + 1) / (rounds + 1)) for j in range(rounds))
+        if rounds and (len(set(after)) != rounds or after[0] < min_score_history or after[-1] >= n):
+            raise ValueError(
+                f"stage {index} (scale {config.stage_scales[index]}) has {n} steps, too few for "
+                f"promotion_rounds={rounds} with score {config.score!r} (it needs {min_score_history} step(s) before "
+                f"the first round and one step after the last); give that stage more steps or lower promotion_rounds"
+            )
+        shift = config.stage_shifts[index] if config.stage_shifts is not None else None
+        plans.append(StagePlan(index, level, first, n, after, shift))
+        first += n
+    return plans
+
+
+def base_sigmas(num_steps: int) -> np.ndarray:
+    """The stock FLUX base schedule ``linspace(1, 1/n, n)`` before shifting (one entry per step)."""
+    return np.linspace(1.0, 1.0 / num_steps, num_steps)
+
+
+def flux_mu(seq_len: int, base_seq_len: int = 256, max_seq_len: int = 4096, base_shift: float = 0.5,
+            max_shift: float = 1.15) -> float:
+    """FLUX's resolution-dependent shift exponent, linear in the image token count."""
+    slope = (max_shift - base_shift) / (max_seq_len - base_seq_len)
+    return seq_len * slope + base_shift - slope * base_seq_len
+
+
+def shift_sigmas(sigmas: np.ndarray, *, shift: float | None = None, mu: float | None = None) -> np.ndarray:
+    """Static shift ``s*t / (1 + (s-1)*t)`` or FLUX's exponential shift ``e^mu / (e^mu + 1/t - 1)``."""
+    if mu is not None:
+        return math.exp(mu) / (math.exp(mu) + (1.0 / sigmas - 1.0))
+    if shift is None:
+        raise ValueError("shift_sigmas needs a shift or a mu")
+    return shift * sigmas / (1.0 + (shift - 1.0) * sigmas)
+
+
+@dataclass(frozen=True)
+class StageSchedule:
+    """A stage's sigmas (``num_steps + 1`` entries: the last is where its final step lands) and model timesteps."""
+
+    sigmas: torch.Tensor
+    timesteps: torch.Tensor
+    timestep_scale: float = 1000.0  # timestep = sigma * timestep_scale (the scheduler's num_train_timesteps)
+
+
+ScheduleBuilder = Callable[[StagePlan, Sequence[float]], StageSchedule]
+"""Integration hook: turns a stage and its slice of base sigmas into the scheduler's own shifted values."""
+
+
+def stage_base_sigmas(stage: StagePlan, total_steps: int) -> list[float]:
+    """The stage's slice of the global base schedule, plus the point its last step lands on (none for the last)."""
+    sigmas = base_sigmas(total_steps)
+    end = stage.last_step + 1 if stage.last_step < total_steps else stage.last_step
+    return sigmas[stage.first_step:end].tolist()

@@ -1,0 +1,70 @@
+"""Convergence scores and the choice of which tokens to promote."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .registry import register_score
+
+__all__ = ["StepRecord", "select_promotions"]
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """What one denoising step leaves for the scores, in the layout of that step."""
+
+    latents: torch.Tensor  # x_t before the step, (B, N, D)
+    denoised: torch.Tensor  # predicted clean latent x0 = x_t - sigma * v, (B, N, D)
+
+
+def _step_variance(values: Sequence[torch.Tensor]) -> torch.Tensor:
+    stacked = torch.stack([v.float() for v in values])
+    return stacked.var(dim=0, unbiased=True).mean(dim=-1)
+
+
+@register_score("x0_step_variance", min_history=2)
+def x0_step_variance(history: Sequence[StepRecord]) -> torch.Tensor:
+    """How much each token's predicted clean latent still moves across the recorded steps (low = settled)."""
+    return _step_variance([record.denoised for record in history])
+
+
+@register_score("latent_step_variance", min_history=2)
+def latent_step_variance(history: Sequence[StepRecord]) -> torch.Tensor:
+    """Variance of the noisy latent itself across the recorded steps."""
+    return _step_variance([record.latents for record in history])
+
+
+@register_score("channel_variance", min_history=1)
+def channel_variance(history: Sequence[StepRecord]) -> torch.Tensor:
+    """Variance across the channels of the latest predicted clean token (flat tokens score low)."""
+    return history[-1].denoised.float().var(dim=-1, unbiased=True)
+
+
+def select_promotions(
+    scores: torch.Tensor,
+    candidates: torch.Tensor,
+    *,
+    ratio: float,
+    threshold: float | None,
+    order: str,
+) -> torch.Tensor:
+    """Mask ``(B, N)`` of the candidates to promote.
+
+    With a ratio every image promotes the same count, ``round(ratio * candidates)``. With a threshold each image
+    promotes the candidates whose score passes it; the caller samples such images one by one. Ties are broken by
+    token index (a stable sort), so the choice is deterministic.
+    """
+    settled_first = order == "settled_first"
+    key = scores.float() if settled_first else -scores.float()
+    key = torch.where(candidates, key, torch.inf)
+    num_candidates = candidates.sum(dim=1)
+    if threshold is None:
+        count = torch.round(num_candidates.double() * ratio).long()
+    else:
+        passes = (scores <= threshold) if settled_first else (scores >= threshold)
+        count = (passes & candidates).sum(dim=1)
+    ranks = torch.argsort(torch.argsort(key, dim=1, stable=True), dim=1)
+    return (ranks < count.unsqueeze(1)) & candidates

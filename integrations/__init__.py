@@ -1,0 +1,9 @@
+"""Adapters from Fresco's core to the libraries people run (installed as ``fresco_plugin.integrations``).
+
+Registration is by class name with lazy ``module:attribute`` strings, so importing this package imports no
+third-party library; the adapter's module (and diffusers) is imported the first time such a pipeline gets Fresco.
+"""
+
+from fresco_plugin.registry import register_adapter
+
+register_adapter("FluxPipeline", "fresco_plugin.integrations.diffusers_flux:FluxFrescoRunner")

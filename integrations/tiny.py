@@ -1,0 +1,38 @@
+"""Tiny random-weight diffusers pipelines built from configs, for tests and the offline example (no downloads)."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["tiny_flux_pipeline"]
+
+
+def tiny_flux_pipeline(*, guidance_embeds: bool = True, static_shift: bool = False, seed: int = 0):
+    """A FLUX-architecture pipeline of a few thousand parameters, without text encoders (pass prompt embeddings).
+
+    ``guidance_embeds=True`` with dynamic shifting mimics FLUX.1-dev (guidance-distilled); ``guidance_embeds=False``
+    with ``static_shift=True`` mimics FLUX.1-schnell (timestep-distilled, static shift 1.0).
+    """
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 6, 6],
+        guidance_embeds=guidance_embeds,
+    )
+    vae = AutoencoderKL(
+        sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1,
+        latent_channels=4, norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
+        down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",),
+        scaling_factor=1.0, shift_factor=0.0,
+    )
+    if static_shift:
+        scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False)
+    else:
+        scheduler = FlowMatchEulerDiscreteScheduler(
+            shift=3.0, use_dynamic_shifting=True, base_image_seq_len=256, max_image_seq_len=4096,
+            base_shift=0.5, max_shift=1.15,
+        )
+    return FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None, text_encoder_2=None,
+                        tokenizer_2=None, transformer=transformer)

@@ -1,0 +1,243 @@
+"""Fresco on a stock diffusers FluxPipeline (tiny random weights built from configs)."""
+
+import diffusers
+import pytest
+import torch
+from conftest import text_inputs
+
+from fresco_plugin import FrescoConfig, apply_fresco, fresco_config_of, remove_fresco
+from fresco_plugin.schedule import plan_stages
+
+SIZE = dict(height=64, width=64)  # 32x32 = 1024 full-resolution tokens with the tiny VAE
+
+
+def _call(pipe, seed=0, **kwargs):
+    args = dict(**text_inputs(), **SIZE, num_inference_steps=8, output_type="latent")
+    args.update(kwargs)
+    if "generator" not in args:
+        args["generator"] = torch.Generator().manual_seed(seed)
+    return pipe(**args).images
+
+
+def _record_tokens(pipe):
+    seen = []
+    handle = pipe.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["hidden_states"].shape[1]), with_kwargs=True
+    )
+    return seen, handle
+
+
+def _expected_tokens(config, steps, full_tokens):
+    """Tokens per model call, derived from the plan by counting tokens per level."""
+    plans = plan_stages(config, steps, min_score_history=2)
+    counts = {plans[0].level: full_tokens >> (2 * plans[0].level)}
+    expected = []
+    for stage in plans:
+        for local in range(stage.num_steps):
+            expected.append(sum(counts.values()))
+            if local + 1 in stage.promotion_after:
+                k = round(counts[stage.level] * config.promotion_ratio)
+                counts[stage.level] -= k
+                counts[stage.level - 1] = counts.get(stage.level - 1, 0) + 4 * k
+        if stage.level > 0:
+            counts[stage.level - 1] = counts.get(stage.level - 1, 0) + 4 * counts.pop(stage.level)
+    return expected
+
+
+def test_remove_gives_the_stock_pipeline_back_bit_for_bit(flux_pipe):
+    stock = _call(flux_pipe)
+    apply_fresco(flux_pipe, FrescoConfig())
+    assert not torch.equal(_call(flux_pipe), stock)
+    remove_fresco(flux_pipe)
+    assert type(flux_pipe) is diffusers.FluxPipeline
+    assert "_fresco_runner" not in flux_pipe.__dict__
+    assert torch.equal(_call(flux_pipe), stock)
+
+
+@pytest.mark.parametrize("pipe_name", ["flux_pipe", "schnell_pipe"])
+@pytest.mark.parametrize("extra", [{}, {"num_images_per_prompt": 2}, {"true_cfg_scale": 3.0, "negative": True}])
+def test_single_full_resolution_stage_is_bit_identical(request, pipe_name, extra):
+    pipe = request.getfixturevalue(pipe_name)
+    kwargs = dict(extra)
+    if kwargs.pop("negative", False):
+        negative = text_inputs(seed=5)
+        kwargs.update(negative_prompt_embeds=negative["prompt_embeds"],
+                      negative_pooled_prompt_embeds=negative["pooled_prompt_embeds"])
+    stock = _call(pipe, **kwargs)
+    apply_fresco(pipe, FrescoConfig(stage_scales=(1.0,)))
+    assert torch.equal(_call(pipe, **kwargs), stock)
+
+
+def test_decoded_images_match_too(flux_pipe):
+    stock = _call(flux_pipe, output_type="pt")
+    apply_fresco(flux_pipe, FrescoConfig(stage_scales=(1.0,)))
+    assert torch.equal(_call(flux_pipe, output_type="pt"), stock)
+    remove_fresco(flux_pipe)
+    apply_fresco(flux_pipe, FrescoConfig())
+    image = _call(flux_pipe, output_type="pil")[0]
+    assert image.size == (64, 64)
+
+
+def test_only_this_instance_changes(flux_pipe, schnell_pipe):
+    original_call = diffusers.FluxPipeline.__call__
+    stock_other = _call(schnell_pipe)
+    apply_fresco(flux_pipe, "flux-dev-10x")
+    assert diffusers.FluxPipeline.__call__ is original_call
+    assert isinstance(flux_pipe, diffusers.FluxPipeline) and type(flux_pipe).__name__ == "FluxPipeline"
+    assert torch.equal(_call(schnell_pipe), stock_other)
+    assert fresco_config_of(flux_pipe) == FrescoConfig.preset("flux-dev-10x")
+    assert fresco_config_of(schnell_pipe) is None
+
+
+@pytest.mark.parametrize(
+    "config,steps",
+    [
+        (FrescoConfig(), 8),
+        (FrescoConfig(promotion_rounds=2, promotion_ratio=0.2, stage_fractions=(2, 1)), 9),
+        (FrescoConfig(stage_scales=(0.25, 0.5, 1.0), promotion_rounds=1), 12),
+        (FrescoConfig.preset("flux-dev-10x"), None),
+    ],
+)
+def test_token_counts_follow_the_plan(flux_pipe, config, steps):
+    apply_fresco(flux_pipe, config)
+    seen, handle = _record_tokens(flux_pipe)
+    kwargs = {} if steps is None else {"num_inference_steps": steps}
+    args = dict(**text_inputs(), **SIZE, output_type="latent", generator=torch.Generator().manual_seed(0), **kwargs)
+    flux_pipe(**args)
+    handle.remove()
+    assert seen == _expected_tokens(config, steps, 1024)
+    assert seen[0] < 1024 and seen[-1] == 1024
+
+
+def test_true_cfg_runs_both_branches_on_the_same_layout(flux_pipe):
+    apply_fresco(flux_pipe, FrescoConfig())
+    seen, handle = _record_tokens(flux_pipe)
+    negative = text_inputs(seed=5)
+    _call(flux_pipe, true_cfg_scale=4.0, negative_prompt_embeds=negative["prompt_embeds"],
+          negative_pooled_prompt_embeds=negative["pooled_prompt_embeds"])
+    handle.remove()
+    assert seen[0::2] == seen[1::2] == _expected_tokens(FrescoConfig(), 8, 1024)
+
+
+def test_same_generator_same_image_other_generator_other_image(flux_pipe):
+    apply_fresco(flux_pipe, FrescoConfig())
+    first, again, other = _call(flux_pipe, seed=1), _call(flux_pipe, seed=1), _call(flux_pipe, seed=2)
+    assert torch.equal(first, again)
+    assert not torch.allclose(first, other)
+
+
+@pytest.mark.parametrize("config", [FrescoConfig(), FrescoConfig(noise_source="hash", strategy="fresh-noise"),
+                                    FrescoConfig(promotion_threshold=1e9, promotion_ratio=1.0)])
+def test_batch_of_two_equals_two_single_calls(flux_pipe, config):
+    apply_fresco(flux_pipe, config)
+    texts = [text_inputs(seed=s) for s in (1, 2)]
+    batch = {k: torch.cat([t[k] for t in texts]) for k in texts[0]}
+    generators = [torch.Generator().manual_seed(s) for s in (10, 20)]
+    together = flux_pipe(**batch, **SIZE, num_inference_steps=8, output_type="latent", generator=generators).images
+    for index, (text, seed) in enumerate(zip(texts, (10, 20))):
+        alone = flux_pipe(**text, **SIZE, num_inference_steps=8, output_type="latent",
+                          generator=torch.Generator().manual_seed(seed)).images
+        assert torch.allclose(together[index], alone[0], atol=1e-5)
+
+
+def test_distilled_configs_with_presets(flux_pipe, schnell_pipe):
+    apply_fresco(schnell_pipe, "flux-schnell-22x")
+    seen, handle = _record_tokens(schnell_pipe)
+    out = _call(schnell_pipe, num_inference_steps=4, guidance_scale=0.0)
+    handle.remove()
+    assert len(seen) == 4 and out.shape == (1, 1024, 16) and torch.isfinite(out).all()
+    apply_fresco(flux_pipe, "flux-dev-10x")
+    out = flux_pipe(**text_inputs(), **SIZE, num_images_per_prompt=3, output_type="latent").images
+    assert out.shape == (3, 1024, 16) and torch.isfinite(out).all()
+    assert not torch.allclose(out[0], out[1])
+
+
+def test_hash_field_and_user_latents(flux_pipe):
+    apply_fresco(flux_pipe, FrescoConfig(noise_source="hash"))
+    assert torch.equal(_call(flux_pipe, seed=3), _call(flux_pipe, seed=3))
+    remove_fresco(flux_pipe)
+    latents = torch.randn(1, 1024, 16, generator=torch.Generator().manual_seed(4))
+    stock = _call(flux_pipe, latents=latents)
+    apply_fresco(flux_pipe, FrescoConfig(stage_scales=(1.0,)))
+    assert torch.equal(_call(flux_pipe, latents=latents), stock)
+    with pytest.raises(ValueError, match="packed full-resolution noise"):
+        _call(flux_pipe, latents=latents[:, :256])
+
+
+def test_callback_sees_every_step_and_can_edit_the_latents(flux_pipe):
+    apply_fresco(flux_pipe, FrescoConfig())
+    seen = []
+
+    def callback(pipe, step, timestep, kwargs):
+        seen.append((step, kwargs["latents"].shape[1], kwargs["prompt_embeds"].shape))
+        return {"latents": kwargs["latents"] * 0.5} if step == 0 else {}
+
+    halved = _call(flux_pipe, callback_on_step_end=callback,
+                   callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"])
+    assert [s[0] for s in seen] == list(range(8))
+    assert [s[1] for s in seen] == _expected_tokens(FrescoConfig(), 8, 1024)
+    assert not torch.equal(halved, _call(flux_pipe))
+
+    def wrong_shape(pipe, step, timestep, kwargs):
+        return {"latents": kwargs["latents"][:, :10]}
+
+    with pytest.raises(ValueError, match="callback_on_step_end returned latents of shape"):
+        _call(flux_pipe, callback_on_step_end=wrong_shape)
+
+
+def test_interrupt_still_returns_a_full_resolution_latent(flux_pipe):
+    apply_fresco(flux_pipe, FrescoConfig())
+    seen, handle = _record_tokens(flux_pipe)
+
+    def stop(pipe, step, timestep, kwargs):
+        pipe._interrupt = step >= 1
+        return {}
+
+    out = _call(flux_pipe, callback_on_step_end=stop)
+    handle.remove()
+    assert len(seen) == 2 and out.shape == (1, 1024, 16) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("strategy", ["fresh-noise", "ralu", "dct-rewind"])
+def test_comparison_rules_run_end_to_end(flux_pipe, strategy):
+    apply_fresco(flux_pipe, FrescoConfig(strategy=strategy, stage_scales=(0.25, 0.5, 1.0)))
+    out = _call(flux_pipe, num_inference_steps=12)
+    assert out.shape == (1, 1024, 16) and torch.isfinite(out).all()
+    assert torch.equal(out, _call(flux_pipe, num_inference_steps=12))
+
+
+def test_bad_input_fails_before_any_model_call(flux_pipe):
+    seen, handle = _record_tokens(flux_pipe)
+    apply_fresco(flux_pipe, FrescoConfig(stage_scales=(0.25, 0.5, 1.0)))
+    with pytest.raises(ValueError, match=r"height=36, width=64 give a 18x32 token grid.*multiples of 8"):
+        _call(flux_pipe, height=36, width=64)  # 18 token rows have no whole quarter-resolution grid
+    with pytest.raises(ValueError, match="does not match FrescoConfig.stage_steps"):
+        remove_fresco(flux_pipe)
+        apply_fresco(flux_pipe, "flux-dev-10x")
+        _call(flux_pipe, num_inference_steps=20)
+    with pytest.raises(ValueError, match="IP-Adapter"):
+        _call(flux_pipe, ip_adapter_image_embeds=[torch.zeros(1, 4)])
+    with pytest.raises(ValueError, match="drop sigmas="):
+        _call(flux_pipe, sigmas=[1.0, 0.5])
+    with pytest.raises(ValueError, match="already applied"):
+        apply_fresco(flux_pipe, FrescoConfig())
+    handle.remove()
+    assert seen == []
+
+
+def test_unsupported_pipelines_and_schedulers_are_refused(flux_pipe):
+    with pytest.raises(ValueError, match="no adapter for object; supported pipelines: FluxPipeline"):
+        apply_fresco(object(), FrescoConfig())
+    with pytest.raises(ValueError, match="FrescoConfig or a preset name"):
+        apply_fresco(flux_pipe, {"stage_scales": (0.5, 1.0)})
+    flux_pipe.scheduler = diffusers.FlowMatchEulerDiscreteScheduler(stochastic_sampling=True)
+    with pytest.raises(ValueError, match="stochastic_sampling"):
+        apply_fresco(flux_pipe, FrescoConfig())
+    flux_pipe.scheduler = diffusers.DDIMScheduler()
+    with pytest.raises(ValueError, match="needs a FlowMatchEulerDiscreteScheduler"):
+        apply_fresco(flux_pipe, FrescoConfig())
+    assert type(flux_pipe) is diffusers.FluxPipeline
+
+
+def test_remove_without_fresco_is_a_no_op(flux_pipe):
+    assert remove_fresco(flux_pipe) is flux_pipe

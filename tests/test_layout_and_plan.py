@@ -1,0 +1,123 @@
+import pytest
+import torch
+
+from fresco_plugin import FrescoConfig
+from fresco_plugin.layout import TokenGeometry, TokenLayout, pack, unpack
+from fresco_plugin.schedule import flux_mu, plan_stages, shift_sigmas
+from fresco_plugin.selection import select_promotions
+
+GEOMETRY = TokenGeometry(channels=16, patch=2, rows=8, cols=6)
+CPU = torch.device("cpu")
+
+
+def test_pack_unpack_round_trip_matches_flux_packing():
+    latents = torch.randn(2, 16, 16, 12)
+    tokens = pack(latents, 2)
+    assert tokens.shape == (2, 48, 64)
+    assert torch.equal(unpack(tokens, 8, 6, 2), latents)
+    # FLUX's own packing: channel-major (C, dy, dx) inside a token
+    assert torch.equal(tokens[0, 0].view(16, 2, 2), latents[0, :, :2, :2])
+
+
+def test_uniform_stage_positions_are_the_integer_grid():
+    layout = TokenLayout.uniform(1, GEOMETRY, 1, CPU)
+    positions = layout.positions(1)
+    assert torch.equal(positions[0, :, 0], torch.arange(4).repeat_interleave(3).double())
+    assert torch.equal(positions[0, :, 1], torch.arange(3).repeat(4).double())
+    full = TokenLayout.uniform(1, GEOMETRY, 0, CPU).positions(0, "anchor")
+    assert torch.equal(full, TokenLayout.uniform(1, GEOMETRY, 0, CPU).positions(0, "center"))
+
+
+def test_children_sit_around_their_parent():
+    layout = TokenLayout.uniform(1, GEOMETRY, 1, CPU)
+    mask = torch.zeros(1, 12, dtype=torch.bool)
+    mask[0, 4] = True  # row 1, col 1 on the half-resolution grid
+    mixed, kept, promoted = layout.promote(mask)
+    assert mixed.num_tokens == 11 + 4 and promoted.tolist() == [[4]]
+    children = mixed.positions(1, "center")[0, -4:]
+    assert torch.allclose(children.mean(0), torch.tensor([1.0, 1.0], dtype=torch.float64))
+    assert sorted(children[:, 0].tolist()) == [0.75, 0.75, 1.25, 1.25]
+    assert mixed.positions(1, "anchor")[0, -4:].tolist() == [[1.0, 1.0], [1.0, 1.5], [1.5, 1.0], [1.5, 1.5]]
+
+
+def test_promoting_everything_gives_raster_order_back():
+    layout = TokenLayout.uniform(2, GEOMETRY, 1, CPU)
+    full, _, _ = layout.promote(torch.ones(2, 12, dtype=torch.bool))
+    order = full.raster_order(GEOMETRY)
+    assert torch.equal(full.gather(order).row, TokenLayout.uniform(2, GEOMETRY, 0, CPU).row)
+    assert torch.equal(full.gather(order).col, TokenLayout.uniform(2, GEOMETRY, 0, CPU).col)
+
+
+def test_promotion_needs_equal_counts_per_image():
+    layout = TokenLayout.uniform(2, GEOMETRY, 1, CPU)
+    mask = torch.zeros(2, 12, dtype=torch.bool)
+    mask[0, 0] = True
+    with pytest.raises(ValueError, match="same number of tokens"):
+        layout.promote(mask)
+
+
+def test_selection_by_ratio_threshold_and_order():
+    scores = torch.tensor([[0.5, 0.1, 0.9, 0.3]])
+    candidates = torch.ones(1, 4, dtype=torch.bool)
+    low = select_promotions(scores, candidates, ratio=0.5, threshold=None, order="settled_first")
+    high = select_promotions(scores, candidates, ratio=0.5, threshold=None, order="unsettled_first")
+    assert low.tolist() == [[False, True, False, True]]
+    assert high.tolist() == [[True, False, True, False]]
+    by_threshold = select_promotions(scores, candidates, ratio=1.0, threshold=0.4, order="settled_first")
+    assert by_threshold.tolist() == [[False, True, False, True]]
+    candidates[0, 1] = False  # finer tokens are never candidates
+    assert not select_promotions(scores, candidates, ratio=0.5, threshold=None, order="settled_first")[0, 1]
+
+
+def test_plan_lays_out_stages_and_rounds():
+    config = FrescoConfig(stage_scales=(0.25, 0.5, 1.0), stage_steps=(4, 4, 6), promotion_rounds=1)
+    plans = plan_stages(config, None, min_score_history=2)
+    assert [(p.level, p.first_step, p.num_steps, p.promotion_after) for p in plans] == [
+        (2, 0, 4, (2,)), (1, 4, 4, (2,)), (0, 8, 6, ()),
+    ]
+    split = plan_stages(FrescoConfig(stage_fractions=(1, 3), promotion_rounds=0), 20, min_score_history=2)
+    assert [p.num_steps for p in split] == [5, 15]
+
+
+def test_flux_shift_helpers_match_the_published_formula():
+    assert flux_mu(256) == pytest.approx(0.5) and flux_mu(4096) == pytest.approx(1.15)
+    assert shift_sigmas(torch.tensor([0.5]).numpy(), shift=3.0)[0] == pytest.approx(0.75)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"stage_scales": (0.5, 0.25, 1.0)}, "increasing"),
+        ({"stage_scales": (0.25, 1.0)}, "insert 0.5"),
+        ({"stage_scales": (0.5,)}, "end at full resolution"),
+        ({"stage_scales": (0.3, 1.0)}, "power of 1/2"),
+        ({"stage_steps": (3,)}, "one per stage"),
+        ({"stage_steps": (0, 4)}, "whole number >= 1"),
+        ({"promotion_ratio": 0.0}, r"outside \(0, 1\]"),
+        ({"promotion_ratio": 1.5}, r"outside \(0, 1\]"),
+        ({"promotion_order": "random"}, "settled_first"),
+        ({"score": "nope"}, "unknown Fresco score"),
+        ({"strategy": "nope"}, "unknown Fresco strategy"),
+        ({"expansion": "bilinear"}, "hadamard"),
+    ],
+)
+def test_bad_config_names_the_field(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        FrescoConfig(**kwargs)
+
+
+def test_plan_errors_name_the_fix():
+    with pytest.raises(ValueError, match="does not match FrescoConfig.stage_steps"):
+        plan_stages(FrescoConfig(stage_steps=(4, 4)), 10, min_score_history=2)
+    with pytest.raises(ValueError, match="too few for promotion_rounds"):
+        plan_stages(FrescoConfig(stage_steps=(2, 4)), None, min_score_history=2)
+    with pytest.raises(ValueError, match="fewer than the 2 stages"):
+        plan_stages(FrescoConfig(), 1, min_score_history=2)
+
+
+def test_presets():
+    assert FrescoConfig.preset("flux-dev-10x").stage_steps == (6, 3)
+    assert sum(FrescoConfig.preset("flux-schnell-22x").stage_steps) == 4
+    assert FrescoConfig.preset("flux-dev-10x", promotion_ratio=0.5).promotion_ratio == 0.5
+    with pytest.raises(ValueError, match="unknown Fresco preset 'flux-dev-99x'; known presets: flux-dev-10x"):
+        FrescoConfig.preset("flux-dev-99x")

@@ -1,0 +1,123 @@
+"""Re-noise identities on synthetic latents whose clean latent x0 and noise are known."""
+
+import pytest
+import torch
+
+from fresco_plugin.layout import TokenGeometry, TokenLayout
+from fresco_plugin.noise import FreshNoise, NoiseField
+from fresco_plugin.registry import get_strategy
+from fresco_plugin.transitions import Transition, expand_tokens
+
+GEOMETRY = TokenGeometry(channels=16, patch=2, rows=64, cols=64)
+
+
+def _setup(sigma: float, promote_every: int = 4, seed: int = 0):
+    """A half-resolution state x = (1 - sigma) x0 + sigma * field with the exact velocity v = field - x0."""
+    g = torch.Generator().manual_seed(seed)
+    field = NoiseField.from_hash([seed + 1], GEOMETRY.channels, 128, 128)
+    layout = TokenLayout.uniform(1, GEOMETRY, 1, torch.device("cpu"))
+    eps = field.tokens(layout, GEOMETRY)
+    x0 = torch.randn(eps.shape, generator=g) * 0.5 + 0.3
+    x = (1 - sigma) * x0 + sigma * eps
+    promote = torch.zeros(1, layout.num_tokens, dtype=torch.bool)
+    promote[:, ::promote_every] = True
+    return field, layout, x0, x, eps - x0, promote
+
+
+def _run(strategy, expansion, sigma, restart, promote_every=4, fresh=True, **options):
+    field, layout, x0, x, v, promote = _setup(sigma, promote_every)
+    t = Transition(
+        latents=x, velocity=v, sigma=torch.tensor(sigma), restart_sigma=torch.tensor(restart), layout=layout,
+        promote=promote, geometry=GEOMETRY, field=field, fresh=FreshNoise([9]) if fresh else None,
+        expansion=expansion,
+    )
+    out, new_layout, reached = get_strategy(strategy)(**options)(t)
+    kept_count = int((~promote).sum())
+    signal = torch.cat([x0[~promote].unsqueeze(0), expand_tokens(x0[promote].unsqueeze(0), GEOMETRY,
+                                                                   "dct" if expansion == "dct" else "nearest")], 1)
+    return out, new_layout, float(reached), signal, kept_count, field
+
+
+@pytest.mark.parametrize("sigma,restart", [(0.6, 0.6), (0.6, 0.75), (0.3, 0.5)])
+def test_fresco_hadamard_lands_exactly_on_the_restart_sigma(sigma, restart):
+    out, layout, reached, signal, kept, field = _run("fresco", "hadamard", sigma, restart)
+    assert reached == pytest.approx(restart)
+    noise = field.tokens(layout, GEOMETRY)
+    # every token, kept or new, is (1 - s') * its clean latent + s' * the field at its own coordinates
+    assert torch.allclose(out, (1 - restart) * signal + restart * noise, atol=1e-5)
+    assert layout.num_tokens == kept + 4 * (GEOMETRY.num_tokens // 4 // 4)
+
+
+def test_hadamard_children_noise_is_white_unit_and_pools_to_the_parent_noise():
+    out, layout, _, signal, kept, field = _run("fresco", "hadamard", 0.6, 0.7, promote_every=1)
+    residual = (out - 0.3 * signal) / 0.7  # (B, 4k, D): the children's noise
+    assert abs(residual.var().item() - 1.0) < 0.02
+    children = residual[0].view(-1, 4, GEOMETRY.token_dim)
+    corr = torch.corrcoef(torch.stack([children[:, 0].flatten(), children[:, 3].flatten()]))[0, 1]
+    assert abs(corr.item()) < 0.02  # siblings are independent
+    parents = field.tokens(TokenLayout.uniform(1, GEOMETRY, 1, torch.device("cpu")), GEOMETRY)[0]
+    blocks = residual[0].view(-1, 2, 2, 16, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(-1, 16, 4, 4)
+    pooled = blocks.unfold(1 + 1, 2, 2).unfold(3, 2, 2).sum((-1, -2)) / 2  # Haar low-pass of each child block
+    assert torch.allclose(pooled.reshape(-1, 16 * 4), parents, atol=1e-5)  # same noise, one level down
+
+
+def test_nearest_expansion_copies_noise_into_siblings():
+    """The interpolation ablation: copying the re-noised parent correlates its children's noise."""
+    out, _, _, signal, kept, _ = _run("fresco", "nearest", 0.6, 0.6, promote_every=1)
+    residual = (out - 0.4 * signal) / 0.6
+    blocks = residual[0].view(-1, 2, 2, 16, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(-1, 16, 4, 4)
+    corr = torch.corrcoef(torch.stack([blocks[..., 0, 0].flatten(), blocks[..., 0, 1].flatten()]))[0, 1]
+    assert corr.item() > 0.99
+
+
+def test_dct_expansion_keeps_field_noise_and_interpolates_signal():
+    out, layout, _, signal, _, field = _run("fresco", "dct", 0.5, 0.6)
+    assert torch.allclose(out, 0.4 * signal + 0.6 * field.tokens(layout, GEOMETRY), atol=1e-5)
+
+
+def _residual_stats(out, signal, target):
+    residual = (out - (1 - target) * signal) / target
+    return residual.mean().item(), residual.std().item()
+
+
+def test_fresh_noise_is_consistent_in_variance_but_not_the_field():
+    out, layout, reached, signal, kept, field = _run("fresh-noise", "hadamard", 0.5, 0.7)
+    mean, std = _residual_stats(out, signal, reached)
+    assert abs(mean) < 0.02 and abs(std - 1.0) < 0.02
+    residual = (out - 0.3 * signal) / 0.7
+    corr = torch.corrcoef(torch.stack([residual.flatten(), field.tokens(layout, GEOMETRY).flatten()]))[0, 1]
+    assert corr.item() < 0.9  # kept tokens keep part of their own noise; new noise is independent
+
+
+def test_dct_rewind_reaches_two_sigma_over_one_plus_sigma():
+    sigma = 0.5
+    out, _, reached, _, kept, _ = _run("dct-rewind", "hadamard", sigma, sigma, promote_every=1)
+    assert reached == pytest.approx(2 * sigma / (1 + sigma))
+    _, _, _, x0_dct, _, _ = _run("fresco", "dct", sigma, sigma, promote_every=1)
+    mean, std = _residual_stats(out, x0_dct, reached)
+    assert abs(mean) < 0.02 and abs(std - 1.0) < 0.03
+
+
+def test_ralu_noise_is_white_after_the_copy():
+    sigma, z = 0.6, 2.0
+    out, _, reached, signal, _, _ = _run("ralu", "hadamard", sigma, sigma, promote_every=1, noise_ratio=z)
+    e = 1 - sigma
+    beta = 1 / (z * (1 - e) + e)
+    assert reached == pytest.approx(1 - beta * e)
+    residual = out - beta * (1 - sigma) * signal  # RALU copies the noisy parent, so the signal scales by beta
+    blocks = residual[0].view(-1, 2, 2, 16, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(-1, 16, 4, 4)
+    corr = torch.corrcoef(torch.stack([blocks[..., 0, 0].flatten(), blocks[..., 0, 1].flatten()]))[0, 1]
+    assert abs(corr.item()) < 0.03  # the correlated noise cancels the copy's correlation
+    assert abs(residual.std().item() - reached) < 0.02
+
+
+def test_ralu_rejects_a_noise_ratio_below_two():
+    with pytest.raises(ValueError, match="Z >= 2"):
+        get_strategy("ralu")(noise_ratio=1.5)
+
+
+def test_expand_tokens_keeps_the_block_mean():
+    tokens = torch.randn(2, 5, GEOMETRY.token_dim)
+    for mode in ("nearest", "dct"):
+        children = expand_tokens(tokens, GEOMETRY, mode).view(2, 5, 4, GEOMETRY.token_dim)
+        assert torch.allclose(children.mean((2, 3)), tokens.mean(-1), atol=1e-5)
