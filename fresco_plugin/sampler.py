@@ -78,26 +78,21 @@ def sample(
         if rewound_to is not None:
             sigmas[0], timesteps[0] = rewound_to, rewound_to * schedule.timestep_scale
             rewound_to = None
+        positions = layout.positions(stage.level, config.position_mode)
+        last_round = max(stage.promotion_after, default=0)
         for local in range(stage.num_steps):
             step = Step(stage.first_step + local, stage.index, sigmas[local], timesteps[local])
             if not interrupted():
-                positions = layout.positions(stage.level, config.position_mode)
                 velocity = denoise(x, positions, step)
                 tokens_per_step.append(layout.num_tokens)
                 sigmas_used.append(float(step.sigma))
-                history.append(StepRecord(latents=x, denoised=x - step.sigma * velocity))
-                del history[: -config.score_window]
+                if local < last_round:  # only rounds still ahead in this stage read the history
+                    history.append(StepRecord(latents=x, denoised=x - step.sigma * velocity))
+                    del history[: -config.score_window]
                 dt = sigmas[local + 1] - sigmas[local]
                 x = (x.to(torch.float32) + dt * velocity).to(velocity.dtype)  # the scheduler's Euler step, exactly
                 if callback is not None:
-                    replaced = callback(step, x, layout)
-                    if replaced is not None:
-                        if replaced.shape != x.shape:
-                            raise ValueError(
-                                f"callback_on_step_end returned latents of shape {tuple(replaced.shape)} at step "
-                                f"{step.index}; Fresco's latents at this step have shape {tuple(x.shape)}"
-                            )
-                        x = replaced
+                    x = _checked(callback(step, x, layout), x, step)
             round_here = (local + 1) in stage.promotion_after
             stage_end = local + 1 == stage.num_steps and stage.index + 1 < len(stages)
             if not (round_here or stage_end):
@@ -117,7 +112,7 @@ def sample(
                 latents=x, velocity=velocity, sigma=sigmas[local + 1], restart_sigma=restart, layout=layout,
                 promote=promote, geometry=geometry, field=field, fresh=fresh, expansion=config.expansion,
             )
-            x, new_layout, reached = rule(transition)
+            x, layout, reached = rule(transition)
             velocity = torch.zeros_like(x)  # no velocity exists for the new layout until the next model call
             moved = not torch.equal(reached, restart)  # rules like dct-rewind pick their own sigma
             if stage_end:
@@ -126,15 +121,26 @@ def sample(
             else:
                 kept = (~promote).nonzero()[:, 1].view(promote.shape[0], -1)
                 history = [_keep(record, kept, x.shape[1]) for record in history]
+                positions = layout.positions(stage.level, config.position_mode)
                 if moved:
                     sigmas[local + 1], timesteps[local + 1] = reached, reached * schedule.timestep_scale
-            layout = new_layout
 
     if layout.coarsest_level != 0:
         raise RuntimeError("the plan ended before every token reached full resolution")
     order = layout.raster_order(geometry)
     x = x.gather(1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
     return SamplerResult(x, tuple(tokens_per_step), tuple(sigmas_used))
+
+
+def _checked(replaced: torch.Tensor | None, latents: torch.Tensor, step: Step) -> torch.Tensor:
+    if replaced is None:
+        return latents
+    if replaced.shape != latents.shape:
+        raise ValueError(
+            f"callback_on_step_end returned latents of shape {tuple(replaced.shape)} at step {step.index}; Fresco's "
+            f"latents at this step have shape {tuple(latents.shape)} (low-resolution stages hold fewer tokens)"
+        )
+    return replaced
 
 
 def _keep(record: StepRecord, kept: torch.Tensor, num_tokens: int) -> StepRecord:

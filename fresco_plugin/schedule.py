@@ -11,7 +11,7 @@ import torch
 
 from .config import FrescoConfig
 
-__all__ = ["StagePlan", "plan_stages", "base_sigmas", "flux_mu", "shift_sigmas", "StageSchedule"]
+__all__ = ["StagePlan", "StageSchedule", "plan_stages", "base_sigmas", "flux_mu", "shift_sigmas", "static_schedules"]
 
 
 @dataclass(frozen=True)
@@ -120,3 +120,17 @@ def stage_base_sigmas(stage: StagePlan, total_steps: int) -> list[float]:
     sigmas = base_sigmas(total_steps)
     end = stage.last_step + 1 if stage.last_step < total_steps else stage.last_step
     return sigmas[stage.first_step:end].tolist()
+
+
+def static_schedules(stages: Sequence[StagePlan], *, shift: float = 1.0,
+                     timestep_scale: float = 1000.0) -> list[StageSchedule]:
+    """Stage schedules without a pipeline: each stage's slice of the base schedule under a static shift
+    (the stage's own ``shift`` when it has one), for using the sampler on its own."""
+    total = stages[-1].last_step
+    schedules = []
+    for stage in stages:
+        base = np.array(stage_base_sigmas(stage, total), dtype=np.float32)
+        shifted = torch.from_numpy(np.asarray(shift_sigmas(base, shift=stage.shift or shift), dtype=np.float32))
+        sigmas = torch.cat([shifted, torch.zeros(1)])[: stage.num_steps + 1]
+        schedules.append(StageSchedule(sigmas, shifted[: stage.num_steps] * timestep_scale, timestep_scale))
+    return schedules
