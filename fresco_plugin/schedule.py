@@ -134,3 +134,33 @@ def static_schedules(stages: Sequence[StagePlan], *, shift: float = 1.0,
         sigmas = torch.cat([shifted, torch.zeros(1)])[: stage.num_steps + 1]
         schedules.append(StageSchedule(sigmas, shifted[: stage.num_steps] * timestep_scale, timestep_scale))
     return schedules
+
+
+def grid_tokens(rows: int, cols: int, level: int, frames: int = 1) -> int:
+    """Tokens of a uniform grid at ``level``; a side that does not halve evenly rounds up (padded)."""
+    factor = 1 << level
+    return frames * -(-rows // factor) * -(-cols // factor)
+
+
+def plan_token_counts(config: FrescoConfig, stages: Sequence[StagePlan], rows: int, cols: int,
+                      frames: int = 1) -> list[int]:
+    """Image tokens per image that each step's model call sees under a ratio-promotion plan."""
+    if config.promotion_threshold is not None and config.promotion_rounds > 0:
+        raise ValueError(
+            "promotion_threshold makes the number of promoted tokens depend on the image; token counts (and FLOPs) "
+            "can only be planned with promotion_ratio (set promotion_threshold=None)"
+        )
+    counts = {stages[0].level: grid_tokens(rows, cols, stages[0].level, frames)}
+    per_step = []
+    for stage in stages:
+        for local in range(stage.num_steps):
+            per_step.append(sum(counts.values()))
+            if local + 1 in stage.promotion_after:
+                promoted = round(counts[stage.level] * config.promotion_ratio)
+                counts[stage.level] -= promoted
+                counts[stage.level - 1] = counts.get(stage.level - 1, 0) + 4 * promoted
+        if stage.index + 1 < len(stages):
+            counts[stage.level - 1] = counts.get(stage.level - 1, 0) + 4 * counts.pop(stage.level)
+            if stage.level - 1 == 0:
+                counts[0] = grid_tokens(rows, cols, 0, frames)  # padding, if any, is cropped at full resolution
+    return per_step

@@ -6,7 +6,7 @@ import torch
 from conftest import text_inputs
 
 from fresco_plugin import FrescoConfig, apply_fresco, fresco_config_of, remove_fresco
-from fresco_plugin.schedule import plan_stages
+from fresco_plugin.schedule import plan_stages, plan_token_counts
 
 SIZE = dict(height=64, width=64)  # 32x32 = 1024 full-resolution tokens with the tiny VAE
 
@@ -28,20 +28,8 @@ def _record_tokens(pipe):
 
 
 def _expected_tokens(config, steps, full_tokens):
-    """Tokens per model call, derived from the plan by counting tokens per level."""
-    plans = plan_stages(config, steps, min_score_history=2)
-    counts = {plans[0].level: full_tokens >> (2 * plans[0].level)}
-    expected = []
-    for stage in plans:
-        for local in range(stage.num_steps):
-            expected.append(sum(counts.values()))
-            if local + 1 in stage.promotion_after:
-                k = round(counts[stage.level] * config.promotion_ratio)
-                counts[stage.level] -= k
-                counts[stage.level - 1] = counts.get(stage.level - 1, 0) + 4 * k
-        if stage.level > 0:
-            counts[stage.level - 1] = counts.get(stage.level - 1, 0) + 4 * counts.pop(stage.level)
-    return expected
+    """Tokens per model call that the plan predicts (32x32 full-resolution grid)."""
+    return plan_token_counts(config, plan_stages(config, steps, min_score_history=2), 32, 32)
 
 
 def test_remove_gives_the_stock_pipeline_back_bit_for_bit(flux_pipe):

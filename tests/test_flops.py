@@ -1,0 +1,102 @@
+"""Compute accounting on the real architectures (meta device, torch's FLOP counter)."""
+
+import json
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from fresco_plugin import FrescoConfig
+from fresco_plugin.cli import main
+from fresco_plugin.flops import MODELS, TransformerFlops, count_plan_flops, flux_closed_form_flops
+from fresco_plugin.integrations.tiny import tiny_flux_pipeline
+
+
+@pytest.mark.parametrize("model", ["flux-dev", "flux-schnell"])
+@pytest.mark.parametrize("tokens", [1024, 1792, 4096])
+def test_counter_matches_the_closed_form_flux_count(model, tokens):
+    counter = TransformerFlops.for_model(model)
+    closed = flux_closed_form_flops(MODELS[model].config(), tokens, 512)
+    assert abs(counter(tokens) / closed - 1) < 0.01
+    assert counter(tokens) == closed  # in fact exact: every matrix product is accounted for
+
+
+@pytest.mark.parametrize("model,tokens", [("flux-dev", 4096), ("hunyuan-video", 3000)])
+def test_the_quadratic_fit_predicts_a_direct_trace(model, tokens):
+    counter = TransformerFlops.for_model(model)
+    assert counter(tokens) == counter.trace(tokens)
+
+
+@pytest.mark.slow
+def test_the_quadratic_fit_holds_for_wan():
+    counter = TransformerFlops.for_model("wan2.1-t2v-14b")
+    assert counter(700) == counter.trace(700)
+
+
+def test_flux_dev_baseline_reproduces_the_published_figure():
+    """Published tables give 3719.5 TFLOPs for FLUX.1-dev at 1024x1024: torch's counter convention (2 FLOPs per
+    multiply-add), 4096 image + 512 text tokens, one forward per step (guidance is embedded), 50 steps."""
+    report = count_plan_flops("flux-dev-10x", "flux-dev")
+    assert report.baseline_flops / 1e12 == pytest.approx(3719.5, rel=1e-3)
+
+
+def test_mixed_coarse_and_fine_tokens_cost_what_their_count_costs():
+    transformer = tiny_flux_pipeline().transformer
+    n = 96
+
+    def flops(img_ids):
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            transformer(hidden_states=torch.randn(1, n, 16), encoder_hidden_states=torch.randn(1, 8, 32),
+                        pooled_projections=torch.randn(1, 32), timestep=torch.tensor([0.5]),
+                        guidance=torch.tensor([3.5]), img_ids=img_ids, txt_ids=torch.zeros(8, 3), return_dict=False)
+        return counter.get_total_flops()
+
+    grid = torch.stack(torch.meshgrid(torch.arange(8.0), torch.arange(12.0), indexing="ij"), -1).reshape(-1, 2)
+    uniform = torch.cat([torch.zeros(n, 1), grid], 1)
+    mixed = uniform.clone()
+    mixed[-20:, 1:] = mixed[-20:, 1:] / 2 + torch.tensor([0.25, -0.25])  # fractional, finer-token positions
+    assert flops(uniform) == flops(mixed) > 0
+
+
+@pytest.mark.parametrize(
+    "preset,model,target",
+    [("flux-dev-3x", "flux-dev", 3.0), ("flux-dev-5x", "flux-dev", 5.0), ("flux-dev-10x", "flux-dev", 10.0),
+     ("flux-schnell-22x", "flux-schnell", 22.0), ("hunyuan-video-5x", "hunyuan-video", 5.0)],
+)
+def test_presets_reach_their_named_speedup(preset, model, target):
+    report = count_plan_flops(preset, model)
+    assert report.speedup >= target
+    assert report.baseline_steps == 50
+    assert sum(s.steps for s in report.stages) == sum(FrescoConfig.preset(preset).stage_steps)
+
+
+def test_report_adds_up_and_schnell_is_compared_with_dev():
+    report = count_plan_flops("flux-schnell-22x", "flux-schnell")
+    assert report.baseline_model == "flux-dev"
+    counter = TransformerFlops.for_model("flux-schnell")
+    assert report.total_flops == sum(counter(n) for s in report.stages for n in s.tokens_per_step)
+    assert report.stages[0].tokens_per_step == [1024, 1024, 1792]
+    assert report.stages[1].tokens_per_step == [4096]
+
+
+def test_true_cfg_doubles_both_sides():
+    plain = count_plan_flops("flux-dev-10x")
+    doubled = count_plan_flops("flux-dev-10x", true_cfg_scale=4.0)
+    assert doubled.total_flops == 2 * plain.total_flops and doubled.speedup == pytest.approx(plain.speedup)
+
+
+def test_cli_json_and_errors(capsys, tmp_path):
+    assert main(["flops", "--model", "flux-dev", "--height", "1024", "--width", "1024", "--preset", "flux-dev-10x",
+                 "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["speedup"] >= 10 and data["stages"][0]["tokens_per_step"][0] == 1024
+    config = tmp_path / "plan.json"
+    config.write_text(json.dumps({"stage_scales": [0.5, 1.0], "stage_steps": [4, 4], "promotion_rounds": 0}))
+    assert main(["flops", "--config", str(config), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["stages"][0]["tokens_per_step"] == [1024] * 4
+    assert main(["flops", "--height", "1000"]) == 2
+    assert "multiples of 16" in capsys.readouterr().err
+    threshold = tmp_path / "threshold.json"
+    threshold.write_text(json.dumps({"promotion_threshold": 0.1, "stage_steps": [4, 4]}))
+    assert main(["flops", "--config", str(threshold)]) == 2
+    assert "promotion_threshold" in capsys.readouterr().err
