@@ -121,3 +121,13 @@ def test_presets():
     assert FrescoConfig.preset("flux-dev-10x", promotion_ratio=0.5).promotion_ratio == 0.5
     with pytest.raises(ValueError, match="unknown Fresco preset 'flux-dev-99x'; known presets: flux-dev-10x"):
         FrescoConfig.preset("flux-dev-99x")
+
+
+def test_step_variance_scores_match_torch_var():
+    from fresco_plugin.selection import StepRecord, latent_step_variance, x0_step_variance
+
+    history = [StepRecord(latents=torch.randn(2, 5, 8), denoised=torch.randn(2, 5, 8)) for _ in range(3)]
+    expected = torch.stack([r.denoised for r in history]).var(dim=0).mean(-1)
+    assert torch.allclose(x0_step_variance(history), expected, atol=1e-6)
+    assert torch.allclose(latent_step_variance(history),
+                          torch.stack([r.latents for r in history]).var(dim=0).mean(-1), atol=1e-6)
