@@ -45,7 +45,7 @@ class FrescoConfig:
     """How many recent steps a step-variance score looks at."""
     strategy: str = "fresco"
     """Transition rule, by name in the strategy registry (``fresco``, ``fresh-noise``, ``ralu``, ``dct-rewind``)."""
-    strategy_options: Mapping[str, Any] = field(default_factory=dict)
+    strategy_options: Mapping[str, Any] = field(default_factory=dict, hash=False)
     """Keyword arguments for the strategy (for example ``{"noise_ratio": 6.3}`` for ``ralu``)."""
     expansion: Expansion = "hadamard"
     """How a promoted token becomes four: ``hadamard`` (variance-consistent 1->4), ``nearest``, ``dct``."""

@@ -98,10 +98,11 @@ class TokenLayout:
         resolution). Finer tokens get fractional positions: ``"center"`` places each token at the centre of the area
         it covers, ``"anchor"`` at its top-left corner (RALU's convention: parent + {0, 1/2}).
         """
-        size = (2.0 ** self.level.to(torch.float64))
+        # float32 holds these quarter-integer positions exactly on any realistic grid (and MPS has no float64)
+        size = 2.0 ** self.level.to(torch.float32)
         base = 2.0**base_level
-        rows = self.row.to(torch.float64) * size
-        cols = self.col.to(torch.float64) * size
+        rows = self.row.to(torch.float32) * size
+        cols = self.col.to(torch.float32) * size
         if mode == "center":
             offset = (size - 1.0) / 2.0 - (base - 1.0) / 2.0
             rows, cols = rows + offset, cols + offset

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler
+from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
 from diffusers.pipelines.flux.pipeline_output import FluxPipelineOutput
 
@@ -37,6 +37,11 @@ class FluxFrescoRunner:
     """Runs ``FluxPipeline.__call__``'s job with Fresco's stages; one per pipeline instance."""
 
     def __init__(self, pipe: Any, config: FrescoConfig):
+        if type(pipe).__call__ is not FluxPipeline.__call__:
+            raise ValueError(
+                f"{type(pipe).__name__} overrides FluxPipeline.__call__; Fresco's FLUX adapter hosts FluxPipeline's "
+                "own loop, so a pipeline with its own __call__ needs its own adapter (fresco_plugin.register_adapter)"
+            )
         scheduler = pipe.scheduler
         if not isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
             raise ValueError(

@@ -6,6 +6,7 @@ import torch
 from conftest import text_inputs
 
 from fresco_plugin import FrescoConfig, apply_fresco, fresco_config_of, remove_fresco
+from fresco_plugin.integrations.tiny import tiny_flux_pipeline
 from fresco_plugin.schedule import plan_stages, plan_token_counts
 
 SIZE = dict(height=64, width=64)  # 32x32 = 1024 full-resolution tokens with the tiny VAE
@@ -229,3 +230,14 @@ def test_unsupported_pipelines_and_schedulers_are_refused(flux_pipe):
 
 def test_remove_without_fresco_is_a_no_op(flux_pipe):
     assert remove_fresco(flux_pipe) is flux_pipe
+
+
+def test_a_subclass_with_its_own_call_is_refused():
+    class CustomFlux(diffusers.FluxPipeline):
+        def __call__(self, *args, **kwargs):
+            return "custom"
+
+    pipe = tiny_flux_pipeline()
+    pipe.__class__ = CustomFlux
+    with pytest.raises(ValueError, match="overrides FluxPipeline.__call__"):
+        apply_fresco(pipe, FrescoConfig())

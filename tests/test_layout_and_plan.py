@@ -22,8 +22,8 @@ def test_pack_unpack_round_trip_matches_flux_packing():
 def test_uniform_stage_positions_are_the_integer_grid():
     layout = TokenLayout.uniform(1, GEOMETRY, 1, CPU)
     positions = layout.positions(1)
-    assert torch.equal(positions[0, :, 0], torch.arange(4).repeat_interleave(3).double())
-    assert torch.equal(positions[0, :, 1], torch.arange(3).repeat(4).double())
+    assert torch.equal(positions[0, :, 0], torch.arange(4).repeat_interleave(3).float())
+    assert torch.equal(positions[0, :, 1], torch.arange(3).repeat(4).float())
     full = TokenLayout.uniform(1, GEOMETRY, 0, CPU).positions(0, "anchor")
     assert torch.equal(full, TokenLayout.uniform(1, GEOMETRY, 0, CPU).positions(0, "center"))
 
@@ -35,7 +35,7 @@ def test_children_sit_around_their_parent():
     mixed, kept, promoted = layout.promote(mask)
     assert mixed.num_tokens == 11 + 4 and promoted.tolist() == [[4]]
     children = mixed.positions(1, "center")[0, -4:]
-    assert torch.allclose(children.mean(0), torch.tensor([1.0, 1.0], dtype=torch.float64))
+    assert torch.allclose(children.mean(0), torch.tensor([1.0, 1.0]))
     assert sorted(children[:, 0].tolist()) == [0.75, 0.75, 1.25, 1.25]
     assert mixed.positions(1, "anchor")[0, -4:].tolist() == [[1.0, 1.0], [1.0, 1.5], [1.5, 1.0], [1.5, 1.5]]
 
