@@ -1,9 +1,13 @@
 """Token layout: which token lives at which level and position.
 
 Latents are packed the way FLUX packs them: a token is a ``patch x patch`` block of latent pixels over all
-channels, flattened channel-major (``C, patch, patch``). A token at level ``l`` covers ``2**l x 2**l`` full-resolution
-tokens; level 0 is full resolution. Its children at level ``l - 1`` sit at rows ``2r, 2r + 1`` and cols
-``2c, 2c + 1`` of the finer token grid, so every stage's grid is a subset of the full-resolution grid.
+channels, flattened channel-major (``C, patch, patch``); video latents ``(B, C, F, H, W)`` pack frame by frame (a
+temporal patch of 1, as in HunyuanVideo and Wan). A token at level ``l`` covers ``2**l x 2**l`` full-resolution tokens
+of its frame; level 0 is full resolution. Its children at level ``l - 1`` sit at rows ``2r, 2r + 1`` and cols
+``2c, 2c + 1`` of the finer grid, so every stage's grid is a subset of the full-resolution grid.
+
+A side that does not halve evenly (720p video has 45 token rows) is padded: coarse grids round up, and the children
+that fall outside the full-resolution grid are dropped when the last stage begins (generate slightly larger, crop).
 
 Each image of a batch has its own layout (promotion is decided per image), but all images hold the same number of
 tokens, so latents stay one ``(B, N, D)`` tensor.
@@ -19,18 +23,21 @@ __all__ = ["TokenGeometry", "TokenLayout", "pack", "unpack"]
 
 
 def pack(latents: torch.Tensor, patch: int) -> torch.Tensor:
-    """``(B, C, H, W)`` latent pixels -> ``(B, (H/patch)(W/patch), C*patch*patch)`` tokens in raster order."""
-    b, c, h, w = latents.shape
-    x = latents.view(b, c, h // patch, patch, w // patch, patch).permute(0, 2, 4, 1, 3, 5)
-    return x.reshape(b, (h // patch) * (w // patch), c * patch * patch)
+    """``(B, C, H, W)`` or ``(B, C, F, H, W)`` latent pixels -> ``(B, N, C*patch*patch)`` tokens in raster order."""
+    if latents.ndim == 4:
+        latents = latents.unsqueeze(2)
+    b, c, f, h, w = latents.shape
+    x = latents.reshape(b, c, f, h // patch, patch, w // patch, patch).permute(0, 2, 3, 5, 1, 4, 6)
+    return x.reshape(b, f * (h // patch) * (w // patch), c * patch * patch)
 
 
-def unpack(tokens: torch.Tensor, rows: int, cols: int, patch: int) -> torch.Tensor:
-    """Inverse of :func:`pack` for a raster-ordered ``rows x cols`` token grid."""
+def unpack(tokens: torch.Tensor, rows: int, cols: int, patch: int, frames: int | None = None) -> torch.Tensor:
+    """Inverse of :func:`pack` for a raster-ordered grid; ``frames=None`` gives 4-D image latents."""
     b, _, d = tokens.shape
     c = d // (patch * patch)
-    x = tokens.view(b, rows, cols, c, patch, patch).permute(0, 3, 1, 4, 2, 5)
-    return x.reshape(b, c, rows * patch, cols * patch)
+    x = tokens.reshape(b, frames or 1, rows, cols, c, patch, patch).permute(0, 4, 1, 2, 5, 3, 6)
+    x = x.reshape(b, c, frames or 1, rows * patch, cols * patch)
+    return x if frames is not None else x.squeeze(2)
 
 
 @dataclass(frozen=True)
@@ -41,43 +48,48 @@ class TokenGeometry:
     patch: int  # latent pixels per token side (2 for FLUX)
     rows: int  # full-resolution token rows
     cols: int  # full-resolution token cols
+    frames: int | None = None  # latent frames of a video; None for an image
 
     @property
     def token_dim(self) -> int:
         return self.channels * self.patch * self.patch
 
     @property
+    def num_frames(self) -> int:
+        return self.frames or 1
+
+    @property
     def num_tokens(self) -> int:
-        return self.rows * self.cols
+        return self.num_frames * self.rows * self.cols
 
     def grid(self, level: int) -> tuple[int, int]:
-        """Token rows and cols of a uniform grid at ``level``."""
-        return self.rows >> level, self.cols >> level
-
-    def check_level(self, level: int) -> None:
+        """Token rows and cols of the grid at ``level`` (a side that does not halve evenly rounds up)."""
         factor = 1 << level
-        if self.rows % factor or self.cols % factor:
-            raise ValueError(
-                f"a {self.rows}x{self.cols} token grid does not divide into whole tokens at 1/{factor} resolution"
-            )
+        return -(-self.rows // factor), -(-self.cols // factor)
+
+    def divides(self, level: int) -> bool:
+        """Whether the full grid splits into whole tokens at ``level`` (no padding needed)."""
+        factor = 1 << level
+        return self.rows % factor == 0 and self.cols % factor == 0
 
 
 @dataclass(frozen=True)
 class TokenLayout:
-    """Per-image token identities, each ``(B, N)`` int64: level, and row/col on that level's token grid."""
+    """Per-image token identities, each ``(B, N)`` int64: level, frame, and row/col on that level's grid."""
 
     level: torch.Tensor
+    frame: torch.Tensor
     row: torch.Tensor
     col: torch.Tensor
 
     @classmethod
     def uniform(cls, batch_size: int, geometry: TokenGeometry, level: int, device: torch.device) -> TokenLayout:
         rows, cols = geometry.grid(level)
-        row = torch.arange(rows, device=device).repeat_interleave(cols)
-        col = torch.arange(cols, device=device).repeat(rows)
-        level_ids = torch.full_like(row, level)
-        expand = lambda t: t.unsqueeze(0).expand(batch_size, -1).contiguous()  # noqa: E731
-        return cls(expand(level_ids), expand(row), expand(col))
+        frame, row, col = torch.meshgrid(torch.arange(geometry.num_frames, device=device),
+                                         torch.arange(rows, device=device), torch.arange(cols, device=device),
+                                         indexing="ij")
+        expand = lambda t: t.reshape(1, -1).expand(batch_size, -1).contiguous()  # noqa: E731
+        return cls(expand(torch.full_like(row, level)), expand(frame), expand(row), expand(col))
 
     @property
     def batch_size(self) -> int:
@@ -92,7 +104,7 @@ class TokenLayout:
         return int(self.level.max())
 
     def positions(self, base_level: int, mode: str = "center") -> torch.Tensor:
-        """``(B, N, 2)`` row/col positions in units of the ``base_level`` token grid.
+        """``(B, N, 3)`` frame/row/col positions, rows and cols in units of the ``base_level`` token grid.
 
         Base-level tokens sit on the integer grid (so a uniform stage sees the same positions as a stock run at that
         resolution). Finer tokens get fractional positions: ``"center"`` places each token at the centre of the area
@@ -108,10 +120,10 @@ class TokenLayout:
             rows, cols = rows + offset, cols + offset
         elif mode != "anchor":
             raise ValueError(f"unknown position mode {mode!r}; use 'center' or 'anchor'")
-        return torch.stack([rows / base, cols / base], dim=-1)
+        return torch.stack([self.frame.to(torch.float32), rows / base, cols / base], dim=-1)
 
     def gather(self, index: torch.Tensor) -> TokenLayout:
-        return TokenLayout(self.level.gather(1, index), self.row.gather(1, index), self.col.gather(1, index))
+        return TokenLayout(*(t.gather(1, index) for t in (self.level, self.frame, self.row, self.col)))
 
     def promote(self, mask: torch.Tensor) -> tuple[TokenLayout, torch.Tensor, torch.Tensor]:
         """Replace the masked tokens by their four children, appended after the kept tokens.
@@ -126,22 +138,29 @@ class TokenLayout:
         promoted = _true_indices(mask)
         parents = self.gather(promoted)
         offsets = torch.tensor([[0, 0], [0, 1], [1, 0], [1, 1]], device=mask.device)
-        child_row = (parents.row.unsqueeze(-1) * 2 + offsets[:, 0]).flatten(1)
-        child_col = (parents.col.unsqueeze(-1) * 2 + offsets[:, 1]).flatten(1)
-        child_level = (parents.level.unsqueeze(-1) - 1).expand(-1, -1, 4).flatten(1)
-        kept_layout = self.gather(kept)
-        layout = TokenLayout(
-            torch.cat([kept_layout.level, child_level], 1),
-            torch.cat([kept_layout.row, child_row], 1),
-            torch.cat([kept_layout.col, child_col], 1),
+        four = lambda t: t.unsqueeze(-1).expand(-1, -1, 4).flatten(1)  # noqa: E731
+        children = TokenLayout(
+            four(parents.level - 1), four(parents.frame),
+            (parents.row.unsqueeze(-1) * 2 + offsets[:, 0]).flatten(1),
+            (parents.col.unsqueeze(-1) * 2 + offsets[:, 1]).flatten(1),
         )
+        kept_layout = self.gather(kept)
+        layout = TokenLayout(*(torch.cat([a, b], 1) for a, b in zip(
+            (kept_layout.level, kept_layout.frame, kept_layout.row, kept_layout.col),
+            (children.level, children.frame, children.row, children.col),
+        )))
         return layout, kept, promoted
 
-    def raster_order(self, geometry: TokenGeometry) -> torch.Tensor:
-        """Indices that sort an all-full-resolution layout into raster order."""
-        if self.coarsest_level != 0:
-            raise ValueError("only a layout of full-resolution tokens has a raster order")
-        return torch.argsort(self.row * geometry.cols + self.col, dim=1)
+    def inside(self, geometry: TokenGeometry) -> torch.Tensor:
+        """``(B, N)`` mask of the tokens that cover any of the real (unpadded) full-resolution grid."""
+        return ((self.row << self.level) < geometry.rows) & ((self.col << self.level) < geometry.cols)
+
+    def raster_order(self) -> torch.Tensor:
+        """Indices that sort a single-level layout into (frame, row, col) raster order."""
+        if bool((self.level != self.level[:, :1]).any()):
+            raise ValueError("only a layout whose tokens share one level has a raster order")
+        rows, cols = int(self.row.max()) + 1, int(self.col.max()) + 1
+        return torch.argsort((self.frame * rows + self.row) * cols + self.col, dim=1)
 
 
 def _true_indices(mask: torch.Tensor) -> torch.Tensor:

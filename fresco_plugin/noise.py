@@ -90,11 +90,17 @@ def _draw_seed(generator: torch.Generator | None) -> int:
 
 
 class NoiseField:
-    """Full-resolution noise plus its Haar-pooled coarser levels, all in latent-pixel layout ``(B, C, H, W)``."""
+    """Full-resolution noise plus its Haar-pooled coarser levels, in latent-pixel layout ``(B, C, [F,] H, W)``.
+
+    Pooling is spatial only (2x2 per frame). The full-resolution tensor may be larger than the generation's grid
+    (padded so that every coarse level is whole); tokens read it by their own coordinates either way.
+    """
 
     def __init__(self, full_resolution: torch.Tensor):
-        if full_resolution.ndim != 4:
-            raise ValueError(f"the noise field is (batch, channels, rows, cols); got shape {tuple(full_resolution.shape)}")
+        if full_resolution.ndim not in (4, 5):
+            raise ValueError(
+                f"the noise field is (batch, channels, [frames,] rows, cols); got shape {tuple(full_resolution.shape)}"
+            )
         self._levels = [full_resolution]
 
     @classmethod
@@ -105,14 +111,31 @@ class NoiseField:
         rows: int,
         cols: int,
         *,
+        frames: int | None = None,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
     ) -> NoiseField:
-        channel = torch.arange(channels).view(channels, 1, 1)
-        row = torch.arange(rows).view(1, rows, 1)
-        col = torch.arange(cols).view(1, 1, cols)
-        images = [hash_normal(seed, row, col, channel) for seed in seeds]
-        return cls(torch.stack(images).to(device=device, dtype=dtype))
+        """The hash field over latent pixels ``rows x cols`` (and ``frames``, for video)."""
+        channel = torch.arange(channels).view(channels, 1, 1, 1)
+        frame = torch.arange(frames or 1).view(1, -1, 1, 1)
+        row = torch.arange(rows).view(1, 1, rows, 1)
+        col = torch.arange(cols).view(1, 1, 1, cols)
+        images = torch.stack([hash_normal(seed, frame, row, col, channel) for seed in seeds])
+        if frames is None:
+            images = images.squeeze(2)
+        return cls(images.to(device=device, dtype=dtype))
+
+    @classmethod
+    def padded(cls, noise: torch.Tensor, rows: int, cols: int, seeds: Sequence[int]) -> NoiseField:
+        """The field of ``noise`` (the pipeline's own), extended to ``rows x cols`` latent pixels with hash noise."""
+        height, width = noise.shape[-2:]
+        if (height, width) == (rows, cols):
+            return cls(noise)
+        frames = noise.shape[2] if noise.ndim == 5 else None
+        extended = cls.from_hash(seeds, noise.shape[1], rows, cols, frames=frames, dtype=noise.dtype,
+                                 device=noise.device)._levels[0].clone()
+        extended[..., :height, :width] = noise
+        return cls(extended)
 
     @property
     def batch_size(self) -> int:
@@ -125,19 +148,21 @@ class NoiseField:
             if finer.shape[-2] % 2 or finer.shape[-1] % 2:
                 raise ValueError(f"a {tuple(finer.shape[-2:])} latent grid cannot be pooled to level {level}")
             work = torch.promote_types(finer.dtype, torch.float32)  # pool low-precision fields in fp32
-            pooled = F.avg_pool2d(finer.to(work), 2) * 2.0
-            self._levels.append(pooled.to(finer.dtype))
+            pool = F.avg_pool3d(finer.to(work), (1, 2, 2)) if finer.ndim == 5 else F.avg_pool2d(finer.to(work), 2)
+            self._levels.append((pool * 2.0).to(finer.dtype))
         return self._levels[level]
 
     def tokens(self, layout: TokenLayout, geometry: TokenGeometry) -> torch.Tensor:
         """The field at every token of ``layout``, packed ``(B, N, D)``: each token reads its own coordinates."""
         out = None
         for level in layout.level.unique().tolist():
-            packed = pack(self.level(level), geometry.patch)
+            values = self.level(level)
+            rows, cols = values.shape[-2] // geometry.patch, values.shape[-1] // geometry.patch
+            packed = pack(values, geometry.patch)
             here = layout.level == level
-            flat = torch.where(here, layout.row * (geometry.cols >> level) + layout.col, 0)
-            values = packed.gather(1, flat.unsqueeze(-1).expand(-1, -1, packed.shape[-1]))
-            out = values if out is None else torch.where(here.unsqueeze(-1), values, out)
+            flat = torch.where(here, (layout.frame * rows + layout.row) * cols + layout.col, 0)
+            gathered = packed.gather(1, flat.unsqueeze(-1).expand(-1, -1, packed.shape[-1]))
+            out = gathered if out is None else torch.where(here.unsqueeze(-1), gathered, out)
         return out
 
     def select(self, indices: Sequence[int]) -> NoiseField:

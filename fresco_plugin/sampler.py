@@ -118,6 +118,7 @@ def sample(
             if stage_end:
                 history.clear()
                 rewound_to = reached if moved else None
+                x, layout = _next_stage_order(x, layout, geometry)
             else:
                 kept = (~promote).nonzero()[:, 1].view(promote.shape[0], -1)
                 history = [_keep(record, kept, x.shape[1]) for record in history]
@@ -127,9 +128,23 @@ def sample(
 
     if layout.coarsest_level != 0:
         raise RuntimeError("the plan ended before every token reached full resolution")
-    order = layout.raster_order(geometry)
-    x = x.gather(1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
     return SamplerResult(x, tuple(tokens_per_step), tuple(sigmas_used))
+
+
+def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+def _next_stage_order(x: torch.Tensor, layout: TokenLayout,
+                      geometry: TokenGeometry) -> tuple[torch.Tensor, TokenLayout]:
+    """A new stage starts as a whole grid in raster order; at full resolution, padding beyond the grid is dropped."""
+    if layout.coarsest_level == 0:
+        inside = layout.inside(geometry)
+        if not bool(inside.all()):
+            keep = inside.nonzero()[:, 1].view(inside.shape[0], -1)
+            x, layout = _gather(x, keep), layout.gather(keep)
+    order = layout.raster_order()
+    return _gather(x, order), layout.gather(order)
 
 
 def _checked(replaced: torch.Tensor | None, latents: torch.Tensor, step: Step) -> torch.Tensor:

@@ -7,3 +7,4 @@ third-party library; the adapter's module (and diffusers) is imported the first 
 from fresco_plugin.registry import register_adapter
 
 register_adapter("FluxPipeline", "fresco_plugin.integrations.diffusers_flux:FluxFrescoRunner")
+register_adapter("HunyuanVideoPipeline", "fresco_plugin.integrations.diffusers_hunyuan_video:HunyuanVideoFrescoRunner")

@@ -149,7 +149,7 @@ def test_hash_field_and_user_latents(flux_pipe):
     stock = _call(flux_pipe, latents=latents)
     apply_fresco(flux_pipe, FrescoConfig(stage_scales=(1.0,)))
     assert torch.equal(_call(flux_pipe, latents=latents), stock)
-    with pytest.raises(ValueError, match="packed full-resolution noise"):
+    with pytest.raises(ValueError, match="Fresco needs the full-resolution noise"):
         _call(flux_pipe, latents=latents[:, :256])
 
 

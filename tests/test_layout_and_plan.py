@@ -22,8 +22,9 @@ def test_pack_unpack_round_trip_matches_flux_packing():
 def test_uniform_stage_positions_are_the_integer_grid():
     layout = TokenLayout.uniform(1, GEOMETRY, 1, CPU)
     positions = layout.positions(1)
-    assert torch.equal(positions[0, :, 0], torch.arange(4).repeat_interleave(3).float())
-    assert torch.equal(positions[0, :, 1], torch.arange(3).repeat(4).float())
+    assert torch.equal(positions[0, :, 1], torch.arange(4).repeat_interleave(3).float())
+    assert torch.equal(positions[0, :, 2], torch.arange(3).repeat(4).float())
+    assert torch.equal(positions[0, :, 0], torch.zeros(12))
     full = TokenLayout.uniform(1, GEOMETRY, 0, CPU).positions(0, "anchor")
     assert torch.equal(full, TokenLayout.uniform(1, GEOMETRY, 0, CPU).positions(0, "center"))
 
@@ -34,16 +35,16 @@ def test_children_sit_around_their_parent():
     mask[0, 4] = True  # row 1, col 1 on the half-resolution grid
     mixed, kept, promoted = layout.promote(mask)
     assert mixed.num_tokens == 11 + 4 and promoted.tolist() == [[4]]
-    children = mixed.positions(1, "center")[0, -4:]
+    children = mixed.positions(1, "center")[0, -4:, 1:]
     assert torch.allclose(children.mean(0), torch.tensor([1.0, 1.0]))
     assert sorted(children[:, 0].tolist()) == [0.75, 0.75, 1.25, 1.25]
-    assert mixed.positions(1, "anchor")[0, -4:].tolist() == [[1.0, 1.0], [1.0, 1.5], [1.5, 1.0], [1.5, 1.5]]
+    assert mixed.positions(1, "anchor")[0, -4:, 1:].tolist() == [[1.0, 1.0], [1.0, 1.5], [1.5, 1.0], [1.5, 1.5]]
 
 
 def test_promoting_everything_gives_raster_order_back():
     layout = TokenLayout.uniform(2, GEOMETRY, 1, CPU)
     full, _, _ = layout.promote(torch.ones(2, 12, dtype=torch.bool))
-    order = full.raster_order(GEOMETRY)
+    order = full.raster_order()
     assert torch.equal(full.gather(order).row, TokenLayout.uniform(2, GEOMETRY, 0, CPU).row)
     assert torch.equal(full.gather(order).col, TokenLayout.uniform(2, GEOMETRY, 0, CPU).col)
 

@@ -30,7 +30,7 @@ def _oracle(target: torch.Tensor, stages, config):
     def denoise(latents, positions, step):
         base = stages[step.stage].level
         scale = 2.0**base
-        centre = positions * scale + (scale - 1) / 2  # full-resolution token coordinates of each token's centre
+        centre = positions[..., 1:] * scale + (scale - 1) / 2  # full-resolution token coordinates of each token's centre
         row = (centre[..., 0] // 4).long().clamp(0, GEOMETRY.rows // 4 - 1) * 4
         col = (centre[..., 1] // 4).long().clamp(0, GEOMETRY.cols // 4 - 1) * 4
         expected = target[0, row * GEOMETRY.cols + col]  # the block's value (any token inside it)
@@ -73,7 +73,7 @@ def test_the_oracle_notices_misplaced_tokens():
     field = NoiseField.from_hash([3], GEOMETRY.channels, GEOMETRY.rows * 2, GEOMETRY.cols * 2)
     first = field.tokens(TokenLayout.uniform(1, GEOMETRY, stages[0].level, torch.device("cpu")), GEOMETRY)
     oracle = _oracle(target, stages, config)
-    shifted = lambda latents, positions, step: oracle(latents, positions + 1.0, step)  # noqa: E731
+    shifted = lambda latents, positions, step: oracle(latents, positions + torch.tensor([0.0, 1.0, 1.0]), step)  # noqa: E731
     result = sample(shifted, first, config=config, stages=stages, schedules=static_schedules(stages, shift=3.0),
                     geometry=GEOMETRY, field=field)
     assert not torch.allclose(result.latents, target, atol=1e-2)

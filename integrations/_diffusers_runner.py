@@ -1,0 +1,268 @@
+"""What every diffusers adapter shares: hosting Fresco's loop inside the user's ``pipe(...)`` call.
+
+A runner binds the call's arguments to the pipeline's own signature, plans the stages, builds the noise field from
+the pipeline's own initial noise (or the hash), asks the pipeline's scheduler for each stage's schedule, runs the
+sampler with the pipeline's progress bar and callbacks, and leaves decoding to the model-specific subclass.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+from diffusers.pipelines.flux.pipeline_flux import retrieve_timesteps
+
+from fresco_plugin.config import FrescoConfig
+from fresco_plugin.layout import TokenGeometry, TokenLayout
+from fresco_plugin.noise import FreshNoise, NoiseField, seeds_from_generators
+from fresco_plugin.sampler import SamplerResult, Step, min_score_history, sample
+from fresco_plugin.schedule import StagePlan, StageSchedule, plan_stages, shift_sigmas
+from fresco_plugin.transitions import USES_FRESH_NOISE
+
+__all__ = ["DiffusersFrescoRunner", "TransformerDenoiser", "rows_for"]
+
+
+class DiffusersFrescoRunner:
+    """Base of the per-pipeline runners; one instance per pipeline with Fresco applied."""
+
+    pipeline_class: ClassVar[type]
+
+    def __init__(self, pipe: Any, config: FrescoConfig):
+        stock = self.pipeline_class
+        if type(pipe).__call__ is not stock.__call__:
+            raise ValueError(
+                f"{type(pipe).__name__} overrides {stock.__name__}.__call__; this Fresco adapter hosts "
+                f"{stock.__name__}'s own loop, so a pipeline with its own __call__ needs its own adapter "
+                "(fresco_plugin.register_adapter)"
+            )
+        scheduler = pipe.scheduler
+        if not isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
+            raise ValueError(
+                f"Fresco needs a FlowMatchEulerDiscreteScheduler, this pipeline has {type(scheduler).__name__}; set "
+                "pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config) (with the "
+                "model's shift) first"
+            )
+        if scheduler.config.get("stochastic_sampling", False) or scheduler.config.get("invert_sigmas", False):
+            raise ValueError(
+                "Fresco runs the deterministic Euler flow step; the scheduler's stochastic_sampling / invert_sigmas "
+                "must be False"
+            )
+        self.pipe = pipe
+        self.config = config
+        self.min_history = min_score_history(config)
+        self.last_run: SamplerResult | None = None
+        if config.stage_steps is not None:
+            plan_stages(config, None, min_score_history=self.min_history)  # fail at apply time, not mid-call
+        self._signature = inspect.signature(type(pipe).__call__)
+
+    def close(self) -> None:
+        self.last_run = None
+
+    @torch.no_grad()
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        bound = self._signature.bind(self.pipe, *args, **kwargs)
+        explicit = set(bound.arguments)
+        bound.apply_defaults()
+        arguments = dict(bound.arguments)
+        arguments.pop(next(iter(self._signature.parameters)))  # self
+        if arguments.get("sigmas") is not None:
+            raise ValueError(
+                "Fresco builds one sigma schedule per stage; drop sigmas= or set FrescoConfig.stage_shifts instead"
+            )
+        return self.run(arguments, explicit)
+
+    def run(self, a: dict[str, Any], explicit: set[str]) -> Any:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------------------------------ shared steps
+    def plan(self, a: dict[str, Any], explicit: set[str]) -> list[StagePlan]:
+        steps = a["num_inference_steps"] if "num_inference_steps" in explicit else None
+        if steps is None and self.config.stage_steps is None:
+            steps = a["num_inference_steps"]  # the pipeline's own default
+        return plan_stages(self.config, steps, min_score_history=self.min_history)
+
+    def noise(self, a: dict[str, Any], images: int, geometry: TokenGeometry, expected_latents: tuple[int, ...],
+              stock_noise: Callable[[], torch.Tensor], dtype: torch.dtype,
+              device: torch.device) -> tuple[NoiseField, FreshNoise | None]:
+        """The coordinate-bound field: the user's latents, the pipeline's own initial noise, or the hash.
+
+        The field covers the coarsest stage's grid; where that grid rounds up (odd sizes), the pipeline's noise is
+        extended with hash noise seeded from the generator.
+        """
+        generator, latents = a["generator"], a["latents"]
+        coarsest = max(self.config.stage_levels)
+        rows, cols = geometry.grid(coarsest)
+        padded = (rows << coarsest) * geometry.patch, (cols << coarsest) * geometry.patch
+        seeds = None
+        if latents is None and self.config.noise_source == "hash":
+            seeds = seeds_from_generators(generator, images)
+            field = NoiseField.from_hash(seeds, geometry.channels, *padded, frames=geometry.frames, dtype=dtype,
+                                         device=device)
+        else:
+            if latents is not None:
+                if tuple(latents.shape) != expected_latents:
+                    raise ValueError(
+                        f"latents= has shape {tuple(latents.shape)}; Fresco needs the full-resolution noise "
+                        f"{expected_latents} (it defines the coordinate-bound field)"
+                    )
+                full = latents.to(device=device, dtype=dtype)
+            else:
+                full = stock_noise()
+            full = self.latent_pixels(full, geometry)
+            if tuple(full.shape[-2:]) != padded:
+                seeds = seeds_from_generators(generator, images)
+            field = NoiseField.padded(full, *padded, seeds or [])
+        fresh = None
+        if self.config.strategy in USES_FRESH_NOISE:
+            fresh = FreshNoise(seeds if seeds is not None else seeds_from_generators(generator, images))
+        return field, fresh
+
+    def latent_pixels(self, latents: torch.Tensor, geometry: TokenGeometry) -> torch.Tensor:
+        """The pipeline's latent layout -> latent pixels ``(B, C, [F,] H, W)`` (identity for unpacked latents)."""
+        return latents
+
+    def schedules(self, stages: list[StagePlan], base: np.ndarray, geometry: TokenGeometry,
+                  mu_of_tokens: Callable[[int], float] | None, device: torch.device) -> list[StageSchedule]:
+        """Each stage's slice of the pipeline's base schedule, shifted by the scheduler as for a stock run.
+
+        A scheduler with dynamic shifting gets each stage's own ``mu`` (from its token count); a static shift applies
+        to every stage alike, unless ``stage_shifts`` sets one per stage.
+        """
+        scheduler = self.pipe.scheduler
+        scale = float(scheduler.config.num_train_timesteps)
+        total = len(base)
+        out = []
+        for stage in stages:
+            end = stage.last_step + 1 if stage.last_step < total else stage.last_step
+            piece = base[stage.first_step:end]
+            if stage.shift is not None:
+                shifted = np.asarray(shift_sigmas(np.asarray(piece, dtype=np.float32), shift=stage.shift),
+                                     dtype=np.float32)
+                sigmas = torch.cat([torch.from_numpy(shifted), torch.zeros(1)]).to(device)
+                timesteps = sigmas[:-1] * scale
+            else:
+                mu = None
+                if mu_of_tokens is not None and scheduler.config.get("use_dynamic_shifting", False):
+                    rows, cols = geometry.grid(stage.level)
+                    mu = mu_of_tokens(rows * cols * geometry.num_frames)
+                kwargs = {"mu": mu} if mu is not None else {}
+                timesteps, _ = retrieve_timesteps(scheduler, None, device, sigmas=piece, **kwargs)
+                sigmas = scheduler.sigmas
+            out.append(StageSchedule(sigmas[: stage.num_steps + 1].clone(), timesteps[: stage.num_steps].clone(), scale))
+        self.pipe._num_timesteps = total
+        return out
+
+    def sample(self, denoiser: TransformerDenoiser, field: NoiseField, fresh: FreshNoise | None,
+               stages: list[StagePlan], schedules: list[StageSchedule], geometry: TokenGeometry, images: int,
+               a: dict[str, Any], device: torch.device) -> torch.Tensor:
+        """Run the sampler with the pipeline's progress bar and ``callback_on_step_end``; full-resolution tokens."""
+        pipe, config = self.pipe, self.config
+        callback, tensor_inputs = a["callback_on_step_end"], a["callback_on_step_end_tensor_inputs"]
+        tensor_inputs = getattr(callback, "tensor_inputs", tensor_inputs)  # PipelineCallback objects name their own
+        with pipe.progress_bar(total=stages[-1].last_step) as progress_bar:
+
+            def on_step(step: Step, latents: torch.Tensor, layout: TokenLayout) -> torch.Tensor | None:
+                progress_bar.update()
+                if callback is None:
+                    return None
+                values = {"latents": latents, **denoiser.callback_tensors()}
+                outputs = callback(pipe, step.index, step.timestep, {k: values[k] for k in tensor_inputs})
+                denoiser.take_callback_outputs(outputs)
+                return outputs.pop("latents", latents)
+
+            common = dict(config=config, stages=stages, schedules=schedules, geometry=geometry, callback=on_step,
+                          interrupted=lambda: pipe.interrupt)
+            if config.promotion_threshold is not None and images > 1 and config.promotion_rounds > 0:
+                # a threshold promotes a different number of tokens per image: sample each image on its own
+                results = []
+                for index in range(images):
+                    one_field = field.select([index])
+                    first = one_field.tokens(TokenLayout.uniform(1, geometry, stages[0].level, device), geometry)
+                    results.append(sample(denoiser.for_images(index), first, field=one_field,
+                                          fresh=fresh.select([index]) if fresh else None, **common))
+                self.last_run = results[0]
+                latents = torch.cat([r.latents for r in results])
+            else:
+                first = field.tokens(TokenLayout.uniform(images, geometry, stages[0].level, device), geometry)
+                self.last_run = sample(denoiser, first, field=field, fresh=fresh, **common)
+                latents = self.last_run.latents
+        pipe._current_timestep = None
+        return latents
+
+
+def rows_for(values: torch.Tensor | None, images: slice) -> torch.Tensor | None:
+    """The rows of ``values`` for ``images``; a batch of one is shared by every image, as the stock pipelines do
+    with given embeddings and several images per prompt."""
+    if values is None or values.shape[0] == 1:
+        return values
+    return values[images]
+
+
+class TransformerDenoiser:
+    """A pipeline's transformer as Fresco's ``denoise(latents, positions, step)``, with true CFG when asked.
+
+    Images whose token layouts coincide share one forward; otherwise each image gets its own. Subclasses implement
+    ``forward(context, text, latents, positions, step, images)`` for one group.
+    """
+
+    def __init__(self, pipe: Any, text: dict[str, Any], negative: dict[str, Any] | None, cfg_scale: float,
+                 images: slice = slice(None)):
+        self.pipe, self.text, self.negative, self.cfg_scale, self.images = pipe, text, negative, cfg_scale, images
+        self._last_tokens: int | None = None
+
+    def for_images(self, index: int) -> TransformerDenoiser:
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        clone.images = slice(index, index + 1)
+        clone._last_tokens = None
+        return clone
+
+    def callback_tensors(self) -> dict[str, torch.Tensor]:
+        return {"prompt_embeds": self.text["prompt_embeds"]}
+
+    def take_callback_outputs(self, outputs: dict[str, Any]) -> None:
+        self.text["prompt_embeds"] = outputs.pop("prompt_embeds", self.text["prompt_embeds"])
+
+    def __call__(self, latents: torch.Tensor, positions: torch.Tensor, step: Step) -> torch.Tensor:
+        transformer = self.pipe.transformer
+        if self._last_tokens is not None and latents.shape[1] != self._last_tokens and hasattr(
+            transformer, "_reset_stateful_cache"
+        ):
+            # stateful feature caches hold tensors of the old token count; they must start over
+            transformer._reset_stateful_cache()
+        self._last_tokens = latents.shape[1]
+        self.pipe._current_timestep = step.timestep
+        prediction = self._branch("cond", self.text, latents, positions, step)
+        if self.negative is not None:
+            negative = self._branch("uncond", self.negative, latents, positions, step)
+            prediction = negative + self.cfg_scale * (prediction - negative)
+        return prediction
+
+    def _branch(self, context: str, text: dict[str, Any], latents: torch.Tensor, positions: torch.Tensor,
+                step: Step) -> torch.Tensor:
+        if bool((positions == positions[:1]).all()):
+            groups = [slice(None)]  # one layout for the whole batch: one forward
+        else:
+            groups = [slice(i, i + 1) for i in range(latents.shape[0])]
+        outputs = []
+        for group in groups:
+            rows = _compose(self.images, group)
+            with self.pipe.transformer.cache_context(context):
+                outputs.append(self.forward(text, latents[group], positions[group][0], step, rows))
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+
+    def forward(self, text: dict[str, Any], latents: torch.Tensor, positions: torch.Tensor, step: Step,
+                rows: slice) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def _compose(images: slice, group: slice) -> slice:
+    """Rows of the full batch's text for ``group`` of the (possibly already sliced) latents."""
+    start = images.start or 0
+    if group == slice(None):
+        return images
+    return slice(start + group.start, start + group.stop)

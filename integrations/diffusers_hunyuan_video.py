@@ -1,0 +1,195 @@
+"""Fresco for diffusers' HunyuanVideoPipeline: spatial progressive resolution on 3-D token grids.
+
+Stages lower the spatial resolution of every latent frame (time stays whole). A uniform stage goes through the stock
+transformer as a latent grid, so its rotary embedding is the stock one. A mixed set of coarse and fine tokens cannot be
+a grid: the runner lays the tokens out as a one-row strip (the patch embedding is per token, so the strip embeds each
+token exactly as the grid would) and a hook on ``transformer.rope`` supplies the rotary embedding at the tokens' real
+(fractional) positions, computed the way the stock embedding computes it on a grid (a test checks they agree).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import HunyuanVideoPipeline
+from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.models.embeddings import get_1d_rotary_pos_embed
+from diffusers.pipelines.hunyuan_video.pipeline_output import HunyuanVideoPipelineOutput
+
+from fresco_plugin.config import FrescoConfig
+from fresco_plugin.layout import TokenGeometry, pack, unpack
+from fresco_plugin.sampler import Step
+
+from ._diffusers_runner import DiffusersFrescoRunner, TransformerDenoiser, rows_for
+
+__all__ = ["HunyuanVideoFrescoRunner", "rope_at_positions"]
+
+_ROPE_HOOK = "fresco_rope_at_positions"
+
+
+def rope_at_positions(rope: torch.nn.Module, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """HunyuanVideo's rotary embedding for tokens at ``positions`` ``(N, 3)`` (frame, row, col; may be fractional),
+    computed as ``HunyuanVideoRotaryPosEmbed`` does for the integer positions of a grid."""
+    freqs = [get_1d_rotary_pos_embed(rope.rope_dim[axis], positions[:, axis].to(torch.float32), rope.theta,
+                                     use_real=True) for axis in range(3)]
+    return torch.cat([f[0] for f in freqs], dim=1), torch.cat([f[1] for f in freqs], dim=1)
+
+
+class _RopeAtPositions(ModelHook):
+    """While ``positions`` is set, the rope module answers for those positions instead of the input's grid."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.positions: torch.Tensor | None = None
+
+    def new_forward(self, module: torch.nn.Module, hidden_states: torch.Tensor) -> Any:
+        if self.positions is None:
+            return self.fn_ref.original_forward(hidden_states)
+        return rope_at_positions(module, self.positions.to(hidden_states.device))
+
+
+class HunyuanVideoFrescoRunner(DiffusersFrescoRunner):
+    """Runs ``HunyuanVideoPipeline.__call__``'s job with Fresco's stages."""
+
+    pipeline_class = HunyuanVideoPipeline
+
+    def __init__(self, pipe: Any, config: FrescoConfig):
+        transformer = pipe.transformer
+        if transformer.config.patch_size_t != 1:
+            raise ValueError(
+                f"this HunyuanVideo transformer packs {transformer.config.patch_size_t} frames per token; Fresco "
+                "changes spatial resolution only and needs patch_size_t == 1"
+            )
+        super().__init__(pipe, config)
+        self.rope_hook = _RopeAtPositions()
+        HookRegistry.check_if_exists_or_initialize(transformer.rope).register_hook(self.rope_hook, _ROPE_HOOK)
+
+    def close(self) -> None:
+        HookRegistry.check_if_exists_or_initialize(self.pipe.transformer.rope).remove_hook(_ROPE_HOOK)
+        super().close()
+
+    def run(self, a: dict[str, Any], explicit: set[str]) -> Any:
+        pipe = self.pipe
+        height, width, num_frames = a["height"], a["width"], a["num_frames"]
+        pipe.check_inputs(a["prompt"], a["prompt_2"], height, width, a["prompt_embeds"],
+                          a["callback_on_step_end_tensor_inputs"], a["prompt_template"])
+        geometry = self._geometry(height, width, num_frames)
+        stages = self.plan(a, explicit)
+        true_cfg = a["true_cfg_scale"] > 1 and (a["negative_prompt"] is not None or (
+            a["negative_prompt_embeds"] is not None and a["negative_pooled_prompt_embeds"] is not None))
+
+        pipe._guidance_scale = a["guidance_scale"]
+        pipe._attention_kwargs = a["attention_kwargs"]
+        pipe._current_timestep = None
+        pipe._interrupt = False
+        device = pipe._execution_device
+        prompt = a["prompt"]
+        batch_size = 1 if isinstance(prompt, str) else len(prompt) if prompt is not None else a["prompt_embeds"].shape[0]
+        transformer_dtype = pipe.transformer.dtype
+
+        def encode(prompt, prompt_2, embeds, pooled, mask):
+            embeds, pooled, mask = pipe.encode_prompt(
+                prompt=prompt, prompt_2=prompt_2, prompt_template=a["prompt_template"],
+                num_videos_per_prompt=a["num_videos_per_prompt"], prompt_embeds=embeds, pooled_prompt_embeds=pooled,
+                prompt_attention_mask=mask, device=device, max_sequence_length=a["max_sequence_length"],
+            )
+            return {"prompt_embeds": embeds.to(transformer_dtype), "pooled": pooled.to(transformer_dtype),
+                    "mask": mask.to(transformer_dtype)}
+
+        text = encode(prompt, a["prompt_2"], a["prompt_embeds"], a["pooled_prompt_embeds"], a["prompt_attention_mask"])
+        negative = None
+        if true_cfg:
+            negative = encode(a["negative_prompt"], a["negative_prompt_2"], a["negative_prompt_embeds"],
+                              a["negative_pooled_prompt_embeds"], a["negative_prompt_attention_mask"])
+        videos = batch_size * a["num_videos_per_prompt"]
+        channels = pipe.transformer.config.in_channels
+        field, fresh = self.noise(
+            a, videos, geometry,
+            (videos, channels, geometry.num_frames, geometry.rows * geometry.patch, geometry.cols * geometry.patch),
+            lambda: pipe.prepare_latents(videos, channels, height, width, num_frames, torch.float32, device,
+                                         a["generator"]),
+            torch.float32, device,
+        )
+        total = stages[-1].last_step
+        schedules = self.schedules(stages, np.linspace(1.0, 0.0, total + 1)[:-1], geometry, None, device)
+        denoiser = _HunyuanVideoDenoiser(pipe, text, negative, a["true_cfg_scale"])
+        denoiser.guidance = torch.tensor([a["guidance_scale"]] * videos, dtype=transformer_dtype, device=device) * 1000.0
+        denoiser.attention_kwargs = a["attention_kwargs"]
+        denoiser.rope_hook = self.rope_hook
+        latents = self.sample(denoiser, field, fresh, stages, schedules, geometry, videos, a, device)
+        latents = unpack(latents, geometry.rows, geometry.cols, geometry.patch, frames=geometry.num_frames)
+
+        if a["output_type"] == "latent":
+            video = latents
+        else:
+            latents = latents.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor
+            video = pipe.vae.decode(latents, return_dict=False)[0]
+            video = pipe.video_processor.postprocess_video(video, output_type=a["output_type"])
+        pipe.maybe_free_model_hooks()
+        if not a["return_dict"]:
+            return (video,)
+        return HunyuanVideoPipelineOutput(frames=video)
+
+    def _geometry(self, height: int, width: int, num_frames: int) -> TokenGeometry:
+        pipe = self.pipe
+        spatial, temporal = pipe.vae_scale_factor_spatial, pipe.vae_scale_factor_temporal
+        patch = pipe.transformer.config.patch_size
+        latent_rows, latent_cols = int(height) // spatial, int(width) // spatial
+        if latent_rows % patch or latent_cols % patch:
+            raise ValueError(
+                f"height={height}, width={width} give a {latent_rows}x{latent_cols} latent, which the transformer's "
+                f"{patch}x{patch} patches do not tile; use multiples of {spatial * patch}"
+            )
+        if (num_frames - 1) % temporal:
+            raise ValueError(f"num_frames={num_frames}: HunyuanVideo needs {temporal}k + 1 frames (for example 129)")
+        return TokenGeometry(pipe.transformer.config.in_channels, patch, latent_rows // patch, latent_cols // patch,
+                             frames=(num_frames - 1) // temporal + 1)
+
+
+class _HunyuanVideoDenoiser(TransformerDenoiser):
+    guidance: torch.Tensor
+    attention_kwargs: dict[str, Any] | None
+    rope_hook: _RopeAtPositions
+    _grid_cache: tuple[torch.Tensor, tuple[int, int, int] | None] | None = None
+
+    def forward(self, text: dict[str, Any], latents: torch.Tensor, positions: torch.Tensor, step: Step,
+                rows: slice) -> torch.Tensor:
+        transformer = self.pipe.transformer
+        patch = transformer.config.patch_size
+        grid = self._grid(positions)
+        if grid is not None:
+            frames, height, width = grid
+            hidden = unpack(latents, height, width, patch, frames=frames)
+        else:
+            hidden = unpack(latents, 1, latents.shape[1], patch, frames=1)  # a one-row strip of tokens
+            self.rope_hook.positions = positions
+        try:
+            output = transformer(
+                hidden_states=hidden.to(transformer.dtype),
+                timestep=step.timestep.expand(latents.shape[0]).to(torch.float32),
+                encoder_hidden_states=rows_for(text["prompt_embeds"], rows),
+                encoder_attention_mask=rows_for(text["mask"], rows),
+                pooled_projections=rows_for(text["pooled"], rows),
+                guidance=rows_for(self.guidance, rows),
+                attention_kwargs=self.attention_kwargs,
+                return_dict=False,
+            )[0]
+        finally:
+            self.rope_hook.positions = None
+        return pack(output, patch)
+
+    def _grid(self, positions: torch.Tensor) -> tuple[int, int, int] | None:
+        """(frames, rows, cols) when ``positions`` is a whole integer grid in raster order, else None."""
+        if self._grid_cache is not None and self._grid_cache[0] is positions:
+            return self._grid_cache[1]
+        extent = positions.amax(dim=0).long() + 1
+        frames, rows, cols = (int(v) for v in extent)
+        grid = None
+        if frames * rows * cols == positions.shape[0]:
+            axes = [torch.arange(n, device=positions.device, dtype=positions.dtype) for n in (frames, rows, cols)]
+            whole = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
+            grid = (frames, rows, cols) if torch.equal(whole, positions) else None
+        self._grid_cache = (positions, grid)
+        return grid
