@@ -8,3 +8,4 @@ from fresco_plugin.registry import register_adapter
 
 register_adapter("FluxPipeline", "fresco_plugin.integrations.diffusers_flux:FluxFrescoRunner")
 register_adapter("HunyuanVideoPipeline", "fresco_plugin.integrations.diffusers_hunyuan_video:HunyuanVideoFrescoRunner")
+register_adapter("WanPipeline", "fresco_plugin.integrations.diffusers_wan:WanFrescoRunner")

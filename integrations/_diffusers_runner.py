@@ -125,16 +125,23 @@ class DiffusersFrescoRunner:
         """The pipeline's latent layout -> latent pixels ``(B, C, [F,] H, W)`` (identity for unpacked latents)."""
         return latents
 
-    def schedules(self, stages: list[StagePlan], base: np.ndarray, geometry: TokenGeometry,
+    def schedules(self, stages: list[StagePlan], base: np.ndarray | None, geometry: TokenGeometry,
                   mu_of_tokens: Callable[[int], float] | None, device: torch.device) -> list[StageSchedule]:
-        """Each stage's slice of the pipeline's base schedule, shifted by the scheduler as for a stock run.
+        """Each stage's slice of the pipeline's schedule, shifted by the scheduler as for a stock run.
 
-        A scheduler with dynamic shifting gets each stage's own ``mu`` (from its token count); a static shift applies
-        to every stage alike, unless ``stage_shifts`` sets one per stage.
+        ``base`` is the unshifted sigmas the stock call passes to ``set_timesteps`` (``None`` for pipelines that pass
+        only a step count: their stock schedule is then sliced as it is). A scheduler with dynamic shifting gets each
+        stage's own ``mu`` (from its token count); a static shift applies to every stage alike, unless
+        ``stage_shifts`` sets one per stage.
         """
         scheduler = self.pipe.scheduler
         scale = float(scheduler.config.num_train_timesteps)
-        total = len(base)
+        total = stages[-1].last_step
+        stock = None
+        if base is None:
+            scheduler.set_timesteps(total, device=device)
+            stock = scheduler.sigmas.clone(), scheduler.timesteps.clone()
+            base = np.linspace(1.0, 1.0 / total, total)  # unshifted, for explicit stage shifts
         out = []
         for stage in stages:
             end = stage.last_step + 1 if stage.last_step < total else stage.last_step
@@ -144,6 +151,9 @@ class DiffusersFrescoRunner:
                                      dtype=np.float32)
                 sigmas = torch.cat([torch.from_numpy(shifted), torch.zeros(1)]).to(device)
                 timesteps = sigmas[:-1] * scale
+            elif stock is not None:
+                sigmas = stock[0][stage.first_step:stage.last_step + 1]
+                timesteps = stock[1][stage.first_step:stage.last_step]
             else:
                 mu = None
                 if mu_of_tokens is not None and scheduler.config.get("use_dynamic_shifting", False):

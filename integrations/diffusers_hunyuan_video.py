@@ -14,20 +14,17 @@ from typing import Any
 import numpy as np
 import torch
 from diffusers import HunyuanVideoPipeline
-from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.models.embeddings import get_1d_rotary_pos_embed
 from diffusers.pipelines.hunyuan_video.pipeline_output import HunyuanVideoPipelineOutput
 
 from fresco_plugin.config import FrescoConfig
-from fresco_plugin.layout import TokenGeometry, pack, unpack
+from fresco_plugin.layout import TokenGeometry, unpack
 from fresco_plugin.sampler import Step
 
-from ._diffusers_runner import DiffusersFrescoRunner, TransformerDenoiser, rows_for
+from ._diffusers_runner import DiffusersFrescoRunner, rows_for
+from ._video import StripDenoiser, install_rope_hook, remove_rope_hook
 
 __all__ = ["HunyuanVideoFrescoRunner", "rope_at_positions"]
-
-_ROPE_HOOK = "fresco_rope_at_positions"
-
 
 def rope_at_positions(rope: torch.nn.Module, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """HunyuanVideo's rotary embedding for tokens at ``positions`` ``(N, 3)`` (frame, row, col; may be fractional),
@@ -35,19 +32,6 @@ def rope_at_positions(rope: torch.nn.Module, positions: torch.Tensor) -> tuple[t
     freqs = [get_1d_rotary_pos_embed(rope.rope_dim[axis], positions[:, axis].to(torch.float32), rope.theta,
                                      use_real=True) for axis in range(3)]
     return torch.cat([f[0] for f in freqs], dim=1), torch.cat([f[1] for f in freqs], dim=1)
-
-
-class _RopeAtPositions(ModelHook):
-    """While ``positions`` is set, the rope module answers for those positions instead of the input's grid."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.positions: torch.Tensor | None = None
-
-    def new_forward(self, module: torch.nn.Module, hidden_states: torch.Tensor) -> Any:
-        if self.positions is None:
-            return self.fn_ref.original_forward(hidden_states)
-        return rope_at_positions(module, self.positions.to(hidden_states.device))
 
 
 class HunyuanVideoFrescoRunner(DiffusersFrescoRunner):
@@ -63,11 +47,10 @@ class HunyuanVideoFrescoRunner(DiffusersFrescoRunner):
                 "changes spatial resolution only and needs patch_size_t == 1"
             )
         super().__init__(pipe, config)
-        self.rope_hook = _RopeAtPositions()
-        HookRegistry.check_if_exists_or_initialize(transformer.rope).register_hook(self.rope_hook, _ROPE_HOOK)
+        self.rope_hook = install_rope_hook(transformer, rope_at_positions)
 
     def close(self) -> None:
-        HookRegistry.check_if_exists_or_initialize(self.pipe.transformer.rope).remove_hook(_ROPE_HOOK)
+        remove_rope_hook(self.pipe.transformer)
         super().close()
 
     def run(self, a: dict[str, Any], explicit: set[str]) -> Any:
@@ -117,7 +100,7 @@ class HunyuanVideoFrescoRunner(DiffusersFrescoRunner):
         denoiser = _HunyuanVideoDenoiser(pipe, text, negative, a["true_cfg_scale"])
         denoiser.guidance = torch.tensor([a["guidance_scale"]] * videos, dtype=transformer_dtype, device=device) * 1000.0
         denoiser.attention_kwargs = a["attention_kwargs"]
-        denoiser.rope_hook = self.rope_hook
+        denoiser.rope_hook, denoiser.patch = self.rope_hook, geometry.patch
         latents = self.sample(denoiser, field, fresh, stages, schedules, geometry, videos, a, device)
         latents = unpack(latents, geometry.rows, geometry.cols, geometry.patch, frames=geometry.num_frames)
 
@@ -148,48 +131,19 @@ class HunyuanVideoFrescoRunner(DiffusersFrescoRunner):
                              frames=(num_frames - 1) // temporal + 1)
 
 
-class _HunyuanVideoDenoiser(TransformerDenoiser):
+class _HunyuanVideoDenoiser(StripDenoiser):
     guidance: torch.Tensor
     attention_kwargs: dict[str, Any] | None
-    rope_hook: _RopeAtPositions
-    _grid_cache: tuple[torch.Tensor, tuple[int, int, int] | None] | None = None
 
-    def forward(self, text: dict[str, Any], latents: torch.Tensor, positions: torch.Tensor, step: Step,
-                rows: slice) -> torch.Tensor:
+    def call_transformer(self, hidden: torch.Tensor, text: dict[str, Any], step: Step, rows: slice) -> torch.Tensor:
         transformer = self.pipe.transformer
-        patch = transformer.config.patch_size
-        grid = self._grid(positions)
-        if grid is not None:
-            frames, height, width = grid
-            hidden = unpack(latents, height, width, patch, frames=frames)
-        else:
-            hidden = unpack(latents, 1, latents.shape[1], patch, frames=1)  # a one-row strip of tokens
-            self.rope_hook.positions = positions
-        try:
-            output = transformer(
-                hidden_states=hidden.to(transformer.dtype),
-                timestep=step.timestep.expand(latents.shape[0]).to(torch.float32),
-                encoder_hidden_states=rows_for(text["prompt_embeds"], rows),
-                encoder_attention_mask=rows_for(text["mask"], rows),
-                pooled_projections=rows_for(text["pooled"], rows),
-                guidance=rows_for(self.guidance, rows),
-                attention_kwargs=self.attention_kwargs,
-                return_dict=False,
-            )[0]
-        finally:
-            self.rope_hook.positions = None
-        return pack(output, patch)
-
-    def _grid(self, positions: torch.Tensor) -> tuple[int, int, int] | None:
-        """(frames, rows, cols) when ``positions`` is a whole integer grid in raster order, else None."""
-        if self._grid_cache is not None and self._grid_cache[0] is positions:
-            return self._grid_cache[1]
-        extent = positions.amax(dim=0).long() + 1
-        frames, rows, cols = (int(v) for v in extent)
-        grid = None
-        if frames * rows * cols == positions.shape[0]:
-            axes = [torch.arange(n, device=positions.device, dtype=positions.dtype) for n in (frames, rows, cols)]
-            whole = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
-            grid = (frames, rows, cols) if torch.equal(whole, positions) else None
-        self._grid_cache = (positions, grid)
-        return grid
+        return transformer(
+            hidden_states=hidden.to(transformer.dtype),
+            timestep=step.timestep.expand(hidden.shape[0]).to(torch.float32),
+            encoder_hidden_states=rows_for(text["prompt_embeds"], rows),
+            encoder_attention_mask=rows_for(text["mask"], rows),
+            pooled_projections=rows_for(text["pooled"], rows),
+            guidance=rows_for(self.guidance, rows),
+            attention_kwargs=self.attention_kwargs,
+            return_dict=False,
+        )[0]

@@ -137,6 +137,7 @@ def test_mixed_token_path_equals_the_grid_path(video_pipe):
                                                   "pooled": text["pooled_prompt_embeds"],
                                                   "mask": text["prompt_attention_mask"].float()}, None, 1.0)
     denoiser.guidance, denoiser.attention_kwargs, denoiser.rope_hook = torch.tensor([6000.0]), None, runner.rope_hook
+    denoiser.patch = 2
     geometry = TokenGeometry(4, 2, ROWS, COLS, frames=FRAMES)
     positions = TokenLayout.uniform(1, geometry, 0, torch.device("cpu")).positions(0)
     latents = torch.randn(1, geometry.num_tokens, geometry.token_dim)

@@ -1,0 +1,152 @@
+"""Fresco for diffusers' WanPipeline (Wan2.1 text-to-video), the same way as HunyuanVideo.
+
+Uniform stages reach the stock transformer as a latent grid; mixed coarse/fine sets travel as a one-row strip while a
+hook on ``transformer.rope`` answers with Wan's rotary embedding at the tokens' real positions. Wan runs classifier-
+free guidance (two forwards per step when ``guidance_scale > 1``). Wan2.2's two-expert pipelines (``transformer_2`` /
+``boundary_ratio``) and ``expand_timesteps`` are refused. Fresco runs the Euler flow step, so the pipeline needs a
+``FlowMatchEulerDiscreteScheduler`` (Wan's repositories ship UniPC; swap it with the model's ``flow_shift``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from diffusers import WanPipeline
+from diffusers.models.embeddings import get_1d_rotary_pos_embed
+from diffusers.pipelines.wan.pipeline_output import WanPipelineOutput
+from diffusers.utils.torch_utils import get_module_execution_device
+
+from fresco_plugin.config import FrescoConfig
+from fresco_plugin.layout import TokenGeometry, unpack
+from fresco_plugin.sampler import Step
+
+from ._diffusers_runner import DiffusersFrescoRunner, rows_for
+from ._video import StripDenoiser, install_rope_hook, remove_rope_hook
+
+__all__ = ["WanFrescoRunner", "wan_rope_at_positions"]
+
+_WAN_ROPE_THETA = 10000.0  # WanRotaryPosEmbed's default; WanTransformer3DModel never changes it
+
+
+def wan_rope_at_positions(rope: torch.nn.Module, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Wan's rotary embedding ``(1, N, 1, D)`` at ``positions`` ``(N, 3)``, computed as ``WanRotaryPosEmbed``
+    precomputes its table for integer positions."""
+    dtype = torch.float32 if torch.backends.mps.is_available() else torch.float64
+    parts = [get_1d_rotary_pos_embed(dim, positions[:, axis].to(dtype), _WAN_ROPE_THETA, use_real=True,
+                                     repeat_interleave_real=True, freqs_dtype=dtype)
+             for axis, dim in enumerate((rope.t_dim, rope.h_dim, rope.w_dim))]
+    cos = torch.cat([p[0] for p in parts], dim=1).to(rope.freqs_cos.dtype)
+    sin = torch.cat([p[1] for p in parts], dim=1).to(rope.freqs_sin.dtype)
+    return cos.view(1, -1, 1, cos.shape[-1]), sin.view(1, -1, 1, sin.shape[-1])
+
+
+class WanFrescoRunner(DiffusersFrescoRunner):
+    """Runs ``WanPipeline.__call__``'s job with Fresco's stages."""
+
+    pipeline_class = WanPipeline
+
+    def __init__(self, pipe: Any, config: FrescoConfig):
+        if pipe.transformer_2 is not None or pipe.config.boundary_ratio is not None or pipe.config.expand_timesteps:
+            raise ValueError(
+                "Fresco supports single-transformer Wan pipelines (Wan2.1); this one has a second transformer "
+                "(boundary_ratio) or expand_timesteps (Wan2.2), which Fresco does not handle yet"
+            )
+        if tuple(pipe.transformer.config.patch_size)[0] != 1:
+            raise ValueError("Fresco changes spatial resolution only and needs a temporal patch size of 1")
+        super().__init__(pipe, config)
+        self.rope_hook = install_rope_hook(pipe.transformer, wan_rope_at_positions)
+
+    def close(self) -> None:
+        remove_rope_hook(self.pipe.transformer)
+        super().close()
+
+    def run(self, a: dict[str, Any], explicit: set[str]) -> Any:
+        pipe = self.pipe
+        height, width, num_frames = a["height"], a["width"], a["num_frames"]
+        pipe.check_inputs(a["prompt"], a["negative_prompt"], height, width, a["prompt_embeds"],
+                          a["negative_prompt_embeds"], a["callback_on_step_end_tensor_inputs"], a["guidance_scale_2"])
+        geometry = self._geometry(height, width, num_frames)
+        stages = self.plan(a, explicit)
+        pipe._guidance_scale = a["guidance_scale"]
+        pipe._guidance_scale_2 = None
+        pipe._attention_kwargs = a["attention_kwargs"]
+        pipe._current_timestep = None
+        pipe._interrupt = False
+        device = pipe._execution_device
+        prompt = a["prompt"]
+        batch_size = 1 if isinstance(prompt, str) else len(prompt) if prompt is not None else a["prompt_embeds"].shape[0]
+        cfg = pipe.do_classifier_free_guidance
+        embeds, negative_embeds = pipe.encode_prompt(
+            prompt=prompt, negative_prompt=a["negative_prompt"], do_classifier_free_guidance=cfg,
+            num_videos_per_prompt=a["num_videos_per_prompt"], prompt_embeds=a["prompt_embeds"],
+            negative_prompt_embeds=a["negative_prompt_embeds"], max_sequence_length=a["max_sequence_length"],
+            device=device,
+        )
+        dtype = pipe.transformer.dtype
+        text = {"prompt_embeds": embeds.to(dtype)}
+        negative = {"prompt_embeds": negative_embeds.to(dtype)} if cfg else None
+        videos = batch_size * a["num_videos_per_prompt"]
+        channels = pipe.transformer.config.in_channels
+        field, fresh = self.noise(
+            a, videos, geometry,
+            (videos, channels, geometry.num_frames, geometry.rows * geometry.patch, geometry.cols * geometry.patch),
+            lambda: pipe.prepare_latents(videos, channels, height, width, num_frames, torch.float32, device,
+                                         a["generator"]),
+            torch.float32, device,
+        )
+        schedules = self.schedules(stages, None, geometry, None, device)
+        denoiser = _WanDenoiser(pipe, text, negative, a["guidance_scale"])
+        denoiser.attention_kwargs = a["attention_kwargs"]
+        denoiser.rope_hook, denoiser.patch = self.rope_hook, geometry.patch
+        latents = self.sample(denoiser, field, fresh, stages, schedules, geometry, videos, a, device)
+        latents = unpack(latents, geometry.rows, geometry.cols, geometry.patch, frames=geometry.num_frames)
+
+        if a["output_type"] == "latent":
+            video = latents
+        else:
+            vae = pipe.vae
+            latents = latents.to(get_module_execution_device(vae), dtype=vae.dtype)
+            mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(latents)
+            inverse_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(latents)
+            video = vae.decode(latents / inverse_std + mean, return_dict=False)[0]
+            video = pipe.video_processor.postprocess_video(video, output_type=a["output_type"])
+        pipe.maybe_free_model_hooks()
+        if not a["return_dict"]:
+            return (video,)
+        return WanPipelineOutput(frames=video)
+
+    def _geometry(self, height: int, width: int, num_frames: int) -> TokenGeometry:
+        pipe = self.pipe
+        spatial, temporal = pipe.vae_scale_factor_spatial, pipe.vae_scale_factor_temporal
+        patch = tuple(pipe.transformer.config.patch_size)[-1]
+        if height % (spatial * patch) or width % (spatial * patch):
+            raise ValueError(f"height={height}, width={width}: Wan needs multiples of {spatial * patch}")
+        if num_frames % temporal != 1:
+            raise ValueError(f"num_frames={num_frames}: Wan needs {temporal}k + 1 frames (for example 81)")
+        return TokenGeometry(pipe.transformer.config.in_channels, patch, height // spatial // patch,
+                             width // spatial // patch, frames=(num_frames - 1) // temporal + 1)
+
+
+class _WanDenoiser(StripDenoiser):
+    def callback_tensors(self) -> dict[str, torch.Tensor]:
+        tensors = {"prompt_embeds": self.text["prompt_embeds"]}
+        if self.negative is not None:
+            tensors["negative_prompt_embeds"] = self.negative["prompt_embeds"]
+        return tensors
+
+    def take_callback_outputs(self, outputs: dict[str, Any]) -> None:
+        super().take_callback_outputs(outputs)
+        if self.negative is not None:
+            self.negative["prompt_embeds"] = outputs.pop("negative_prompt_embeds", self.negative["prompt_embeds"])
+
+    attention_kwargs: dict[str, Any] | None
+
+    def call_transformer(self, hidden: torch.Tensor, text: dict[str, Any], step: Step, rows: slice) -> torch.Tensor:
+        return self.pipe.transformer(
+            hidden_states=hidden.to(self.pipe.transformer.dtype),
+            timestep=step.timestep.expand(hidden.shape[0]),
+            encoder_hidden_states=rows_for(text["prompt_embeds"], rows),
+            attention_kwargs=self.attention_kwargs,
+            return_dict=False,
+        )[0]
