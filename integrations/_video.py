@@ -13,12 +13,13 @@ from typing import Any
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
 
-from fresco_plugin.layout import pack, unpack
+from fresco_plugin.config import FrescoConfig
+from fresco_plugin.layout import TokenGeometry, pack, unpack
 from fresco_plugin.sampler import Step
 
-from ._diffusers_runner import TransformerDenoiser
+from ._diffusers_runner import DiffusersFrescoRunner, TransformerDenoiser
 
-__all__ = ["RopeAtPositions", "StripDenoiser", "install_rope_hook", "remove_rope_hook"]
+__all__ = ["RopeAtPositions", "StripDenoiser", "VideoFrescoRunner"]
 
 _ROPE_HOOK = "fresco_rope_at_positions"
 RopeFunction = Callable[[torch.nn.Module, torch.Tensor], Any]
@@ -39,14 +40,45 @@ class RopeAtPositions(ModelHook):
         return self.rope_fn(module, self.positions.to(hidden_states.device))
 
 
-def install_rope_hook(transformer: torch.nn.Module, rope_fn: RopeFunction) -> RopeAtPositions:
-    hook = RopeAtPositions(rope_fn)
-    HookRegistry.check_if_exists_or_initialize(transformer.rope).register_hook(hook, _ROPE_HOOK)
-    return hook
+class VideoFrescoRunner(DiffusersFrescoRunner):
+    """A runner for a video pipeline whose transformer takes ``(B, C, F, H, W)`` latents and has a ``rope`` module.
 
+    Subclasses set ``rope_fn`` (the model's rotary embedding at arbitrary positions) and the stock decode.
+    """
 
-def remove_rope_hook(transformer: torch.nn.Module) -> None:
-    HookRegistry.check_if_exists_or_initialize(transformer.rope).remove_hook(_ROPE_HOOK)
+    rope_fn: staticmethod
+
+    def __init__(self, pipe: Any, config: FrescoConfig):
+        super().__init__(pipe, config)
+        self.rope_hook = RopeAtPositions(type(self).rope_fn)
+        HookRegistry.check_if_exists_or_initialize(pipe.transformer.rope).register_hook(self.rope_hook, _ROPE_HOOK)
+
+    def close(self) -> None:
+        HookRegistry.check_if_exists_or_initialize(self.pipe.transformer.rope).remove_hook(_ROPE_HOOK)
+        super().close()
+
+    def video_geometry(self, height: int, width: int, num_frames: int, patch: int) -> TokenGeometry:
+        pipe = self.pipe
+        spatial, temporal = pipe.vae_scale_factor_spatial, pipe.vae_scale_factor_temporal
+        name = type(pipe).__name__.removesuffix("Pipeline")
+        if int(height) % (spatial * patch) or int(width) % (spatial * patch):
+            raise ValueError(f"height={height}, width={width}: {name} needs multiples of {spatial * patch} "
+                             f"({spatial}x VAE, {patch}x{patch} patches)")
+        if (num_frames - 1) % temporal:
+            raise ValueError(f"num_frames={num_frames}: {name} needs {temporal}k + 1 frames")
+        return TokenGeometry(pipe.transformer.config.in_channels, patch, int(height) // spatial // patch,
+                             int(width) // spatial // patch, frames=(num_frames - 1) // temporal + 1)
+
+    def finish(self, latents: torch.Tensor, geometry: TokenGeometry, a: dict[str, Any],
+               decode: Callable[[torch.Tensor], torch.Tensor], output: type) -> Any:
+        """Full-resolution tokens -> the stock call's return value (latents, or the decoded video)."""
+        latents = unpack(latents, geometry.rows, geometry.cols, geometry.patch, frames=geometry.num_frames)
+        if a["output_type"] == "latent":
+            video = latents
+        else:
+            video = self.pipe.video_processor.postprocess_video(decode(latents), output_type=a["output_type"])
+        self.pipe.maybe_free_model_hooks()
+        return (video,) if not a["return_dict"] else output(frames=video)
 
 
 class StripDenoiser(TransformerDenoiser):

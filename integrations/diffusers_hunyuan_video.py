@@ -18,11 +18,10 @@ from diffusers.models.embeddings import get_1d_rotary_pos_embed
 from diffusers.pipelines.hunyuan_video.pipeline_output import HunyuanVideoPipelineOutput
 
 from fresco_plugin.config import FrescoConfig
-from fresco_plugin.layout import TokenGeometry, unpack
 from fresco_plugin.sampler import Step
 
-from ._diffusers_runner import DiffusersFrescoRunner, rows_for
-from ._video import StripDenoiser, install_rope_hook, remove_rope_hook
+from ._diffusers_runner import rows_for
+from ._video import StripDenoiser, VideoFrescoRunner
 
 __all__ = ["HunyuanVideoFrescoRunner", "rope_at_positions"]
 
@@ -34,10 +33,11 @@ def rope_at_positions(rope: torch.nn.Module, positions: torch.Tensor) -> tuple[t
     return torch.cat([f[0] for f in freqs], dim=1), torch.cat([f[1] for f in freqs], dim=1)
 
 
-class HunyuanVideoFrescoRunner(DiffusersFrescoRunner):
+class HunyuanVideoFrescoRunner(VideoFrescoRunner):
     """Runs ``HunyuanVideoPipeline.__call__``'s job with Fresco's stages."""
 
     pipeline_class = HunyuanVideoPipeline
+    rope_fn = staticmethod(rope_at_positions)
 
     def __init__(self, pipe: Any, config: FrescoConfig):
         transformer = pipe.transformer
@@ -47,18 +47,13 @@ class HunyuanVideoFrescoRunner(DiffusersFrescoRunner):
                 "changes spatial resolution only and needs patch_size_t == 1"
             )
         super().__init__(pipe, config)
-        self.rope_hook = install_rope_hook(transformer, rope_at_positions)
-
-    def close(self) -> None:
-        remove_rope_hook(self.pipe.transformer)
-        super().close()
 
     def run(self, a: dict[str, Any], explicit: set[str]) -> Any:
         pipe = self.pipe
         height, width, num_frames = a["height"], a["width"], a["num_frames"]
         pipe.check_inputs(a["prompt"], a["prompt_2"], height, width, a["prompt_embeds"],
                           a["callback_on_step_end_tensor_inputs"], a["prompt_template"])
-        geometry = self._geometry(height, width, num_frames)
+        geometry = self.video_geometry(height, width, num_frames, pipe.transformer.config.patch_size)
         stages = self.plan(a, explicit)
         true_cfg = a["true_cfg_scale"] > 1 and (a["negative_prompt"] is not None or (
             a["negative_prompt_embeds"] is not None and a["negative_pooled_prompt_embeds"] is not None))
@@ -102,33 +97,11 @@ class HunyuanVideoFrescoRunner(DiffusersFrescoRunner):
         denoiser.attention_kwargs = a["attention_kwargs"]
         denoiser.rope_hook, denoiser.patch = self.rope_hook, geometry.patch
         latents = self.sample(denoiser, field, fresh, stages, schedules, geometry, videos, a, device)
-        latents = unpack(latents, geometry.rows, geometry.cols, geometry.patch, frames=geometry.num_frames)
 
-        if a["output_type"] == "latent":
-            video = latents
-        else:
-            latents = latents.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor
-            video = pipe.vae.decode(latents, return_dict=False)[0]
-            video = pipe.video_processor.postprocess_video(video, output_type=a["output_type"])
-        pipe.maybe_free_model_hooks()
-        if not a["return_dict"]:
-            return (video,)
-        return HunyuanVideoPipelineOutput(frames=video)
+        def decode(latents: torch.Tensor) -> torch.Tensor:
+            return pipe.vae.decode(latents.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor, return_dict=False)[0]
 
-    def _geometry(self, height: int, width: int, num_frames: int) -> TokenGeometry:
-        pipe = self.pipe
-        spatial, temporal = pipe.vae_scale_factor_spatial, pipe.vae_scale_factor_temporal
-        patch = pipe.transformer.config.patch_size
-        latent_rows, latent_cols = int(height) // spatial, int(width) // spatial
-        if latent_rows % patch or latent_cols % patch:
-            raise ValueError(
-                f"height={height}, width={width} give a {latent_rows}x{latent_cols} latent, which the transformer's "
-                f"{patch}x{patch} patches do not tile; use multiples of {spatial * patch}"
-            )
-        if (num_frames - 1) % temporal:
-            raise ValueError(f"num_frames={num_frames}: HunyuanVideo needs {temporal}k + 1 frames (for example 129)")
-        return TokenGeometry(pipe.transformer.config.in_channels, patch, latent_rows // patch, latent_cols // patch,
-                             frames=(num_frames - 1) // temporal + 1)
+        return self.finish(latents, geometry, a, decode, HunyuanVideoPipelineOutput)
 
 
 class _HunyuanVideoDenoiser(StripDenoiser):

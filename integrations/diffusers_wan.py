@@ -18,11 +18,10 @@ from diffusers.pipelines.wan.pipeline_output import WanPipelineOutput
 from diffusers.utils.torch_utils import get_module_execution_device
 
 from fresco_plugin.config import FrescoConfig
-from fresco_plugin.layout import TokenGeometry, unpack
 from fresco_plugin.sampler import Step
 
-from ._diffusers_runner import DiffusersFrescoRunner, rows_for
-from ._video import StripDenoiser, install_rope_hook, remove_rope_hook
+from ._diffusers_runner import rows_for
+from ._video import StripDenoiser, VideoFrescoRunner
 
 __all__ = ["WanFrescoRunner", "wan_rope_at_positions"]
 
@@ -41,10 +40,11 @@ def wan_rope_at_positions(rope: torch.nn.Module, positions: torch.Tensor) -> tup
     return cos.view(1, -1, 1, cos.shape[-1]), sin.view(1, -1, 1, sin.shape[-1])
 
 
-class WanFrescoRunner(DiffusersFrescoRunner):
+class WanFrescoRunner(VideoFrescoRunner):
     """Runs ``WanPipeline.__call__``'s job with Fresco's stages."""
 
     pipeline_class = WanPipeline
+    rope_fn = staticmethod(wan_rope_at_positions)
 
     def __init__(self, pipe: Any, config: FrescoConfig):
         if pipe.transformer_2 is not None or pipe.config.boundary_ratio is not None or pipe.config.expand_timesteps:
@@ -55,18 +55,13 @@ class WanFrescoRunner(DiffusersFrescoRunner):
         if tuple(pipe.transformer.config.patch_size)[0] != 1:
             raise ValueError("Fresco changes spatial resolution only and needs a temporal patch size of 1")
         super().__init__(pipe, config)
-        self.rope_hook = install_rope_hook(pipe.transformer, wan_rope_at_positions)
-
-    def close(self) -> None:
-        remove_rope_hook(self.pipe.transformer)
-        super().close()
 
     def run(self, a: dict[str, Any], explicit: set[str]) -> Any:
         pipe = self.pipe
         height, width, num_frames = a["height"], a["width"], a["num_frames"]
         pipe.check_inputs(a["prompt"], a["negative_prompt"], height, width, a["prompt_embeds"],
                           a["negative_prompt_embeds"], a["callback_on_step_end_tensor_inputs"], a["guidance_scale_2"])
-        geometry = self._geometry(height, width, num_frames)
+        geometry = self.video_geometry(height, width, num_frames, tuple(pipe.transformer.config.patch_size)[-1])
         stages = self.plan(a, explicit)
         pipe._guidance_scale = a["guidance_scale"]
         pipe._guidance_scale_2 = None
@@ -100,32 +95,15 @@ class WanFrescoRunner(DiffusersFrescoRunner):
         denoiser.attention_kwargs = a["attention_kwargs"]
         denoiser.rope_hook, denoiser.patch = self.rope_hook, geometry.patch
         latents = self.sample(denoiser, field, fresh, stages, schedules, geometry, videos, a, device)
-        latents = unpack(latents, geometry.rows, geometry.cols, geometry.patch, frames=geometry.num_frames)
 
-        if a["output_type"] == "latent":
-            video = latents
-        else:
+        def decode(latents: torch.Tensor) -> torch.Tensor:
             vae = pipe.vae
             latents = latents.to(get_module_execution_device(vae), dtype=vae.dtype)
             mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(latents)
             inverse_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(latents)
-            video = vae.decode(latents / inverse_std + mean, return_dict=False)[0]
-            video = pipe.video_processor.postprocess_video(video, output_type=a["output_type"])
-        pipe.maybe_free_model_hooks()
-        if not a["return_dict"]:
-            return (video,)
-        return WanPipelineOutput(frames=video)
+            return vae.decode(latents / inverse_std + mean, return_dict=False)[0]
 
-    def _geometry(self, height: int, width: int, num_frames: int) -> TokenGeometry:
-        pipe = self.pipe
-        spatial, temporal = pipe.vae_scale_factor_spatial, pipe.vae_scale_factor_temporal
-        patch = tuple(pipe.transformer.config.patch_size)[-1]
-        if height % (spatial * patch) or width % (spatial * patch):
-            raise ValueError(f"height={height}, width={width}: Wan needs multiples of {spatial * patch}")
-        if num_frames % temporal != 1:
-            raise ValueError(f"num_frames={num_frames}: Wan needs {temporal}k + 1 frames (for example 81)")
-        return TokenGeometry(pipe.transformer.config.in_channels, patch, height // spatial // patch,
-                             width // spatial // patch, frames=(num_frames - 1) // temporal + 1)
+        return self.finish(latents, geometry, a, decode, WanPipelineOutput)
 
 
 class _WanDenoiser(StripDenoiser):
