@@ -23,6 +23,8 @@ from fresco_plugin.sampler import SamplerResult, Step, min_score_history, sample
 from fresco_plugin.schedule import StagePlan, StageSchedule, plan_stages, shift_sigmas
 from fresco_plugin.transitions import USES_FRESH_NOISE
 
+from .diffusers_caches import check_cache, guard_enable_cache, unguard_enable_cache
+
 __all__ = ["DiffusersFrescoRunner", "TransformerDenoiser", "rows_for"]
 
 
@@ -51,6 +53,7 @@ class DiffusersFrescoRunner:
                 "Fresco runs the deterministic Euler flow step; the scheduler's stochastic_sampling / invert_sigmas "
                 "must be False"
             )
+        check_cache(getattr(pipe.transformer, "_cache_config", None), promotion_rounds=config.promotion_rounds)
         self.pipe = pipe
         self.config = config
         self.min_history = min_score_history(config)
@@ -58,8 +61,10 @@ class DiffusersFrescoRunner:
         if config.stage_steps is not None:
             plan_stages(config, None, min_score_history=self.min_history)  # fail at apply time, not mid-call
         self._signature = inspect.signature(type(pipe).__call__)
+        guard_enable_cache(pipe.transformer, config.promotion_rounds)
 
     def close(self) -> None:
+        unguard_enable_cache(self.pipe.transformer)
         self.last_run = None
 
     @torch.no_grad()
@@ -171,6 +176,8 @@ class DiffusersFrescoRunner:
                a: dict[str, Any], device: torch.device) -> torch.Tensor:
         """Run the sampler with the pipeline's progress bar and ``callback_on_step_end``; full-resolution tokens."""
         pipe, config = self.pipe, self.config
+        check_cache(getattr(pipe.transformer, "_cache_config", None), images=images,
+                    promotion_rounds=config.promotion_rounds)
         callback, tensor_inputs = a["callback_on_step_end"], a["callback_on_step_end_tensor_inputs"]
         tensor_inputs = getattr(callback, "tensor_inputs", tensor_inputs)  # PipelineCallback objects name their own
         with pipe.progress_bar(total=stages[-1].last_step) as progress_bar:
@@ -239,10 +246,8 @@ class TransformerDenoiser:
 
     def __call__(self, latents: torch.Tensor, positions: torch.Tensor, step: Step) -> torch.Tensor:
         transformer = self.pipe.transformer
-        if self._last_tokens is not None and latents.shape[1] != self._last_tokens and hasattr(
-            transformer, "_reset_stateful_cache"
-        ):
-            # stateful feature caches hold tensors of the old token count; they must start over
+        if latents.shape[1] != self._last_tokens and hasattr(transformer, "_reset_stateful_cache"):
+            # stateful feature caches hold tensors of another token count (or another image's run): start over
             transformer._reset_stateful_cache()
         self._last_tokens = latents.shape[1]
         self.pipe._current_timestep = step.timestep
@@ -255,13 +260,13 @@ class TransformerDenoiser:
     def _branch(self, context: str, text: dict[str, Any], latents: torch.Tensor, positions: torch.Tensor,
                 step: Step) -> torch.Tensor:
         if bool((positions == positions[:1]).all()):
-            groups = [slice(None)]  # one layout for the whole batch: one forward
-        else:
-            groups = [slice(i, i + 1) for i in range(latents.shape[0])]
+            groups = [(context, slice(None))]  # one layout for the whole batch: one forward
+        else:  # each image its own forward, and its own cache state
+            groups = [(f"{context}-image{i}", slice(i, i + 1)) for i in range(latents.shape[0])]
         outputs = []
-        for group in groups:
+        for name, group in groups:
             rows = _compose(self.images, group)
-            with self.pipe.transformer.cache_context(context):
+            with self.pipe.transformer.cache_context(name):
                 outputs.append(self.forward(text, latents[group], positions[group][0], step, rows))
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
