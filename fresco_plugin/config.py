@@ -53,6 +53,9 @@ class FrescoConfig:
     """Where the coordinate-bound field comes from: the pipeline's own initial noise, or a counter-based hash."""
     position_mode: PositionMode = "center"
     """Where a finer token sits in a mixed set: the centre of its area, or its top-left corner (RALU)."""
+    token_multiple: int = 1
+    """Keep every step's image-token count a multiple of this (promotion counts round to fit). Context parallelism
+    raises it to its degree by itself; set it to reproduce a parallel run's plan on one process."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stage_scales", tuple(float(s) for s in self.stage_scales))
@@ -101,6 +104,8 @@ class FrescoConfig:
             raise ValueError(
                 f"FrescoConfig.promotion_order={self.promotion_order!r}; use 'settled_first' or 'unsettled_first'"
             )
+        if self.token_multiple < 1 or int(self.token_multiple) != self.token_multiple:
+            raise ValueError(f"FrescoConfig.token_multiple={self.token_multiple}: use a whole number >= 1")
         if self.score_window < 1:
             raise ValueError(f"FrescoConfig.score_window={self.score_window}: use 1 or more")
         if self.expansion not in ("hadamard", "nearest", "dct"):

@@ -58,10 +58,12 @@ def sample(
     fresh: FreshNoise | None = None,
     callback: StepCallback | None = None,
     interrupted: Callable[[], bool] = lambda: False,
+    agree: Callable[[torch.Tensor], torch.Tensor] = lambda promote: promote,
 ) -> SamplerResult:
     """Run every stage and return the full-resolution latent in raster order.
 
     ``noise`` is the initial latent of the first stage's layout (the field read at its tokens, or the user's latents).
+    ``agree`` turns each promotion choice into the one every process uses (under parallelism: rank 0's).
     """
     rule = get_strategy(config.strategy)(**config.strategy_options)
     score = get_score(config.score)
@@ -103,8 +105,10 @@ def sample(
                 restart = schedules[stage.index + 1].sigmas[0]
             else:
                 scores = score(history) if history else torch.zeros(candidates.shape, device=x.device)
-                promote = select_promotions(scores, candidates, ratio=config.promotion_ratio,
-                                            threshold=config.promotion_threshold, order=config.promotion_order)
+                promote = agree(select_promotions(
+                    scores, candidates, ratio=config.promotion_ratio, threshold=config.promotion_threshold,
+                    order=config.promotion_order, token_multiple=config.token_multiple,
+                ))
                 restart = sigmas[local + 1]
                 if not bool(promote.any()):
                     continue

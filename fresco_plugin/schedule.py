@@ -145,6 +145,8 @@ def grid_tokens(rows: int, cols: int, level: int, frames: int = 1) -> int:
 def plan_token_counts(config: FrescoConfig, stages: Sequence[StagePlan], rows: int, cols: int,
                       frames: int = 1) -> list[int]:
     """Image tokens per image that each step's model call sees under a ratio-promotion plan."""
+    from .selection import divisible_count
+
     if config.promotion_threshold is not None and config.promotion_rounds > 0:
         raise ValueError(
             "promotion_threshold makes the number of promoted tokens depend on the image; token counts (and FLOPs) "
@@ -156,7 +158,8 @@ def plan_token_counts(config: FrescoConfig, stages: Sequence[StagePlan], rows: i
         for local in range(stage.num_steps):
             per_step.append(sum(counts.values()))
             if local + 1 in stage.promotion_after:
-                promoted = round(counts[stage.level] * config.promotion_ratio)
+                promoted = divisible_count(round(counts[stage.level] * config.promotion_ratio), counts[stage.level],
+                                           sum(counts.values()), config.token_multiple)
                 counts[stage.level] -= promoted
                 counts[stage.level - 1] = counts.get(stage.level - 1, 0) + 4 * promoted
         if stage.index + 1 < len(stages):

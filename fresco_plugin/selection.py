@@ -9,7 +9,7 @@ import torch
 
 from .registry import register_score
 
-__all__ = ["StepRecord", "select_promotions"]
+__all__ = ["StepRecord", "select_promotions", "divisible_count"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,18 @@ def channel_variance(history: Sequence[StepRecord]) -> torch.Tensor:
     return history[-1].denoised.float().var(dim=-1, unbiased=True)
 
 
+def divisible_count(wanted: int, candidates: int, tokens: int, multiple: int) -> int:
+    """The promotion count nearest ``wanted`` (within ``0..candidates``) that keeps the token count a multiple of
+    ``multiple``: promoting ``k`` tokens turns ``tokens`` into ``tokens + 3k``. Ties go to the smaller count."""
+    if multiple == 1:
+        return wanted
+    for offset in range(multiple + 1):
+        for k in (wanted - offset, wanted + offset):
+            if 0 <= k <= candidates and (tokens + 3 * k) % multiple == 0:
+                return k
+    return 0
+
+
 def select_promotions(
     scores: torch.Tensor,
     candidates: torch.Tensor,
@@ -52,12 +64,14 @@ def select_promotions(
     ratio: float,
     threshold: float | None,
     order: str,
+    token_multiple: int = 1,
 ) -> torch.Tensor:
     """Mask ``(B, N)`` of the candidates to promote.
 
     With a ratio every image promotes the same count, ``round(ratio * candidates)``. With a threshold each image
-    promotes the candidates whose score passes it; the caller samples such images one by one. Ties are broken by
-    token index (a stable sort), so the choice is deterministic.
+    promotes the candidates whose score passes it; the caller samples such images one by one. Either count is moved to
+    the nearest one that keeps the token count a multiple of ``token_multiple`` (a sequence-parallel degree). Ties are
+    broken by token index (a stable sort), so the choice is deterministic.
     """
     settled_first = order == "settled_first"
     key = scores.float() if settled_first else -scores.float()
@@ -68,5 +82,8 @@ def select_promotions(
     else:
         passes = (scores <= threshold) if settled_first else (scores >= threshold)
         count = (passes & candidates).sum(dim=1)
+    if token_multiple > 1:
+        count = torch.tensor([divisible_count(int(k), int(n), candidates.shape[1], token_multiple)
+                              for k, n in zip(count.tolist(), num_candidates.tolist())], device=count.device)
     ranks = torch.argsort(torch.argsort(key, dim=1, stable=True), dim=1)
     return (ranks < count.unsqueeze(1)) & candidates

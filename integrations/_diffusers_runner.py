@@ -8,7 +8,9 @@ sampler with the pipeline's progress bar and callbacks, and leaves decoding to t
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -20,7 +22,7 @@ from fresco_plugin.config import FrescoConfig
 from fresco_plugin.layout import TokenGeometry, TokenLayout
 from fresco_plugin.noise import FreshNoise, NoiseField, seeds_from_generators
 from fresco_plugin.sampler import SamplerResult, Step, min_score_history, sample
-from fresco_plugin.schedule import StagePlan, StageSchedule, plan_stages, shift_sigmas
+from fresco_plugin.schedule import StagePlan, StageSchedule, plan_stages, plan_token_counts, shift_sigmas
 from fresco_plugin.transitions import USES_FRESH_NOISE
 
 from .diffusers_caches import check_cache, guard_enable_cache, unguard_enable_cache
@@ -178,6 +180,12 @@ class DiffusersFrescoRunner:
         pipe, config = self.pipe, self.config
         check_cache(getattr(pipe.transformer, "_cache_config", None), images=images,
                     promotion_rounds=config.promotion_rounds)
+        parallel = _ContextParallel.of(pipe.transformer)
+        agree = None
+        if parallel is not None:
+            config = replace(config, token_multiple=math.lcm(config.token_multiple, parallel.degree))
+            parallel.check(pipe.transformer, config, stages, geometry, denoiser.text["prompt_embeds"].shape[1])
+            agree = parallel.rank0_decides
         callback, tensor_inputs = a["callback_on_step_end"], a["callback_on_step_end_tensor_inputs"]
         tensor_inputs = getattr(callback, "tensor_inputs", tensor_inputs)  # PipelineCallback objects name their own
         with pipe.progress_bar(total=stages[-1].last_step) as progress_bar:
@@ -193,6 +201,8 @@ class DiffusersFrescoRunner:
 
             common = dict(config=config, stages=stages, schedules=schedules, geometry=geometry, callback=on_step,
                           interrupted=lambda: pipe.interrupt)
+            if agree is not None:
+                common["agree"] = agree
             if config.promotion_threshold is not None and images > 1 and config.promotion_rounds > 0:
                 # a threshold promotes a different number of tokens per image: sample each image on its own
                 results = []
@@ -209,6 +219,55 @@ class DiffusersFrescoRunner:
                 latents = self.last_run.latents
         pipe._current_timestep = None
         return latents
+
+
+class _ContextParallel:
+    """diffusers context parallelism (``transformer.enable_parallelism``) as Fresco sees it.
+
+    The transformer splits the image and text sequences across ranks in every forward and gathers its output, so
+    each stage's token count must divide the degree (promotion counts round to keep it so), and every rank must take
+    the same promotion decision: rank 0's is broadcast, so no rank can drift even where floating point differs.
+    """
+
+    def __init__(self, config: Any):
+        self.ulysses, self.ring = config.ulysses_degree, config.ring_degree
+        self.degree = self.ulysses * self.ring
+        mesh = getattr(config, "_flattened_mesh", None)
+        self.group = mesh.get_group() if mesh is not None else None
+
+    @classmethod
+    def of(cls, transformer: Any) -> _ContextParallel | None:
+        parallel = getattr(transformer, "_parallel_config", None)
+        config = getattr(parallel, "context_parallel_config", None)
+        if config is None or config.ulysses_degree * config.ring_degree == 1:
+            return None
+        return cls(config)
+
+    def check(self, transformer: Any, config: FrescoConfig, stages: list[StagePlan], geometry: TokenGeometry,
+              text_tokens: int) -> None:
+        heads = transformer.config.num_attention_heads
+        if heads % self.ulysses:
+            raise ValueError(f"the transformer has {heads} attention heads, which Ulysses degree {self.ulysses} does "
+                             "not divide; use a degree that divides the head count")
+        if text_tokens % self.degree:
+            raise ValueError(f"{text_tokens} text tokens do not split over context-parallel degree {self.degree}; "
+                             f"use a max_sequence_length that is a multiple of {self.degree}")
+        # with a threshold the counts depend on the image, but they round the same way; the grids are what can fail
+        counts = plan_token_counts(replace(config, promotion_threshold=None), stages, geometry.rows, geometry.cols,
+                                   geometry.num_frames)
+        uneven = sorted({n for n in counts if n % self.degree})
+        if uneven:
+            raise ValueError(f"Fresco's stages would hold {uneven} image tokens, which context-parallel degree "
+                             f"{self.degree} does not divide; choose a height and width whose token grid at every "
+                             "stage scale is a multiple of the degree")
+
+    def rank0_decides(self, promote: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        decision = promote.to(torch.uint8)
+        source = dist.get_global_rank(self.group, 0) if self.group is not None else 0
+        dist.broadcast(decision, src=source, group=self.group)
+        return decision.bool()
 
 
 def rows_for(values: torch.Tensor | None, images: slice) -> torch.Tensor | None:

@@ -7,7 +7,8 @@ import torch
 __all__ = ["tiny_flux_pipeline", "tiny_hunyuan_video_pipeline", "tiny_wan_pipeline"]
 
 
-def tiny_flux_pipeline(*, guidance_embeds: bool = True, static_shift: bool = False, seed: int = 0):
+def tiny_flux_pipeline(*, guidance_embeds: bool = True, static_shift: bool = False, seed: int = 0,
+                       num_attention_heads: int = 2):
     """A FLUX-architecture pipeline of a few thousand parameters, without text encoders (pass prompt embeddings).
 
     ``guidance_embeds=True`` with dynamic shifting mimics FLUX.1-dev (guidance-distilled); ``guidance_embeds=False``
@@ -18,7 +19,7 @@ def tiny_flux_pipeline(*, guidance_embeds: bool = True, static_shift: bool = Fal
     torch.manual_seed(seed)
     transformer = FluxTransformer2DModel(
         patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
-        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 6, 6],
+        num_attention_heads=num_attention_heads, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 6, 6],
         guidance_embeds=guidance_embeds,
     )
     vae = AutoencoderKL(

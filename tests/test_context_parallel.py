@@ -1,0 +1,119 @@
+"""Fresco under diffusers context parallelism (Ulysses), really run across 2 and 4 gloo processes on the CPU.
+
+diffusers computes ``rank % torch.accelerator.device_count()`` when it builds the mesh, and that count is 0 on a CPU:
+each worker sets it to 1 (the documented CPU workaround; GPUs need nothing).
+"""
+
+import datetime
+import os
+import socket
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from conftest import text_inputs
+
+from fresco_plugin import FrescoConfig, apply_fresco, register_score
+from fresco_plugin.integrations.tiny import tiny_flux_pipeline
+
+CONFIG = FrescoConfig(stage_scales=(0.25, 0.5, 1.0), promotion_rounds=1)
+TIMEOUT_S = 240
+
+
+def _pipe():
+    pipe = tiny_flux_pipeline(num_attention_heads=4)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _generate(pipe, text_tokens=8):
+    steps = []
+
+    def record(pipe, index, timestep, kwargs):
+        steps.append(kwargs["latents"].clone())
+        return {}
+
+    out = pipe(**text_inputs(tokens=text_tokens), height=64, width=64, num_inference_steps=12, output_type="latent",
+               generator=torch.Generator().manual_seed(0), callback_on_step_end=record).images
+    return out, steps
+
+
+def _noisy_x0_score(history):
+    from fresco_plugin.selection import x0_step_variance
+
+    base = x0_step_variance(history)
+    noise = torch.rand(base.shape, generator=torch.Generator().manual_seed(dist.get_rank() + 1))
+    return base + noise  # each rank alone would choose differently
+
+
+def _worker(rank, world, port, task, out_path):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
+    torch.accelerator.device_count = lambda: 1
+    try:
+        from diffusers import ContextParallelConfig
+
+        pipe = _pipe() if task != "heads" else tiny_flux_pipeline(num_attention_heads=2)
+        pipe.set_progress_bar_config(disable=True)
+        pipe.transformer.enable_parallelism(config=ContextParallelConfig(ulysses_degree=world))
+        result = {}
+        if task == "match":
+            apply_fresco(pipe, CONFIG)
+            result["out"], result["steps"] = _generate(pipe)
+        elif task == "agree":
+            register_score("noisy-x0", _noisy_x0_score, min_history=2, replace=True)
+            apply_fresco(pipe, FrescoConfig(stage_scales=(0.25, 0.5, 1.0), promotion_rounds=1, score="noisy-x0"))
+            out, _ = _generate(pipe)
+            gathered = [torch.empty_like(out) for _ in range(world)]
+            dist.all_gather(gathered, out)
+            result["same_on_all_ranks"] = all(torch.equal(g, gathered[0]) for g in gathered)
+        else:  # errors raised before any model call
+            apply_fresco(pipe, CONFIG)
+            try:
+                _generate(pipe, text_tokens=6 if task == "text" else 8)
+            except ValueError as error:
+                result["error"] = str(error)
+        if rank == 0:
+            torch.save(result, out_path)
+    finally:
+        dist.destroy_process_group()
+
+
+def _spawn(world, task, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out_path = tmp_path / f"{task}-{world}.pt"
+    context = mp.start_processes(_worker, args=(world, port, task, str(out_path)), nprocs=world, join=False,
+                                 start_method="spawn")
+    deadline = time.monotonic() + TIMEOUT_S
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"{world} context-parallel processes did not finish within {TIMEOUT_S} s")
+    return torch.load(out_path)
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_every_step_matches_a_single_process_run(world, tmp_path):
+    result = _spawn(world, "match", tmp_path)
+    single = _pipe()
+    apply_fresco(single, FrescoConfig(stage_scales=(0.25, 0.5, 1.0), promotion_rounds=1, token_multiple=world))
+    out, steps = _generate(single)
+    assert [s.shape[1] % world for s in steps] == [0] * len(steps)  # every stage splits evenly
+    assert len({s.shape[1] for s in steps}) == 5
+    for parallel_step, single_step in zip(result["steps"], steps, strict=True):
+        assert torch.allclose(parallel_step, single_step, atol=1e-5)
+    assert torch.allclose(result["out"], out, atol=1e-5)
+
+
+def test_ranks_take_rank_zeros_decision_even_when_their_scores_differ(tmp_path):
+    assert _spawn(2, "agree", tmp_path)["same_on_all_ranks"]
+
+
+def test_degrees_that_cannot_work_are_refused(tmp_path):
+    assert "text tokens do not split over context-parallel degree 4" in _spawn(4, "text", tmp_path)["error"]
+    assert "2 attention heads, which Ulysses degree 4 does not divide" in _spawn(4, "heads", tmp_path)["error"]
