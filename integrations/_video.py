@@ -69,6 +69,19 @@ class VideoFrescoRunner(DiffusersFrescoRunner):
         return TokenGeometry(pipe.transformer.config.in_channels, patch, int(height) // spatial // patch,
                              int(width) // spatial // patch, frames=(num_frames - 1) // temporal + 1)
 
+    def video_noise(self, a: dict[str, Any], videos: int, geometry: TokenGeometry, height: int, width: int,
+                    num_frames: int, device: torch.device) -> tuple[Any, Any]:
+        """The noise field from the stock pipeline's float32 5-D initial latents (or the user's, or the hash)."""
+        pipe = self.pipe
+        channels = pipe.transformer.config.in_channels
+        return self.noise(
+            a, videos, geometry,
+            (videos, channels, geometry.num_frames, geometry.rows * geometry.patch, geometry.cols * geometry.patch),
+            lambda: pipe.prepare_latents(videos, channels, height, width, num_frames, torch.float32, device,
+                                         a["generator"]),
+            torch.float32, device,
+        )
+
     def finish(self, latents: torch.Tensor, geometry: TokenGeometry, a: dict[str, Any],
                decode: Callable[[torch.Tensor], torch.Tensor], output: type) -> Any:
         """Full-resolution tokens -> the stock call's return value (latents, or the decoded video)."""

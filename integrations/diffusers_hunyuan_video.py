@@ -82,14 +82,7 @@ class HunyuanVideoFrescoRunner(VideoFrescoRunner):
             negative = encode(a["negative_prompt"], a["negative_prompt_2"], a["negative_prompt_embeds"],
                               a["negative_pooled_prompt_embeds"], a["negative_prompt_attention_mask"])
         videos = batch_size * a["num_videos_per_prompt"]
-        channels = pipe.transformer.config.in_channels
-        field, fresh = self.noise(
-            a, videos, geometry,
-            (videos, channels, geometry.num_frames, geometry.rows * geometry.patch, geometry.cols * geometry.patch),
-            lambda: pipe.prepare_latents(videos, channels, height, width, num_frames, torch.float32, device,
-                                         a["generator"]),
-            torch.float32, device,
-        )
+        field, fresh = self.video_noise(a, videos, geometry, height, width, num_frames, device)
         total = stages[-1].last_step
         schedules = self.schedules(stages, np.linspace(1.0, 0.0, total + 1)[:-1], geometry, None, device)
         denoiser = _HunyuanVideoDenoiser(pipe, text, negative, a["true_cfg_scale"])

@@ -82,14 +82,7 @@ class WanFrescoRunner(VideoFrescoRunner):
         text = {"prompt_embeds": embeds.to(dtype)}
         negative = {"prompt_embeds": negative_embeds.to(dtype)} if cfg else None
         videos = batch_size * a["num_videos_per_prompt"]
-        channels = pipe.transformer.config.in_channels
-        field, fresh = self.noise(
-            a, videos, geometry,
-            (videos, channels, geometry.num_frames, geometry.rows * geometry.patch, geometry.cols * geometry.patch),
-            lambda: pipe.prepare_latents(videos, channels, height, width, num_frames, torch.float32, device,
-                                         a["generator"]),
-            torch.float32, device,
-        )
+        field, fresh = self.video_noise(a, videos, geometry, height, width, num_frames, device)
         schedules = self.schedules(stages, None, geometry, None, device)
         denoiser = _WanDenoiser(pipe, text, negative, a["guidance_scale"])
         denoiser.attention_kwargs = a["attention_kwargs"]

@@ -57,10 +57,16 @@ def _worker(rank, world, port, task, out_path):
 
         pipe = _pipe() if task != "heads" else tiny_flux_pipeline(num_attention_heads=2)
         pipe.set_progress_bar_config(disable=True)
-        pipe.transformer.enable_parallelism(config=ContextParallelConfig(ulysses_degree=world))
-        result = {}
-        if task == "match":
+        parallel = ContextParallelConfig(ulysses_degree=world)
+        if task == "match-fresco-first":  # the other order: Fresco first, parallelism after
             apply_fresco(pipe, CONFIG)
+            pipe.transformer.enable_parallelism(config=parallel)
+        else:
+            pipe.transformer.enable_parallelism(config=parallel)
+        result = {}
+        if task.startswith("match"):
+            if task == "match":
+                apply_fresco(pipe, CONFIG)
             result["out"], result["steps"] = _generate(pipe)
         elif task == "agree":
             register_score("noisy-x0", _noisy_x0_score, min_history=2, replace=True)
@@ -97,9 +103,9 @@ def _spawn(world, task, tmp_path):
     return torch.load(out_path)
 
 
-@pytest.mark.parametrize("world", [2, 4])
-def test_every_step_matches_a_single_process_run(world, tmp_path):
-    result = _spawn(world, "match", tmp_path)
+@pytest.mark.parametrize("world,task", [(2, "match"), (4, "match"), (2, "match-fresco-first")])
+def test_every_step_matches_a_single_process_run(world, task, tmp_path):
+    result = _spawn(world, task, tmp_path)
     single = _pipe()
     apply_fresco(single, FrescoConfig(stage_scales=(0.25, 0.5, 1.0), promotion_rounds=1, token_multiple=world))
     out, steps = _generate(single)
