@@ -91,6 +91,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="benchmarks/results/cpu_latency.json")
     parser.add_argument("--baseline-steps", type=int, default=50)
+    parser.add_argument("--bracket-steps", type=int, default=10, help="stock steps timed before and after each preset")
     args = parser.parse_args()
 
     dev, schnell = build_pipeline(True), build_pipeline(False)
@@ -98,40 +99,45 @@ def main() -> None:
     full = ROWS * COLS
     baseline_flops = args.baseline_steps * counter(full)
     timed_call(dev, 2)  # warm-up
-    baseline_times = [timed_call(dev, args.baseline_steps)]
+    baseline_seconds = timed_call(dev, args.baseline_steps)
     full_forward = forward_seconds(dev, full)
     rows = []
     for name in PRESETS:
         config = FrescoConfig.preset(name)
         pipe = schnell if name.startswith("flux-schnell") else dev
+        # this machine drifts over minutes: bracket each preset with short stock runs and scale them to 50 steps
+        before = timed_call(dev, args.bracket_steps)
         apply_fresco(pipe, config)
         seconds = timed_call(pipe, None)
         remove_fresco(pipe)
+        after = timed_call(dev, args.bracket_steps)
+        local_baseline = args.baseline_steps * (before + after) / (2 * args.bracket_steps)
         stages = plan_stages(config, None, min_score_history=min_score_history(config))
         flops = sum(counter(n) for n in plan_token_counts(config, stages, ROWS, COLS))
         overhead = statistics.median(sampler_overhead_seconds(config) for _ in range(3))
         rows.append(dict(preset=name, steps=sum(config.stage_steps), flops_ratio=baseline_flops / flops,
-                         seconds=seconds, overhead_seconds=overhead))
-    baseline_times.append(timed_call(dev, args.baseline_steps))  # bracket the presets: drift shows as a spread
-    baseline = statistics.mean(baseline_times)
+                         seconds=seconds, baseline_seconds=local_baseline, wall_ratio=local_baseline / seconds,
+                         overhead_seconds=overhead))
     for row in rows:
-        row["wall_ratio"] = baseline / row["seconds"]
         row["wall_over_flops"] = row["wall_ratio"] / row["flops_ratio"]
         row["overhead_pct_of_full_forward"] = 100 * row["overhead_seconds"] / full_forward
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     result = dict(commit=commit, machine=f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} "
                   f"threads, torch {torch.__version__}", model=MID_CONFIG, text_tokens=TEXT_TOKENS,
-                  full_tokens=full, baseline_steps=args.baseline_steps, baseline_seconds=baseline_times,
+                  full_tokens=full, baseline_steps=args.baseline_steps, baseline_seconds=baseline_seconds,
                   full_forward_seconds=full_forward, presets=rows)
     with open(args.out, "w") as handle:
         json.dump(result, handle, indent=2)
-    print(f"baseline: {args.baseline_steps} steps, {baseline_times[0]:.1f} s and {baseline_times[1]:.1f} s "
-          f"(before and after the presets); one full-resolution forward {full_forward * 1000:.0f} ms")
-    print("| preset | steps | FLOPs ratio | wall-time ratio | wall / FLOPs | Fresco's own work per generation |")
-    print("|---|---|---|---|---|---|")
+    print(f"baseline: {args.baseline_steps} steps in {baseline_seconds:.1f} s at the start; one full-resolution forward "
+          f"{full_forward * 1000:.0f} ms; each preset is compared with {args.bracket_steps}-step stock runs timed just "
+          f"before and after it, scaled to {args.baseline_steps} steps")
+    print("| preset | steps | FLOPs ratio | stock 50 steps (bracketed) | Fresco | wall-time ratio | wall / FLOPs | "
+          "Fresco's own work per generation |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['preset']} | {r['steps']} | {r['flops_ratio']:.2f}x | {r['wall_ratio']:.2f}x | "
+        print(f"| {r['preset']} | {r['steps']} | {r['flops_ratio']:.2f}x | {r['baseline_seconds']:.1f} s | "
+              f"{r['seconds']:.1f} s | {r['wall_ratio']:.2f}x | "
               f"{r['wall_over_flops']:.2f} | {r['overhead_seconds'] * 1000:.1f} ms "
               f"({r['overhead_pct_of_full_forward']:.2f}% of a full-resolution forward) |")
 
