@@ -92,10 +92,6 @@ class TokenLayout:
         return cls(expand(torch.full_like(row, level)), expand(frame), expand(row), expand(col))
 
     @property
-    def batch_size(self) -> int:
-        return self.level.shape[0]
-
-    @property
     def num_tokens(self) -> int:
         return self.level.shape[1]
 

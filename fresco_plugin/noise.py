@@ -137,10 +137,6 @@ class NoiseField:
         extended[..., :height, :width] = noise
         return cls(extended)
 
-    @property
-    def batch_size(self) -> int:
-        return self._levels[0].shape[0]
-
     def level(self, level: int) -> torch.Tensor:
         """Noise at ``level`` (0 = full resolution), each step coarser being the orthonormal 2x2 Haar low-pass."""
         while len(self._levels) <= level:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -109,10 +109,6 @@ class StageSchedule:
     sigmas: torch.Tensor
     timesteps: torch.Tensor
     timestep_scale: float = 1000.0  # timestep = sigma * timestep_scale (the scheduler's num_train_timesteps)
-
-
-ScheduleBuilder = Callable[[StagePlan, Sequence[float]], StageSchedule]
-"""Integration hook: turns a stage and its slice of base sigmas into the scheduler's own shifted values."""
 
 
 def stage_base_sigmas(stage: StagePlan, total_steps: int) -> list[float]:
