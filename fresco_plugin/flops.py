@@ -21,7 +21,8 @@ import torch
 from .config import FrescoConfig
 from .schedule import grid_tokens, plan_stages, plan_token_counts
 
-__all__ = ["ModelSpec", "MODELS", "TransformerFlops", "FlopsReport", "count_plan_flops", "flux_closed_form_flops"]
+__all__ = ["ModelSpec", "MODELS", "TransformerFlops", "FlopsReport", "ForwardRecorder", "ForwardRecord",
+           "count_plan_flops", "flux_closed_form_flops"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,9 @@ def _model(name: str) -> ModelSpec:
     return MODELS[name]
 
 
+_Quadratic = tuple[Fraction, Fraction, Fraction]
+
+
 class TransformerFlops:
     """FLOPs of one forward of a transformer as a function of its image-token count.
 
@@ -86,7 +90,7 @@ class TransformerFlops:
     def __init__(self, family: str, config: dict[str, Any], text_tokens: int):
         self.family, self.config, self.text_tokens = family, dict(config), text_tokens
         self._transformer = None
-        self._coefficients: tuple[Fraction, Fraction, Fraction] | None = None
+        self._coefficients: tuple[_Quadratic, dict[str, _Quadratic]] | None = None  # whole forward, per block
 
     @classmethod
     def for_model(cls, name: str, text_tokens: int | None = None) -> TransformerFlops:
@@ -94,23 +98,54 @@ class TransformerFlops:
         return _shared_counter(spec.name, spec.text_tokens if text_tokens is None else text_tokens)
 
     def __call__(self, image_tokens: int) -> int:
-        if self._coefficients is None:
-            self._coefficients = _quadratic_through([(n, self.trace(n)) for n in self._FIT_SIZES])
-        c0, c1, c2 = self._coefficients
-        value = c0 + c1 * image_tokens + c2 * image_tokens * image_tokens
-        if value.denominator != 1:
-            raise RuntimeError(f"the FLOP count of {self.family} is not a quadratic in the token count")
-        return int(value)
+        return self._evaluate(self._fit()[0], image_tokens)
+
+    def block(self, kind: str, image_tokens: int) -> int:
+        """FLOPs of one block of the block list ``kind`` (e.g. ``"single_transformer_blocks"``) in one forward."""
+        blocks = self._fit()[1]
+        if kind not in blocks:
+            raise ValueError(f"{self.family} has no block list {kind!r}; it has {', '.join(blocks)}")
+        return self._evaluate(blocks[kind], image_tokens)
+
+    def block_counts(self) -> dict[str, int]:
+        """How many blocks each block list holds."""
+        if self._transformer is None:
+            self._transformer = self._build()
+        return {name: len(child) for name, child in self._transformer.named_children()
+                if isinstance(child, torch.nn.ModuleList)}
 
     def trace(self, image_tokens: int) -> int:
         """FLOPs of one forward at ``image_tokens``, traced with torch's FLOP counter on the meta device."""
+        return self._trace_parts(image_tokens)[0]
+
+    def _trace_parts(self, image_tokens: int) -> tuple[int, dict[str, int]]:
+        """A forward's total and the FLOPs of the first block of each block list (all blocks of a list are alike)."""
         from torch.utils.flop_counter import FlopCounterMode
 
         if self._transformer is None:
             self._transformer = self._build()
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             self._transformer(**self._inputs(image_tokens), return_dict=False)
-        return int(counter.get_total_flops())
+        per_module = counter.get_flop_counts()
+        root = type(self._transformer).__name__
+        blocks = {kind: int(sum(per_module.get(f"{root}.{kind}.0", {}).values())) for kind in self.block_counts()}
+        return int(counter.get_total_flops()), blocks
+
+    def _fit(self):
+        if self._coefficients is None:
+            traces = [(n, *self._trace_parts(n)) for n in self._FIT_SIZES]
+            self._coefficients = (
+                _quadratic_through([(n, total) for n, total, _ in traces]),
+                {kind: _quadratic_through([(n, blocks[kind]) for n, _, blocks in traces]) for kind in traces[0][2]},
+            )
+        return self._coefficients
+
+    def _evaluate(self, coefficients: tuple[Fraction, Fraction, Fraction], image_tokens: int) -> int:
+        c0, c1, c2 = coefficients
+        value = c0 + c1 * image_tokens + c2 * image_tokens * image_tokens
+        if value.denominator != 1:
+            raise RuntimeError(f"the FLOP count of {self.family} is not a quadratic in the token count")
+        return int(value)
 
     def _build(self):
         import diffusers
@@ -143,6 +178,92 @@ class TransformerFlops:
                             pooled_projections=torch.empty(1, c["pooled_projection_dim"]), guidance=torch.empty(1))
             return dict(hidden_states=hidden, timestep=torch.empty(1),
                         encoder_hidden_states=torch.empty(1, t, c["text_dim"]))
+
+
+@dataclass
+class ForwardRecord:
+    """One transformer forward as it really ran."""
+
+    batch: int
+    image_tokens: int
+    text_tokens: int
+    blocks_run: dict[str, int]  # per block list, how many blocks computed (a feature cache may skip the others)
+
+
+class ForwardRecorder:
+    """Records every forward of a FLUX transformer while it is active: batch, token counts, and which blocks really
+    computed. A feature cache (FirstBlockCache, TaylorSeer, ...) that reuses a block's output never calls that block's
+    layers, so a block counts as run only when one of its own sub-modules is called. ``flops()`` then prices the run
+    exactly with the per-block counts of :class:`TransformerFlops`::
+
+        with ForwardRecorder(pipe.transformer) as recorder:
+            pipe(prompt)
+        print(recorder.flops())
+    """
+
+    def __init__(self, transformer: torch.nn.Module):
+        if type(transformer).__name__ != "FluxTransformer2DModel":
+            raise ValueError(f"ForwardRecorder reads FLUX transformers (tokens are hidden_states.shape[1]); got "
+                             f"{type(transformer).__name__}")
+        self.transformer = transformer
+        self.records: list[ForwardRecord] = []
+        self._handles: list[Any] = []
+        self._computed: set[tuple[str, int]] = set()
+
+    def __enter__(self) -> ForwardRecorder:
+        self._handles.append(self.transformer.register_forward_pre_hook(self._on_forward, with_kwargs=True))
+        for kind, blocks in self.transformer.named_children():
+            if isinstance(blocks, torch.nn.ModuleList):
+                for index, block in enumerate(blocks):
+                    for layer in block.children():
+                        self._handles.append(layer.register_forward_pre_hook(self._on_layer(kind, index)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _on_forward(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        text = kwargs["encoder_hidden_states"] if "encoder_hidden_states" in kwargs else args[1]
+        kinds = [name for name, child in module.named_children() if isinstance(child, torch.nn.ModuleList)]
+        self.records.append(ForwardRecord(hidden.shape[0], hidden.shape[1], text.shape[1], dict.fromkeys(kinds, 0)))
+        self._computed = set()
+
+    def _on_layer(self, kind: str, index: int):
+        def hook(module: torch.nn.Module, args: tuple) -> None:
+            if self.records and (kind, index) not in self._computed:
+                self._computed.add((kind, index))
+                self.records[-1].blocks_run[kind] += 1
+
+        return hook
+
+    def flops(self) -> int:
+        """Transformer FLOPs of everything recorded, skipped blocks excluded."""
+        return recorded_flops(self.records, {k: v for k, v in self.transformer.config.items() if not k.startswith("_")})
+
+    def to_dict(self) -> dict[str, Any]:
+        config = {k: v for k, v in self.transformer.config.items() if not k.startswith("_")}
+        return {"family": "flux", "config": json.loads(json.dumps(config, default=list)),
+                "forwards": [asdict(r) for r in self.records]}
+
+
+def recorded_flops(records: list[ForwardRecord], config: dict[str, Any], family: str = "flux") -> int:
+    """Prices recorded forwards: the full forward at each size, less the blocks that did not compute."""
+    total = 0
+    for record in records:
+        counter = _counter_for(family, json.dumps(config, sort_keys=True, default=list), record.text_tokens)
+        n = record.image_tokens
+        skipped = sum((counter.block_counts()[kind] - run) * counter.block(kind, n)
+                      for kind, run in record.blocks_run.items())
+        total += record.batch * (counter(n) - skipped)
+    return total
+
+
+@cache
+def _counter_for(family: str, config_json: str, text_tokens: int) -> TransformerFlops:
+    return TransformerFlops(family, json.loads(config_json), text_tokens)
 
 
 def _quadratic_through(points: list[tuple[int, int]]) -> tuple[Fraction, Fraction, Fraction]:

@@ -100,3 +100,62 @@ def test_cli_json_and_errors(capsys, tmp_path):
     threshold.write_text(json.dumps({"promotion_threshold": 0.1, "stage_steps": [4, 4]}))
     assert main(["flops", "--config", str(threshold)]) == 2
     assert "promotion_threshold" in capsys.readouterr().err
+
+
+def _tiny_recorded_run(cache=None):
+    from conftest import text_inputs
+
+    from fresco_plugin import apply_fresco
+    from fresco_plugin.flops import ForwardRecorder
+
+    pipe = tiny_flux_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    apply_fresco(pipe, FrescoConfig(stage_scales=(0.5, 1.0)))
+    if cache is not None:
+        pipe.transformer.enable_cache(cache)
+    with ForwardRecorder(pipe.transformer) as recorder:
+        pipe(**text_inputs(batch=2), height=64, width=64, num_inference_steps=10, output_type="latent",
+             generator=[torch.Generator().manual_seed(s) for s in range(2)])
+    return pipe, recorder
+
+
+def test_a_recorded_run_is_priced_forward_by_forward():
+    pipe, recorder = _tiny_recorded_run()
+    tokens = list(pipe._fresco_runner.last_run.tokens_per_step)
+    # once the two images' layouts differ they run one by one (FLUX shares img_ids across a batch)
+    assert sum(r.batch * r.image_tokens for r in recorder.records) == 2 * sum(tokens)
+    assert {r.batch for r in recorder.records} == {1, 2}
+    config = {k: v for k, v in pipe.transformer.config.items() if not k.startswith("_")}
+    counter = TransformerFlops("flux", config, recorder.records[0].text_tokens)
+    assert recorder.flops() == sum(r.batch * counter(r.image_tokens) for r in recorder.records)
+    # the per-block fits agree with a direct trace of one forward, module by module
+    n = tokens[-1]
+    with torch.no_grad(), FlopCounterMode(display=False) as direct:
+        counter._transformer(**counter._inputs(n), return_dict=False)
+    per_module = direct.get_flop_counts()
+    for kind in ("transformer_blocks", "single_transformer_blocks"):
+        assert counter.block(kind, n) == sum(per_module[f"FluxTransformer2DModel.{kind}.0"].values()) > 0
+
+
+def test_blocks_a_cache_skips_are_not_counted():
+    from diffusers.hooks import FirstBlockCacheConfig
+
+    _, cached = _tiny_recorded_run(FirstBlockCacheConfig(threshold=1e9))  # skips every step it may
+    skipped = [r for r in cached.records if r.blocks_run["single_transformer_blocks"] == 0]
+    assert skipped and all(r.blocks_run["transformer_blocks"] == 1 for r in cached.records)
+    config = {k: v for k, v in cached.transformer.config.items() if not k.startswith("_")}
+    counter = TransformerFlops("flux", config, cached.records[0].text_tokens)
+    full = sum(r.batch * counter(r.image_tokens) for r in cached.records)
+    saved = sum(r.batch * counter.block("single_transformer_blocks", r.image_tokens) for r in skipped)
+    assert cached.flops() == full - saved < full
+
+
+def test_fresco_flops_prices_a_recorded_run(tmp_path, capsys):
+    from diffusers.hooks import FirstBlockCacheConfig
+
+    _, cached = _tiny_recorded_run(FirstBlockCacheConfig(threshold=1e9))
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(cached.to_dict()))
+    assert main(["flops", "--recorded", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"recorded run: {cached.flops() / 1e12:.4f} TFLOPs" in out and "the cache saved" in out
