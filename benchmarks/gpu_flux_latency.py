@@ -16,30 +16,14 @@ import time
 import torch
 
 from fresco_plugin import FrescoConfig, apply_fresco, remove_fresco
-from fresco_plugin.flops import MODELS, count_plan_flops
+from fresco_plugin.flops import count_plan_flops
+from fresco_plugin.integrations.tiny import random_flux_pipeline
 
 PRESETS = ["flux-dev-3x", "flux-dev-5x", "flux-dev-10x", "flux-schnell-22x"]
 
 
-def build(guidance_embeds: bool):
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-
-    config = {**MODELS["flux-dev"].config(), "guidance_embeds": guidance_embeds}
-    torch.manual_seed(0)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    with torch.device("cuda"):
-        transformer = FluxTransformer2DModel(**config)
-        vae = AutoencoderKL(block_out_channels=(8, 8, 8, 8), layers_per_block=1, latent_channels=16, norm_num_groups=4,
-                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                            scaling_factor=0.3611, shift_factor=0.1159)
-    torch.set_default_dtype(previous)
-    if guidance_embeds:
-        scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True)
-    else:
-        scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False)
-    pipe = FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None, text_encoder_2=None,
-                        tokenizer_2=None, transformer=transformer)
+def build(schnell: bool):
+    pipe = random_flux_pipeline(device="cuda", dtype=torch.bfloat16, schnell=schnell)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -68,7 +52,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "presets": []}
-    pipe = build(True)
+    pipe = build(schnell=False)
     timed(pipe, 2, 1)  # warm-up: kernels, allocator
     baseline = statistics.median(timed(pipe, 50, args.repeats))
     result["baseline_seconds"] = baseline
@@ -77,7 +61,7 @@ def main() -> None:
         if schnell:
             del pipe
             torch.cuda.empty_cache()
-            pipe = build(False)
+            pipe = build(schnell=True)
             timed(pipe, 2, 1)
         apply_fresco(pipe, FrescoConfig.preset(name))
         seconds = statistics.median(timed(pipe, None, args.repeats))

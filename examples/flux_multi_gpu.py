@@ -4,6 +4,9 @@
 
 Offline, on any CPU (2 gloo processes, a tiny random-weight pipeline; checks the plumbing only):
     torchrun --standalone --nproc_per_node 2 examples/flux_multi_gpu.py --tiny
+
+On GPUs without the weights (real FLUX.1-dev size, random bf16 weights, nccl; checks start-up and timing only):
+    torchrun --standalone --nproc_per_node 1 examples/flux_multi_gpu.py --random-weights
 """
 
 from __future__ import annotations
@@ -27,7 +30,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="fresco_multi_gpu.png")
     parser.add_argument("--tiny", action="store_true", help="CPU run with gloo on a tiny random-weight pipeline")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="GPU run on FLUX.1-dev's architecture with random weights (no download; latents only)")
     args = parser.parse_args()
+    if args.tiny and args.random_weights:
+        parser.error("give --tiny or --random-weights, not both")
 
     from diffusers import ContextParallelConfig
 
@@ -43,15 +50,27 @@ def main() -> None:
                     height=64, width=64, num_inference_steps=12, output_type="latent")
         config = FrescoConfig(stage_scales=(0.25, 0.5, 1.0))
     else:
-        from diffusers import FluxPipeline
-
         dist.init_process_group("nccl")
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-        pipe = FluxPipeline.from_pretrained(args.model, torch_dtype=torch.bfloat16).to("cuda")
-        call = dict(prompt=args.prompt, height=args.height, width=args.width)
+        if args.random_weights:
+            from fresco_plugin.integrations.tiny import random_flux_pipeline
+
+            pipe = random_flux_pipeline(device="cuda")
+            g = torch.Generator("cuda").manual_seed(args.seed)
+            call = dict(prompt_embeds=torch.randn(1, 512, 4096, generator=g, device="cuda", dtype=torch.bfloat16),
+                        pooled_prompt_embeds=torch.randn(1, 768, generator=g, device="cuda", dtype=torch.bfloat16),
+                        height=args.height, width=args.width, output_type="latent")
+        else:
+            from diffusers import FluxPipeline
+
+            pipe = FluxPipeline.from_pretrained(args.model, torch_dtype=torch.bfloat16).to("cuda")
+            call = dict(prompt=args.prompt, height=args.height, width=args.width)
         config = FrescoConfig.preset(args.preset)
 
-    pipe.transformer.enable_parallelism(config=ContextParallelConfig(ulysses_degree=dist.get_world_size()))
+    if dist.get_world_size() > 1:
+        pipe.transformer.enable_parallelism(config=ContextParallelConfig(ulysses_degree=dist.get_world_size()))
+    elif dist.get_rank() == 0:  # diffusers refuses a context-parallel degree of 1
+        print("one rank: context parallelism stays off, the rest of the path runs as with several")
     apply_fresco(pipe, config)
     if dist.get_rank() != 0:
         pipe.set_progress_bar_config(disable=True)
@@ -59,7 +78,7 @@ def main() -> None:
     tokens = list(pipe._fresco_runner.last_run.tokens_per_step)
     if dist.get_rank() == 0:
         print(f"{dist.get_world_size()} ranks, image tokens per step {tokens} (each split evenly across the ranks)")
-        if not args.tiny:
+        if not (args.tiny or args.random_weights):
             output[0].save(args.out)
             print(f"wrote {args.out}")
     dist.destroy_process_group()

@@ -1,10 +1,11 @@
-"""Tiny random-weight diffusers pipelines built from configs, for tests and the offline example (no downloads)."""
+"""Random-weight diffusers pipelines built from configs (no downloads): tiny ones for tests and the offline examples,
+and FLUX.1 at its real size for GPU timing and start-up checks."""
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["tiny_flux_pipeline", "tiny_hunyuan_video_pipeline", "tiny_wan_pipeline"]
+__all__ = ["random_flux_pipeline", "tiny_flux_pipeline", "tiny_hunyuan_video_pipeline", "tiny_wan_pipeline"]
 
 
 def tiny_flux_pipeline(*, guidance_embeds: bool = True, static_shift: bool = False, seed: int = 0,
@@ -80,3 +81,32 @@ def tiny_wan_pipeline(*, seed: int = 0):
                            temperal_downsample=[False, True, True])
     return WanPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer,
                        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))
+
+
+def random_flux_pipeline(*, device: str = "cuda", dtype: torch.dtype = torch.bfloat16, schnell: bool = False,
+                         seed: int = 0):
+    """FLUX.1-dev (or, with ``schnell``, FLUX.1-schnell) at its real size with random weights, from the embedded
+    public config, without text encoders (pass prompt embeddings: 512 x 4096 and 768). The VAE is a tiny stand-in,
+    so decode nothing: use ``output_type="latent"``. About 24 GB in bf16."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    from ..flops import MODELS
+
+    config = MODELS["flux-schnell" if schnell else "flux-dev"].config()
+    torch.manual_seed(seed)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            transformer = FluxTransformer2DModel(**config)
+            vae = AutoencoderKL(block_out_channels=(8, 8, 8, 8), layers_per_block=1, latent_channels=16,
+                                norm_num_groups=4, down_block_types=("DownEncoderBlock2D",) * 4,
+                                up_block_types=("UpDecoderBlock2D",) * 4, scaling_factor=0.3611, shift_factor=0.1159)
+    finally:
+        torch.set_default_dtype(previous)
+    if schnell:
+        scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False)
+    else:
+        scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True)
+    return FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None, text_encoder_2=None,
+                        tokenizer_2=None, transformer=transformer)

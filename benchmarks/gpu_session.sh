@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The GPU checks, in one go, on a machine with one CUDA GPU and no network (the device tool's H100/H200).
+# Wheels for what its image lacks (diffusers, importlib_metadata, torchao) are expected in .whl/.
+# Results land in $OUT (default ./gpu_results): gpu_flux_latency.json, float8_dynamic_gpu.json, log.txt.
+set -uo pipefail
+OUT=${OUT:-gpu_results}
+mkdir -p "$OUT"
+exec > >(tee "$OUT/log.txt") 2>&1
+export PYTHONUNBUFFERED=1
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/site . || exit 1
+export PYTHONPATH=/tmp/site
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+python3 -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, torch.cuda.get_device_name())"
+echo "== multi-GPU example, one rank (nccl, real FLUX.1-dev size, random weights)"
+timeout 240 torchrun --standalone --nproc_per_node 1 examples/flux_multi_gpu.py --random-weights --preset flux-dev-10x
+echo "== torchao float8 dynamic activations with Fresco"
+timeout 180 python3 benchmarks/float8_dynamic_gpu.py --out "$OUT/float8_dynamic_gpu.json"
+echo "== FLUX.1-dev wall time, stock vs presets"
+timeout 420 python3 benchmarks/gpu_flux_latency.py --out "$OUT/gpu_flux_latency.json" --repeats 2
+echo "== done"
