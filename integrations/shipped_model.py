@@ -1,0 +1,58 @@
+"""The demo model shipped inside the package: a small FLUX pipeline trained on procedural scenes.
+
+``load_scenes_pipeline()`` loads it with the real ``FluxPipeline.from_pretrained`` from the package folder (no
+network). It was trained by ``training/train_scenes_model.py`` with a 32-token T5 sequence at up to 128 pixels; call
+it with ``max_sequence_length=TEXT_TOKENS`` and ``height=width=SIZE`` (or 64 / 96). Prompts follow the grammar of
+:mod:`fresco_plugin.scenes`, whose checker reads a picture back for adherence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..scenes import Scene, is_held_out, sample_scene
+
+__all__ = ["MODEL_DIR", "SIZE", "TEXT_TOKENS", "ScenePrompt", "load_scenes_pipeline", "prompt_set"]
+
+MODEL_DIR = Path(str(resources.files("fresco_plugin").joinpath("models/scenes-flux")))
+TEXT_TOKENS = 32
+SIZE = 128
+
+
+def load_scenes_pipeline(*, device: str | torch.device = "cpu", progress: bool = True) -> Any:
+    """The shipped scenes pipeline (fp32), loaded by ``FluxPipeline.from_pretrained`` from the package."""
+    from diffusers import FluxPipeline
+
+    if not (MODEL_DIR / "model_index.json").is_file():
+        raise FileNotFoundError(
+            f"the shipped scenes model is missing from {MODEL_DIR}; reinstall the package, or train it again with "
+            "`python training/train_scenes_model.py` (about an hour on 2 CPU cores)"
+        )
+    pipe = FluxPipeline.from_pretrained(MODEL_DIR, torch_dtype=torch.float32).to(device)
+    pipe.set_progress_bar_config(disable=not progress)
+    return pipe
+
+
+@dataclass(frozen=True)
+class ScenePrompt:
+    prompt: str
+    scene: Scene
+    held_out: bool
+    seed: int
+
+
+def prompt_set(count: int, held_out: int, seed: int = 2026) -> list[ScenePrompt]:
+    """A fixed prompt set: ``count - held_out`` prompts from the training split, then ``held_out`` from the held-out
+    split (object combinations the model never saw); each with its own generation seed."""
+    if not 0 <= held_out <= count:
+        raise ValueError(f"held_out={held_out} must be between 0 and count={count}")
+    rng = np.random.default_rng(seed)
+    scenes = [sample_scene(rng) for _ in range(count - held_out)]
+    scenes += [sample_scene(rng, held_out=True) for _ in range(held_out)]
+    return [ScenePrompt(s.prompt, s, is_held_out(s.prompt), seed * 1000 + i) for i, s in enumerate(scenes)]
