@@ -367,20 +367,23 @@ def plot(report: dict[str, Any], path: Path) -> None:
             families.setdefault(row["family"], []).append(row)
     panels = (("psnr", "PSNR to the 50-step baseline (dB)"), ("ssim", "SSIM to the 50-step baseline"),
               ("relation_right", "relation right (checker)"))
+    colors = plt.get_cmap("tab20").colors
     for axis, (key, label) in zip(axes, panels):
-        for family, rows in families.items():
+        for index, (family, rows) in enumerate(families.items()):
             rows = sorted(rows, key=lambda r: r["flops_ratio"])
             xs = [r["flops_ratio"] for r in rows]
-            ys = [r[key] if math.isfinite(r[key]) else np.nan for r in rows]
-            if key == "psnr" and family == "baseline":
+            ys = [r[key] if r[key] is not None and math.isfinite(r[key]) else np.nan for r in rows]
+            if family == "baseline":
+                if key != "psnr":  # the baseline's PSNR to itself is infinite
+                    axis.plot(xs, ys, "k*", markersize=12, label="50-step baseline")
                 continue
-            style = "o" if "one knob" in family else "o-"
-            axis.plot(xs, ys, style, label=family, markersize=5)
+            loose = "one knob" in family or family.startswith("stacks")  # points, not a budget curve
+            axis.plot(xs, ys, "s" if loose else "o-", label=family, markersize=5, color=colors[index % len(colors)])
         axis.set_xscale("log")
         axis.set_xlabel("transformer FLOPs saving vs 50-step baseline (x)")
         axis.set_ylabel(label)
         axis.grid(True, alpha=0.3)
-    axes[0].legend(fontsize=7, loc="best")
+    axes[1].legend(fontsize=7, loc="upper right")
     figure.suptitle(f"fresco bench on the shipped scenes model: {len(report['prompts'])} prompts, commit "
                     f"{report['commit']}")
     figure.tight_layout()

@@ -34,7 +34,7 @@ def load_scenes_pipeline(*, device: str | torch.device = "cpu", progress: bool =
             f"the shipped scenes model is missing from {MODEL_DIR}; reinstall the package, or train it again with "
             "`python training/train_scenes_model.py` (about an hour on 2 CPU cores)"
         )
-    pipe = FluxPipeline.from_pretrained(MODEL_DIR, torch_dtype=torch.float32).to(device)
+    pipe = FluxPipeline.from_pretrained(MODEL_DIR).to(device)  # saved in fp32, loads in fp32
     pipe.set_progress_bar_config(disable=not progress)
     return pipe
 
