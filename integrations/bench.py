@@ -171,8 +171,8 @@ def psnr(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor, peak: float
 
 def ssim(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor, data_range: float = 1.0, window: int = 11,
          sigma: float = 1.5) -> float:
-    """Mean SSIM (Wang et al. 2004, Gaussian window) over channels; inputs (H, W, C) pictures or (C, H, W) latents
-    with ``channels_last=False`` inferred from the smaller dimension."""
+    """Mean SSIM (Wang et al. 2004, Gaussian window) over channels, of two (H, W, 3) pictures or two (C, H, W)
+    latents (a last dimension of at most 4 after a first one above 4 is read as channels-last)."""
     x, y = (torch.as_tensor(v, dtype=torch.float64) for v in (a, b))
     if x.shape[-1] <= 4 and x.shape[0] > 4:  # (H, W, C) picture -> (C, H, W)
         x, y = x.permute(2, 0, 1), y.permute(2, 0, 1)
