@@ -227,7 +227,7 @@ def run_benchmark(prompts: list[ScenePrompt], methods: list[Method], *, pipe: An
     pipe.set_progress_bar_config(disable=True)
     runner = _Runner(pipe)
     repeat = Method("baseline (timed again)", "baseline", steps=BASELINE_STEPS)
-    order = [methods[0], *methods[1:], repeat]
+    order = [*methods, repeat]
     if order[0].name != "baseline":
         raise ValueError("the first method must be the baseline")
     results = {m.name: MethodResult(m) for m in order}

@@ -159,3 +159,5 @@ def test_fresco_flops_prices_a_recorded_run(tmp_path, capsys):
     assert main(["flops", "--recorded", str(path)]) == 0
     out = capsys.readouterr().out
     assert f"recorded run: {cached.flops() / 1e12:.4f} TFLOPs" in out and "the cache saved" in out
+    skipped = sum(1 for r in cached.records if r.blocks_run["single_transformer_blocks"] == 0)
+    assert f"{skipped} forward(s) skipped blocks" in out and skipped > 0
