@@ -68,8 +68,8 @@ def benchmark_methods() -> list[Method]:
         for budget, preset in BUDGETS.items():
             methods.append(Method(f"{key}@{budget}", family, config=replace(PRESETS[preset], **overrides)))
     variants = {
-        "ratio-0.1": dict(promotion_ratio=0.1), "ratio-0.5": dict(promotion_ratio=0.5),
-        "rounds-2": dict(promotion_rounds=2), "unsettled-first": dict(promotion_order="unsettled_first"),
+        "ratio-0.25": dict(promotion_ratio=0.25), "ratio-0.5": dict(promotion_ratio=0.5),
+        "unsettled-first": dict(promotion_order="unsettled_first"),
         "latent-variance": dict(score="latent_step_variance"), "nearest-expansion": dict(expansion="nearest"),
     }
     for key, overrides in variants.items():

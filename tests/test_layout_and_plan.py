@@ -117,7 +117,7 @@ def test_plan_errors_name_the_fix():
 
 
 def test_presets():
-    assert FrescoConfig.preset("flux-dev-10x").stage_steps == (6, 3)
+    assert FrescoConfig.preset("flux-dev-10x").stage_steps == (3, 4)
     assert sum(FrescoConfig.preset("flux-schnell-22x").stage_steps) == 4
     assert FrescoConfig.preset("flux-dev-10x", promotion_ratio=0.5).promotion_ratio == 0.5
     with pytest.raises(ValueError, match="unknown Fresco preset 'flux-dev-99x'; known presets: flux-dev-10x"):
