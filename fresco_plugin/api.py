@@ -8,13 +8,13 @@ from typing import Any
 from .config import FrescoConfig
 from .registry import find_adapter
 
-__all__ = ["apply_fresco", "remove_fresco", "fresco_config_of"]
+__all__ = ["apply_fresco", "remove_fresco", "fresco_config_of", "fresco_class_of"]
 
 _RUNNER = "_fresco_runner"
 _FRESCO_CLASSES: dict[type, type] = {}
 
 
-def _fresco_class(cls: type) -> type:
+def fresco_class_of(cls: type) -> type:
     """A subclass of the pipeline's class whose ``__call__`` runs Fresco; the original class is never modified.
 
     ``pipe(...)`` looks ``__call__`` up on the type, not the instance, so a per-instance switch needs a per-instance
@@ -52,7 +52,7 @@ def apply_fresco(pipe: Any, config: FrescoConfig | str | None = None) -> Any:
         )
     runner = find_adapter(pipe)(pipe, config)
     object.__setattr__(pipe, _RUNNER, runner)
-    object.__setattr__(pipe, "__class__", _fresco_class(type(pipe)))
+    object.__setattr__(pipe, "__class__", fresco_class_of(type(pipe)))
     return pipe
 
 

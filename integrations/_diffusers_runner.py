@@ -7,6 +7,7 @@ sampler with the pipeline's progress bar and callbacks, and leaves decoding to t
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from fresco_plugin.schedule import StagePlan, StageSchedule, plan_stages, plan_t
 from fresco_plugin.transitions import USES_FRESH_NOISE
 
 from .diffusers_caches import check_cache, guard_enable_cache, unguard_enable_cache
+from .para_attention import para_attention_caches, para_attention_mesh, rewrap_pipeline_class
 
 __all__ = ["DiffusersFrescoRunner", "TransformerDenoiser", "rows_for"]
 
@@ -66,7 +68,10 @@ class DiffusersFrescoRunner:
         guard_enable_cache(pipe.transformer, config.promotion_rounds)
 
     def close(self) -> None:
+        from fresco_plugin.api import fresco_class_of
+
         unguard_enable_cache(self.pipe.transformer)
+        rewrap_pipeline_class(self.pipe, fresco_class_of(type(self.pipe)))
         self.last_run = None
 
     @torch.no_grad()
@@ -183,6 +188,9 @@ class DiffusersFrescoRunner:
         parallel = _ContextParallel.of(pipe.transformer)
         agree = None
         if parallel is not None:
+            if a["generator"] is None and a["latents"] is None:
+                raise ValueError("under context parallelism every rank must start from the same noise: pass "
+                                 "generator=torch.Generator().manual_seed(...) (the same seed on every rank)")
             config = replace(config, token_multiple=math.lcm(config.token_multiple, parallel.degree))
             parallel.check(pipe.transformer, config, stages, geometry, denoiser.text["prompt_embeds"].shape[1])
             agree = parallel.rank0_decides
@@ -222,26 +230,36 @@ class DiffusersFrescoRunner:
 
 
 class _ContextParallel:
-    """diffusers context parallelism (``transformer.enable_parallelism``) as Fresco sees it.
+    """Context parallelism (diffusers' ``transformer.enable_parallelism`` or ParaAttention's ``parallelize_pipe``) as
+    Fresco sees it.
 
     The transformer splits the image and text sequences across ranks in every forward and gathers its output, so
     each stage's token count must divide the degree (promotion counts round to keep it so), and every rank must take
     the same promotion decision: rank 0's is broadcast, so no rank can drift even where floating point differs.
     """
 
-    def __init__(self, config: Any):
-        self.ulysses, self.ring = config.ulysses_degree, config.ring_degree
-        self.degree = self.ulysses * self.ring
-        mesh = getattr(config, "_flattened_mesh", None)
-        self.group = mesh.get_group() if mesh is not None else None
+    def __init__(self, ulysses: int, ring: int, group: Any):
+        self.ulysses, self.ring, self.group = ulysses, ring, group
+        self.degree = ulysses * ring
 
     @classmethod
     def of(cls, transformer: Any) -> _ContextParallel | None:
+        mesh = para_attention_mesh(transformer)
+        if mesh is not None:
+            if mesh["batch"].size() > 1:
+                raise ValueError(f"ParaAttention splits the batch over {mesh['batch'].size()} ranks; Fresco's token "
+                                 "layouts can differ per image, so parallelize the sequence only "
+                                 "(init_context_parallel_mesh without max_batch_dim_size)")
+            ring, ulysses = mesh["ring"].size(), mesh["ulysses"].size()
+            if ring * ulysses == 1:
+                return None
+            return cls(ulysses, ring, mesh["ring", "ulysses"]._flatten().get_group())
         parallel = getattr(transformer, "_parallel_config", None)
         config = getattr(parallel, "context_parallel_config", None)
         if config is None or config.ulysses_degree * config.ring_degree == 1:
             return None
-        return cls(config)
+        flattened = getattr(config, "_flattened_mesh", None)
+        return cls(config.ulysses_degree, config.ring_degree, flattened.get_group() if flattened is not None else None)
 
     def check(self, transformer: Any, config: FrescoConfig, stages: list[StagePlan], geometry: TokenGeometry,
               text_tokens: int) -> None:
@@ -288,6 +306,7 @@ class TransformerDenoiser:
     def __init__(self, pipe: Any, text: dict[str, Any], negative: dict[str, Any] | None, cfg_scale: float,
                  images: slice = slice(None)):
         self.pipe, self.text, self.negative, self.cfg_scale, self.images = pipe, text, negative, cfg_scale, images
+        self.caches = para_attention_caches(pipe) or _DiffusersCaches(pipe.transformer)
         self._last_tokens: int | None = None
 
     def for_images(self, index: int) -> TransformerDenoiser:
@@ -304,10 +323,9 @@ class TransformerDenoiser:
         self.text["prompt_embeds"] = outputs.pop("prompt_embeds", self.text["prompt_embeds"])
 
     def __call__(self, latents: torch.Tensor, positions: torch.Tensor, step: Step) -> torch.Tensor:
-        transformer = self.pipe.transformer
-        if latents.shape[1] != self._last_tokens and hasattr(transformer, "_reset_stateful_cache"):
+        if latents.shape[1] != self._last_tokens:
             # stateful feature caches hold tensors of another token count (or another image's run): start over
-            transformer._reset_stateful_cache()
+            self.caches.reset()
         self._last_tokens = latents.shape[1]
         self.pipe._current_timestep = step.timestep
         prediction = self._branch("cond", self.text, latents, positions, step)
@@ -325,13 +343,29 @@ class TransformerDenoiser:
         outputs = []
         for name, group in groups:
             rows = _compose(self.images, group)
-            with self.pipe.transformer.cache_context(name):
+            with self.caches.scope(name):
                 outputs.append(self.forward(text, latents[group], positions[group][0], step, rows))
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
     def forward(self, text: dict[str, Any], latents: torch.Tensor, positions: torch.Tensor, step: Step,
                 rows: slice) -> torch.Tensor:
         raise NotImplementedError
+
+
+class _DiffusersCaches:
+    """diffusers' own cache state (``CacheMixin``): a cache context per name, reset by the model."""
+
+    def __init__(self, transformer: Any):
+        self.transformer = transformer
+
+    def reset(self) -> None:
+        if hasattr(self.transformer, "_reset_stateful_cache"):
+            self.transformer._reset_stateful_cache()
+
+    def scope(self, name: str) -> contextlib.AbstractContextManager[Any]:
+        if hasattr(self.transformer, "cache_context"):
+            return self.transformer.cache_context(name)
+        return contextlib.nullcontext()  # diffusers before cache contexts (0.34, which ParaAttention needs)
 
 
 def _compose(images: slice, group: slice) -> slice:

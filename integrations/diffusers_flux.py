@@ -13,7 +13,11 @@ import torch
 from diffusers import FluxPipeline
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from diffusers.pipelines.flux.pipeline_output import FluxPipelineOutput
-from diffusers.utils.torch_utils import get_module_execution_device
+
+try:  # newer diffusers decode on the VAE's execution device (offloading); 0.34, which ParaAttention needs, does not
+    from diffusers.utils.torch_utils import get_module_execution_device
+except ImportError:
+    get_module_execution_device = None
 
 from fresco_plugin.layout import TokenGeometry, unpack
 from fresco_plugin.sampler import Step
@@ -105,7 +109,8 @@ class FluxFrescoRunner(DiffusersFrescoRunner):
         else:
             latents = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
             latents = (latents / pipe.vae.config.scaling_factor) + pipe.vae.config.shift_factor
-            latents = latents.to(get_module_execution_device(pipe.vae))
+            if get_module_execution_device is not None:
+                latents = latents.to(get_module_execution_device(pipe.vae))
             image = pipe.vae.decode(latents, return_dict=False)[0]
             image = pipe.image_processor.postprocess(image, output_type=a["output_type"])
         pipe.maybe_free_model_hooks()

@@ -6,14 +6,11 @@ each worker sets it to 1 (the documented CPU workaround; GPUs need nothing).
 
 import datetime
 import os
-import socket
-import time
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
-from conftest import text_inputs
+from conftest import run_ranks, text_inputs
 
 from fresco_plugin import FrescoConfig, apply_fresco, register_score
 from fresco_plugin.integrations.tiny import tiny_flux_pipeline
@@ -28,7 +25,7 @@ def _pipe():
     return pipe
 
 
-def _generate(pipe, text_tokens=8):
+def _generate(pipe, text_tokens=8, seeded=True):
     steps = []
 
     def record(pipe, index, timestep, kwargs):
@@ -36,7 +33,7 @@ def _generate(pipe, text_tokens=8):
         return {}
 
     out = pipe(**text_inputs(tokens=text_tokens), height=64, width=64, num_inference_steps=12, output_type="latent",
-               generator=torch.Generator().manual_seed(0), callback_on_step_end=record).images
+               generator=torch.Generator().manual_seed(0) if seeded else None, callback_on_step_end=record).images
     return out, steps
 
 
@@ -78,7 +75,7 @@ def _worker(rank, world, port, task, out_path):
         else:  # errors raised before any model call
             apply_fresco(pipe, CONFIG)
             try:
-                _generate(pipe, text_tokens=6 if task == "text" else 8)
+                _generate(pipe, text_tokens=6 if task == "text" else 8, seeded=task != "unseeded")
             except ValueError as error:
                 result["error"] = str(error)
         if rank == 0:
@@ -88,19 +85,7 @@ def _worker(rank, world, port, task, out_path):
 
 
 def _spawn(world, task, tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out_path = tmp_path / f"{task}-{world}.pt"
-    context = mp.start_processes(_worker, args=(world, port, task, str(out_path)), nprocs=world, join=False,
-                                 start_method="spawn")
-    deadline = time.monotonic() + TIMEOUT_S
-    while not context.join(timeout=5):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail(f"{world} context-parallel processes did not finish within {TIMEOUT_S} s")
-    return torch.load(out_path)
+    return run_ranks(_worker, world, task, tmp_path, TIMEOUT_S)
 
 
 @pytest.mark.parametrize("world,task", [(2, "match"), (4, "match"), (2, "match-fresco-first")])
@@ -123,3 +108,4 @@ def test_ranks_take_rank_zeros_decision_even_when_their_scores_differ(tmp_path):
 def test_degrees_that_cannot_work_are_refused(tmp_path):
     assert "text tokens do not split over context-parallel degree 4" in _spawn(4, "text", tmp_path)["error"]
     assert "2 attention heads, which Ulysses degree 4 does not divide" in _spawn(4, "heads", tmp_path)["error"]
+    assert "every rank must start from the same noise: pass generator=" in _spawn(2, "unseeded", tmp_path)["error"]
