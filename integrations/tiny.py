@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["random_flux_pipeline", "tiny_flux_pipeline", "tiny_hunyuan_video_pipeline", "tiny_wan_pipeline"]
+__all__ = ["random_flux_pipeline", "random_hunyuan_video_pipeline", "tiny_flux_pipeline", "tiny_hunyuan_video_pipeline",
+           "tiny_wan_pipeline"]
 
 
 def tiny_flux_pipeline(*, guidance_embeds: bool = True, static_shift: bool = False, seed: int = 0,
@@ -40,7 +41,7 @@ def tiny_flux_pipeline(*, guidance_embeds: bool = True, static_shift: bool = Fal
                         tokenizer_2=None, transformer=transformer)
 
 
-def tiny_hunyuan_video_pipeline(*, patch_size_t: int = 1, seed: int = 0):
+def tiny_hunyuan_video_pipeline(*, patch_size_t: int = 1, seed: int = 0, num_attention_heads: int = 2):
     """A HunyuanVideo-architecture pipeline with 2x2 patches (as the real one), without text encoders.
 
     Pass ``prompt_embeds`` (B, L, 16), ``pooled_prompt_embeds`` (B, 8) and ``prompt_attention_mask`` (B, L).
@@ -50,7 +51,7 @@ def tiny_hunyuan_video_pipeline(*, patch_size_t: int = 1, seed: int = 0):
 
     torch.manual_seed(seed)
     transformer = HunyuanVideoTransformer3DModel(
-        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=10, num_layers=1,
+        in_channels=4, out_channels=4, num_attention_heads=num_attention_heads, attention_head_dim=10, num_layers=1,
         num_single_layers=1, num_refiner_layers=1, patch_size=2, patch_size_t=patch_size_t, guidance_embeds=True,
         text_embed_dim=16, pooled_projection_dim=8, rope_axes_dim=(2, 4, 4),
     )
@@ -110,3 +111,30 @@ def random_flux_pipeline(*, device: str = "cuda", dtype: torch.dtype = torch.bfl
         scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True)
     return FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None, text_encoder_2=None,
                         tokenizer_2=None, transformer=transformer)
+
+
+def random_hunyuan_video_pipeline(*, device: str = "cuda", dtype: torch.dtype = torch.bfloat16, seed: int = 0):
+    """HunyuanVideo at its real size (13B) with random weights, from the embedded public config, without text
+    encoders (pass prompt embeddings: (1, L, 4096), pooled (1, 768) and a mask). The VAE is a tiny stand-in with the
+    real compression (8x spatial, 4x temporal), so decode nothing: use ``output_type="latent"``. About 26 GB in bf16."""
+    from diffusers import (AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline,
+                           HunyuanVideoTransformer3DModel)
+
+    from ..flops import MODELS
+
+    torch.manual_seed(seed)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            transformer = HunyuanVideoTransformer3DModel(**MODELS["hunyuan-video"].config())
+            vae = AutoencoderKLHunyuanVideo(
+                in_channels=3, out_channels=3, latent_channels=16, down_block_types=("HunyuanVideoDownBlock3D",) * 4,
+                up_block_types=("HunyuanVideoUpBlock3D",) * 4, block_out_channels=(8,) * 4, layers_per_block=1,
+                norm_num_groups=4,
+            )
+    finally:
+        torch.set_default_dtype(previous)
+    return HunyuanVideoPipeline(text_encoder=None, tokenizer=None, transformer=transformer, vae=vae,
+                                scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), text_encoder_2=None,
+                                tokenizer_2=None)

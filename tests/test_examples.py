@@ -15,6 +15,8 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
     ([sys.executable, str(EXAMPLES / "hunyuan_video.py"), "--tiny"], "Fresco (hunyuan-video-5x)"),
     ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
       str(EXAMPLES / "flux_multi_gpu.py"), "--tiny"], "2 ranks, image tokens per step"),
+    ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+      str(EXAMPLES / "hunyuan_video_multi_gpu.py"), "--tiny"], "2 ranks, image tokens per step"),
 ])
 def test_offline_example_runs(command, expected):
     result = subprocess.run(command, capture_output=True, text=True, timeout=240)

@@ -1,0 +1,95 @@
+"""Context parallelism (Ulysses) for diffusers' HunyuanVideo, which ships no context-parallel plan, with or without
+Fresco.
+
+    from diffusers import ContextParallelConfig
+    from fresco_plugin.integrations.hunyuan_video_parallel import enable_hunyuan_video_parallelism
+
+    enable_hunyuan_video_parallelism(pipe.transformer, ContextParallelConfig(ulysses_degree=world_size))
+
+The plan splits the image and text sequences where they enter the first block and gathers the image tokens after
+``proj_out``. Two things a plan alone cannot express are fixed by a hook on every block:
+
+- the attention mask. HunyuanVideo builds it for the whole sequence, image tokens then (padded) text tokens, but
+  Ulysses attention sees the sequence the all-to-all assembles: each rank's image shard followed by its text shard,
+  rank after rank. The hook reorders the mask the same way, so padded text stays masked.
+- the rotary embedding, computed for the whole image sequence before the blocks: each rank takes its shard.
+
+Ring attention is refused (it orders the sequence differently, and needs CUDA kernels anyway), and so is the
+token-replace image-to-video variant (its first-frame token count is a whole-sequence notion).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
+
+__all__ = ["HUNYUAN_VIDEO_CP_PLAN", "enable_hunyuan_video_parallelism", "interleave_mask"]
+
+HUNYUAN_VIDEO_CP_PLAN = {
+    "transformer_blocks.0": {
+        "hidden_states": ContextParallelInput(split_dim=1, expected_dims=3, split_output=False),
+        "encoder_hidden_states": ContextParallelInput(split_dim=1, expected_dims=3, split_output=False),
+    },
+    "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
+}
+_BLOCK_HOOK = "fresco_hunyuan_video_sequence_shard"
+
+
+def interleave_mask(mask: torch.Tensor, text_tokens: int, world: int) -> torch.Tensor:
+    """``mask`` (..., image + text) in the order Ulysses attention sees the sequence: per rank, its image shard
+    then its text shard."""
+    image, text = mask[..., : mask.shape[-1] - text_tokens], mask[..., mask.shape[-1] - text_tokens:]
+    parts = [part for pair in zip(image.chunk(world, -1), text.chunk(world, -1)) for part in pair]
+    return torch.cat(parts, dim=-1)
+
+
+class _ShardedSequenceHook(ModelHook):
+    """Reorders the whole-sequence attention mask for Ulysses and gives the block this rank's rotary shard.
+
+    Works whether the block's inputs are split already (every block after the first) or not yet (the first block,
+    when the plan's split hook runs inside this one): split inputs are 1/world of the mask's length.
+    """
+
+    def __init__(self, world: int, rank: int):
+        super().__init__()
+        self.world, self.rank = world, rank
+
+    def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple, dict]:
+        names = ("hidden_states", "encoder_hidden_states", "temb", "attention_mask", "image_rotary_emb")
+        values = dict(zip(names, args))
+        values.update({k: v for k, v in kwargs.items() if k in names})
+        mask, rope = values.get("attention_mask"), values.get("image_rotary_emb")
+        image, text = values["hidden_states"].shape[1], values["encoder_hidden_states"].shape[1]
+        length = mask.shape[-1] if mask is not None else None
+        split = length is not None and image + text != length
+        text_total = text * self.world if split else text
+        if mask is not None:
+            values["attention_mask"] = interleave_mask(mask, text_total, self.world)
+        if rope is not None and rope[0].shape[0] == (length - text_total if length is not None else -1):
+            values["image_rotary_emb"] = tuple(r.chunk(self.world, dim=0)[self.rank] for r in rope)
+        positional = [values[name] for name in names[:len(args)]]
+        return tuple(positional) + args[len(positional):], {k: values[k] if k in values else v
+                                                            for k, v in kwargs.items()}
+
+
+def enable_hunyuan_video_parallelism(transformer: Any, config: Any) -> None:
+    """``transformer.enable_parallelism`` with the plan above and the block hooks; ``config`` is a diffusers
+    ``ContextParallelConfig`` (Ulysses). Call it on every rank after ``torch.distributed`` is initialised."""
+    if getattr(config, "ring_degree", 1) not in (None, 1):
+        raise ValueError("HunyuanVideo context parallelism here is Ulysses only (ring_degree=1): ring attention orders "
+                         "the sequence differently and needs CUDA kernels")
+    if transformer.config.get("image_condition_type") == "token_replace":
+        raise ValueError("the token-replace image-to-video HunyuanVideo cannot be split: its first-frame token count "
+                         "refers to the whole sequence; run it without context parallelism")
+    heads = transformer.config.num_attention_heads
+    if heads % config.ulysses_degree:
+        raise ValueError(f"the transformer has {heads} attention heads, which Ulysses degree {config.ulysses_degree} "
+                         "does not divide; use a degree that divides the head count")
+    transformer.enable_parallelism(config=config, cp_plan=HUNYUAN_VIDEO_CP_PLAN)
+    mesh = transformer._parallel_config.context_parallel_config._flattened_mesh
+    world, rank = mesh.size(), mesh.get_local_rank()
+    for block in [*transformer.transformer_blocks, *transformer.single_transformer_blocks]:
+        HookRegistry.check_if_exists_or_initialize(block).register_hook(_ShardedSequenceHook(world, rank), _BLOCK_HOOK)

@@ -1,0 +1,99 @@
+"""HunyuanVideo under diffusers context parallelism (Ulysses) through our plan, with and without Fresco, really run
+across 2 and 4 gloo processes on the CPU and compared with a single process at every step.
+
+The text is padded (its mask ends in zeros), so a wrongly ordered attention mask would let padding in and fail the
+comparison. Each worker sets ``torch.accelerator.device_count`` to 1, as in the FLUX tests (diffusers' CPU mesh).
+"""
+
+import datetime
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+from conftest import run_ranks
+
+from fresco_plugin import FrescoConfig, apply_fresco
+from fresco_plugin.integrations.hunyuan_video_parallel import interleave_mask
+from fresco_plugin.integrations.tiny import tiny_hunyuan_video_pipeline
+
+CONFIG = FrescoConfig(stage_scales=(0.5, 1.0), promotion_rounds=1)
+SIZE = dict(height=64, width=80, num_frames=5)  # 4 x 5 latent tokens per frame, 2 latent frames: odd columns
+TIMEOUT_S = 240
+
+
+def _pipe(heads=4):
+    pipe = tiny_hunyuan_video_pipeline(num_attention_heads=heads)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _generate(pipe, text_tokens=8):
+    steps = []
+
+    def record(pipe, index, timestep, kwargs):
+        steps.append(kwargs["latents"].clone())
+        return {}
+
+    g = torch.Generator().manual_seed(1)
+    mask = torch.ones(1, text_tokens, dtype=torch.long)
+    mask[:, 3:] = 0  # padded text, the padding reaching into every rank's shard but the first
+    out = pipe(prompt_embeds=torch.randn(1, text_tokens, 16, generator=g),
+               pooled_prompt_embeds=torch.randn(1, 8, generator=g), prompt_attention_mask=mask, **SIZE,
+               num_inference_steps=8, output_type="latent", generator=torch.Generator().manual_seed(0),
+               callback_on_step_end=record).frames
+    return out, steps
+
+
+def _worker(rank, world, port, task, out_path):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
+    torch.accelerator.device_count = lambda: 1
+    try:
+        from diffusers import ContextParallelConfig
+
+        from fresco_plugin.integrations.hunyuan_video_parallel import enable_hunyuan_video_parallelism
+
+        pipe = _pipe(heads=2 if task == "heads" else 4)
+        parallel = ContextParallelConfig(ulysses_degree=world)
+        result = {}
+        try:
+            if task == "fresco-first":
+                apply_fresco(pipe, CONFIG)
+            enable_hunyuan_video_parallelism(pipe.transformer, parallel)
+            if task in ("fresco", "text"):
+                apply_fresco(pipe, CONFIG)
+            result["out"], result["steps"] = _generate(pipe, text_tokens=6 if task == "text" else 8)
+        except ValueError as error:
+            result["error"] = str(error)
+        if rank == 0:
+            torch.save(result, out_path)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_the_mask_follows_the_sequence_ulysses_assembles():
+    mask = torch.tensor([1, 2, 3, 4, 10, 20, 30, 40])  # four image tokens, then four text tokens
+    assert interleave_mask(mask, 4, 2).tolist() == [1, 2, 10, 20, 3, 4, 30, 40]
+
+
+@pytest.mark.parametrize("world,task", [(2, "stock"), (4, "stock"), (2, "fresco"), (4, "fresco"),
+                                        (2, "fresco-first")])
+def test_every_step_matches_a_single_process_run(world, task, tmp_path):
+    result = run_ranks(_worker, world, task, tmp_path, TIMEOUT_S)
+    single = _pipe()
+    if task != "stock":
+        apply_fresco(single, FrescoConfig(stage_scales=(0.5, 1.0), promotion_rounds=1, token_multiple=world))
+    out, steps = _generate(single)
+    if task != "stock":
+        assert len({s.shape[1] for s in steps}) == 3  # half resolution, after the round, full resolution
+    for parallel_step, single_step in zip(result["steps"], steps, strict=True):
+        assert torch.allclose(parallel_step, single_step, atol=1e-5)
+    assert torch.allclose(result["out"], out, atol=1e-5)
+
+
+def test_degrees_that_cannot_work_are_refused(tmp_path):
+    heads = run_ranks(_worker, 4, "heads", tmp_path, TIMEOUT_S)["error"]
+    assert "2 attention heads, which Ulysses degree 4 does not divide" in heads
+    text = run_ranks(_worker, 4, "text", tmp_path, TIMEOUT_S)["error"]
+    assert "6 text tokens do not split over context-parallel degree 4" in text
