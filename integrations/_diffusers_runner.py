@@ -244,8 +244,9 @@ class _ContextParallel:
 
     @classmethod
     def of(cls, transformer: Any) -> _ContextParallel | None:
-        mesh = para_attention_mesh(transformer)
-        if mesh is not None:
+        para_attention = para_attention_mesh(transformer)
+        if para_attention is not None:
+            mesh, sequence_mesh = para_attention
             if mesh["batch"].size() > 1:
                 raise ValueError(f"ParaAttention splits the batch over {mesh['batch'].size()} ranks; Fresco's token "
                                  "layouts can differ per image, so parallelize the sequence only "
@@ -253,7 +254,7 @@ class _ContextParallel:
             ring, ulysses = mesh["ring"].size(), mesh["ulysses"].size()
             if ring * ulysses == 1:
                 return None
-            return cls(ulysses, ring, mesh["ring", "ulysses"]._flatten().get_group())
+            return cls(ulysses, ring, sequence_mesh.get_group())
         parallel = getattr(transformer, "_parallel_config", None)
         config = getattr(parallel, "context_parallel_config", None)
         if config is None or config.ulysses_degree * config.ring_degree == 1:

@@ -105,15 +105,16 @@ def para_attention_caches(pipe: Any) -> ParaAttentionCaches | None:
     )
 
 
-def para_attention_mesh(transformer: Any) -> Any | None:
-    """The device mesh ``parallelize_pipe`` split this transformer over (dims batch, ring, ulysses), or None."""
+def para_attention_mesh(transformer: Any) -> tuple[Any, Any] | None:
+    """The device mesh ``parallelize_pipe`` split this transformer over (dims batch, ring, ulysses) and its flattened
+    sequence mesh, or None."""
     if not getattr(transformer, "_is_parallelized", False):
         return None
     forward = transformer.forward
     while forward is not None:
         names = _closure(forward)
-        if _is_para_attention(forward, "context_parallel") and "mesh" in names:
-            return names["mesh"]
+        if _is_para_attention(forward, "context_parallel") and "seq_mesh" in names:
+            return names["mesh"], names["seq_mesh"]
         forward = names.get("original_forward")  # the first-block cache wraps the parallel forward, or the reverse
     raise ValueError(
         "pipe.transformer is marked parallel by ParaAttention but its mesh was not found; parallelize it with "
