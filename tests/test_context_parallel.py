@@ -81,6 +81,7 @@ def _worker(rank, world, port, task, out_path):
         if rank == 0:
             torch.save(result, out_path)
     finally:
+        dist.barrier()  # a rank that finishes early (a refusal) must not take the store down under the others
         dist.destroy_process_group()
 
 
