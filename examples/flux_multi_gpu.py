@@ -12,12 +12,15 @@ On GPUs without the weights (real FLUX.1-dev size, random bf16 weights, nccl; ch
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 
 import torch
 import torch.distributed as dist
 
 from fresco_plugin import PRESETS, FrescoConfig, apply_fresco
+
+COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=10)  # a rank that dies must not leave the others waiting forever
 
 
 def main() -> None:
@@ -39,7 +42,7 @@ def main() -> None:
     from diffusers import ContextParallelConfig
 
     if args.tiny:
-        dist.init_process_group("gloo")
+        dist.init_process_group("gloo", timeout=COLLECTIVE_TIMEOUT)
         # diffusers places ranks with `rank % torch.accelerator.device_count()`, which is 0 on a CPU
         torch.accelerator.device_count = lambda: 1
         from fresco_plugin.integrations.tiny import tiny_flux_pipeline
@@ -50,7 +53,7 @@ def main() -> None:
                     height=64, width=64, num_inference_steps=12, output_type="latent")
         config = FrescoConfig(stage_scales=(0.25, 0.5, 1.0))
     else:
-        dist.init_process_group("nccl")
+        dist.init_process_group("nccl", timeout=COLLECTIVE_TIMEOUT)
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         if args.random_weights:
             from fresco_plugin.integrations.tiny import random_flux_pipeline

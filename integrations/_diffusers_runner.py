@@ -66,6 +66,7 @@ class DiffusersFrescoRunner:
             plan_stages(config, None, min_score_history=self.min_history)  # fail at apply time, not mid-call
         self._signature = inspect.signature(type(pipe).__call__)
         guard_enable_cache(pipe.transformer, config.promotion_rounds)
+        _ContextParallel.of(pipe.transformer)  # refuse a parallel setup Fresco cannot follow now, not at the call
 
     def close(self) -> None:
         from fresco_plugin.api import fresco_class_of
@@ -230,8 +231,8 @@ class DiffusersFrescoRunner:
 
 
 class _ContextParallel:
-    """Context parallelism (diffusers' ``transformer.enable_parallelism`` or ParaAttention's ``parallelize_pipe``) as
-    Fresco sees it.
+    """Context parallelism (diffusers' ``transformer.enable_parallelism``, ParaAttention's ``parallelize_pipe`` or
+    xDiT's runner-path sequence parallelism) as Fresco sees it.
 
     The transformer splits the image and text sequences across ranks in every forward and gathers its output, so
     each stage's token count must divide the degree (promotion counts round to keep it so), and every rank must take
@@ -244,6 +245,11 @@ class _ContextParallel:
 
     @classmethod
     def of(cls, transformer: Any) -> _ContextParallel | None:
+        if type(transformer).__module__.startswith("xfuser."):
+            from .xdit import xdit_sequence_parallel
+
+            split = xdit_sequence_parallel(transformer)
+            return None if split is None else cls(*split)
         para_attention = para_attention_mesh(transformer)
         if para_attention is not None:
             mesh, sequence_mesh = para_attention

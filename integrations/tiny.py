@@ -10,16 +10,17 @@ __all__ = ["random_flux_pipeline", "random_hunyuan_video_pipeline", "tiny_flux_p
 
 
 def tiny_flux_pipeline(*, guidance_embeds: bool = True, static_shift: bool = False, seed: int = 0,
-                       num_attention_heads: int = 2):
+                       num_attention_heads: int = 2, transformer_class: type | None = None):
     """A FLUX-architecture pipeline of a few thousand parameters, without text encoders (pass prompt embeddings).
 
     ``guidance_embeds=True`` with dynamic shifting mimics FLUX.1-dev (guidance-distilled); ``guidance_embeds=False``
-    with ``static_shift=True`` mimics FLUX.1-schnell (timestep-distilled, static shift 1.0).
+    with ``static_shift=True`` mimics FLUX.1-schnell (timestep-distilled, static shift 1.0). ``transformer_class``
+    (a subclass of ``FluxTransformer2DModel``, such as xDiT's wrapper) gets the same weights for the same seed.
     """
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
     torch.manual_seed(seed)
-    transformer = FluxTransformer2DModel(
+    transformer = (transformer_class or FluxTransformer2DModel)(
         patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
         num_attention_heads=num_attention_heads, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 6, 6],
         guidance_embeds=guidance_embeds,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import socket
 import time
 from collections.abc import Callable
@@ -13,10 +14,13 @@ import torch.multiprocessing as mp
 
 from fresco_plugin.integrations.tiny import tiny_flux_pipeline
 
+collect_ignore = []
 try:
     import para_attn  # noqa: F401
 except ImportError:  # ParaAttention's tests run in its own environment: tests/para_attention/run.sh
-    collect_ignore = ["para_attention"]
+    collect_ignore.append("para_attention")
+if importlib.util.find_spec("xfuser") is None:  # xDiT's too: tests/xdit/run.sh
+    collect_ignore.append("xdit")
 
 
 def text_inputs(batch: int = 1, seed: int = 1, tokens: int = 8) -> dict[str, torch.Tensor]:
@@ -60,3 +64,56 @@ def run_ranks(worker: Callable[..., None], world: int, task: str, tmp_path: Path
                 process.kill()
             pytest.fail(f"{world} processes ({task}) did not finish within {timeout_s} s")
     return torch.load(out_path)
+
+
+# ------------------------------------------------------------------ shared by the FLUX sequence-parallel tests
+def generate_flux_steps(pipe, text_tokens: int = 8, seeded: bool = True) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """A 12-step 64x64 tiny-FLUX generation: the output latents and the latents after every step."""
+    steps = []
+
+    def record(pipe, index, timestep, kwargs):
+        steps.append(kwargs["latents"].clone())
+        return {}
+
+    out = pipe(**text_inputs(tokens=text_tokens), height=64, width=64, num_inference_steps=12, output_type="latent",
+               generator=torch.Generator().manual_seed(0) if seeded else None, callback_on_step_end=record).images
+    return out, steps
+
+
+def _rank_noisy_x0_score(history: torch.Tensor) -> torch.Tensor:
+    import torch.distributed as dist
+
+    from fresco_plugin.selection import x0_step_variance
+
+    base = x0_step_variance(history)
+    return base + torch.rand(base.shape, generator=torch.Generator().manual_seed(dist.get_rank() + 1))
+
+
+def ranks_agree_under_score_noise(pipe, world: int) -> bool:
+    """Fresco with its default score plus noise that differs per rank (each rank alone would choose differently):
+    whether every rank ends with the same output."""
+    import torch.distributed as dist
+
+    from fresco_plugin import FrescoConfig, apply_fresco, register_score
+
+    register_score("noisy-x0", _rank_noisy_x0_score, min_history=2, replace=True)
+    apply_fresco(pipe, FrescoConfig(stage_scales=(0.25, 0.5, 1.0), promotion_rounds=1, score="noisy-x0"))
+    out, _ = generate_flux_steps(pipe)
+    gathered = [torch.empty_like(out) for _ in range(world)]
+    dist.all_gather(gathered, out)
+    return all(torch.equal(g, gathered[0]) for g in gathered)
+
+
+def assert_every_step_matches(result: dict, world: int) -> None:
+    """The parallel run saved in ``result`` equals a single-process Fresco run rounding its counts to ``world``."""
+    from fresco_plugin import FrescoConfig, apply_fresco
+
+    single = tiny_flux_pipeline(num_attention_heads=4)
+    single.set_progress_bar_config(disable=True)
+    apply_fresco(single, FrescoConfig(stage_scales=(0.25, 0.5, 1.0), promotion_rounds=1, token_multiple=world))
+    out, steps = generate_flux_steps(single)
+    assert [s.shape[1] % world for s in steps] == [0] * len(steps)  # every stage splits evenly: no padding
+    assert len({s.shape[1] for s in steps}) == 5
+    for parallel_step, single_step in zip(result["steps"], steps, strict=True):
+        assert torch.allclose(parallel_step, single_step, atol=1e-5)
+    assert torch.allclose(result["out"], out, atol=1e-5)

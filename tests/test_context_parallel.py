@@ -10,9 +10,9 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-from conftest import run_ranks, text_inputs
+from conftest import assert_every_step_matches, generate_flux_steps, ranks_agree_under_score_noise, run_ranks
 
-from fresco_plugin import FrescoConfig, apply_fresco, register_score
+from fresco_plugin import FrescoConfig, apply_fresco
 from fresco_plugin.integrations.tiny import tiny_flux_pipeline
 
 CONFIG = FrescoConfig(stage_scales=(0.25, 0.5, 1.0), promotion_rounds=1)
@@ -23,26 +23,6 @@ def _pipe():
     pipe = tiny_flux_pipeline(num_attention_heads=4)
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-def _generate(pipe, text_tokens=8, seeded=True):
-    steps = []
-
-    def record(pipe, index, timestep, kwargs):
-        steps.append(kwargs["latents"].clone())
-        return {}
-
-    out = pipe(**text_inputs(tokens=text_tokens), height=64, width=64, num_inference_steps=12, output_type="latent",
-               generator=torch.Generator().manual_seed(0) if seeded else None, callback_on_step_end=record).images
-    return out, steps
-
-
-def _noisy_x0_score(history):
-    from fresco_plugin.selection import x0_step_variance
-
-    base = x0_step_variance(history)
-    noise = torch.rand(base.shape, generator=torch.Generator().manual_seed(dist.get_rank() + 1))
-    return base + noise  # each rank alone would choose differently
 
 
 def _worker(rank, world, port, task, out_path):
@@ -64,18 +44,13 @@ def _worker(rank, world, port, task, out_path):
         if task.startswith("match"):
             if task == "match":
                 apply_fresco(pipe, CONFIG)
-            result["out"], result["steps"] = _generate(pipe)
+            result["out"], result["steps"] = generate_flux_steps(pipe)
         elif task == "agree":
-            register_score("noisy-x0", _noisy_x0_score, min_history=2, replace=True)
-            apply_fresco(pipe, FrescoConfig(stage_scales=(0.25, 0.5, 1.0), promotion_rounds=1, score="noisy-x0"))
-            out, _ = _generate(pipe)
-            gathered = [torch.empty_like(out) for _ in range(world)]
-            dist.all_gather(gathered, out)
-            result["same_on_all_ranks"] = all(torch.equal(g, gathered[0]) for g in gathered)
+            result["same_on_all_ranks"] = ranks_agree_under_score_noise(pipe, world)
         else:  # errors raised before any model call
             apply_fresco(pipe, CONFIG)
             try:
-                _generate(pipe, text_tokens=6 if task == "text" else 8, seeded=task != "unseeded")
+                generate_flux_steps(pipe, text_tokens=6 if task == "text" else 8, seeded=task != "unseeded")
             except ValueError as error:
                 result["error"] = str(error)
         if rank == 0:
@@ -91,15 +66,7 @@ def _spawn(world, task, tmp_path):
 
 @pytest.mark.parametrize("world,task", [(2, "match"), (4, "match"), (2, "match-fresco-first")])
 def test_every_step_matches_a_single_process_run(world, task, tmp_path):
-    result = _spawn(world, task, tmp_path)
-    single = _pipe()
-    apply_fresco(single, FrescoConfig(stage_scales=(0.25, 0.5, 1.0), promotion_rounds=1, token_multiple=world))
-    out, steps = _generate(single)
-    assert [s.shape[1] % world for s in steps] == [0] * len(steps)  # every stage splits evenly
-    assert len({s.shape[1] for s in steps}) == 5
-    for parallel_step, single_step in zip(result["steps"], steps, strict=True):
-        assert torch.allclose(parallel_step, single_step, atol=1e-5)
-    assert torch.allclose(result["out"], out, atol=1e-5)
+    assert_every_step_matches(_spawn(world, task, tmp_path), world)
 
 
 def test_ranks_take_rank_zeros_decision_even_when_their_scores_differ(tmp_path):
