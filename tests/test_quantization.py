@@ -7,19 +7,16 @@ flip for near-tied tokens, so with rounds the output moves further; there we onl
 check that the run is whole.
 """
 
-import warnings
-
 import pytest
 import torch
 from conftest import text_inputs
+from quantizers import QUANTIZERS, quanto
+from quantizers import relative_error as _relative
 
 from fresco_plugin import FrescoConfig, apply_fresco
 from fresco_plugin.integrations.quanto import calibrate_activations
 from fresco_plugin.integrations.tiny import tiny_flux_pipeline
 
-warnings.filterwarnings("ignore", module="torchao")
-import optimum.quanto as quanto  # noqa: E402  (installed by the test command's extras)
-import torchao.quantization as torchao_quantization  # noqa: E402
 
 WHOLE_STAGES = FrescoConfig(stage_scales=(0.25, 0.5, 1.0), promotion_rounds=0)
 WITH_ROUNDS = FrescoConfig(stage_scales=(0.25, 0.5, 1.0), promotion_rounds=1)
@@ -38,31 +35,6 @@ def _pipe(quantize=None, config=None):
 def _run(pipe, seed=0):
     return pipe(**text_inputs(), height=64, width=64, num_inference_steps=12, output_type="latent",
                 generator=torch.Generator().manual_seed(seed)).images
-
-
-def _relative(a, b):
-    return ((a - b).norm() / b.norm()).item()
-
-
-def _torchao(config_name):
-    return lambda module: torchao_quantization.quantize_(module, getattr(torchao_quantization, config_name)())
-
-
-def _quanto_weights(kind):
-    def apply(module):
-        quanto.quantize(module, weights=getattr(quanto, kind))
-        quanto.freeze(module)
-
-    return apply
-
-
-QUANTIZERS = {
-    "torchao-int8-weight-only": _torchao("Int8WeightOnlyConfig"),
-    "torchao-int8-dynamic": _torchao("Int8DynamicActivationInt8WeightConfig"),
-    "torchao-float8-weight-only": _torchao("Float8WeightOnlyConfig"),
-    "quanto-qint8": _quanto_weights("qint8"),
-    "quanto-qfloat8": _quanto_weights("qfloat8"),
-}
 
 
 @pytest.mark.parametrize("name", sorted(QUANTIZERS))
