@@ -36,6 +36,8 @@ class DiffusersFrescoRunner:
     """Base of the per-pipeline runners; one instance per pipeline with Fresco applied."""
 
     pipeline_class: ClassVar[type]
+    # whether this model's denoiser can pad an uneven image sequence with masked tokens under Ulysses attention
+    pads_masked: ClassVar[bool] = False
 
     def __init__(self, pipe: Any, config: FrescoConfig):
         stock = self.pipeline_class
@@ -193,7 +195,10 @@ class DiffusersFrescoRunner:
                 raise ValueError("under context parallelism every rank must start from the same noise: pass "
                                  "generator=torch.Generator().manual_seed(...) (the same seed on every rank)")
             config = replace(config, token_multiple=math.lcm(config.token_multiple, parallel.degree))
-            parallel.check(pipe.transformer, config, stages, geometry, denoiser.text["prompt_embeds"].shape[1])
+            can_pad = self.pads_masked and parallel.masks_pads
+            parallel.check(pipe.transformer, config, stages, geometry, denoiser.text["prompt_embeds"].shape[1],
+                           can_pad=can_pad)
+            denoiser.pad_multiple = parallel.degree if can_pad else 1
             agree = parallel.rank0_decides
         callback, tensor_inputs = a["callback_on_step_end"], a["callback_on_step_end_tensor_inputs"]
         tensor_inputs = getattr(callback, "tensor_inputs", tensor_inputs)  # PipelineCallback objects name their own
@@ -235,13 +240,18 @@ class _ContextParallel:
     xDiT's runner-path sequence parallelism) as Fresco sees it.
 
     The transformer splits the image and text sequences across ranks in every forward and gathers its output, so
-    each stage's token count must divide the degree (promotion counts round to keep it so), and every rank must take
-    the same promotion decision: rank 0's is broadcast, so no rank can drift even where floating point differs.
+    each forward's image sequence must divide the degree: promotion counts round to keep it so, and a stage grid that
+    cannot is padded with tokens masked out of every key where the model and engine allow it (FLUX under diffusers'
+    Ulysses attention), refused elsewhere. Every rank must take the same promotion decision: rank 0's is broadcast,
+    so no rank can drift even where floating point differs.
     """
 
-    def __init__(self, ulysses: int, ring: int, group: Any):
+    def __init__(self, ulysses: int, ring: int, group: Any, masks_pads: bool = False):
         self.ulysses, self.ring, self.group = ulysses, ring, group
         self.degree = ulysses * ring
+        # diffusers' Ulysses attention takes a whole-sequence key mask, so pad tokens can be masked out; ring
+        # attention, ParaAttention and xDiT have no such path
+        self.masks_pads = masks_pads
 
     @classmethod
     def of(cls, transformer: Any) -> _ContextParallel | None:
@@ -266,10 +276,11 @@ class _ContextParallel:
         if config is None or config.ulysses_degree * config.ring_degree == 1:
             return None
         flattened = getattr(config, "_flattened_mesh", None)
-        return cls(config.ulysses_degree, config.ring_degree, flattened.get_group() if flattened is not None else None)
+        return cls(config.ulysses_degree, config.ring_degree, flattened.get_group() if flattened is not None else None,
+                   masks_pads=config.ring_degree == 1)
 
     def check(self, transformer: Any, config: FrescoConfig, stages: list[StagePlan], geometry: TokenGeometry,
-              text_tokens: int) -> None:
+              text_tokens: int, can_pad: bool = False) -> None:
         heads = transformer.config.num_attention_heads
         if heads % self.ulysses:
             raise ValueError(f"the transformer has {heads} attention heads, which Ulysses degree {self.ulysses} does "
@@ -281,10 +292,11 @@ class _ContextParallel:
         counts = plan_token_counts(replace(config, promotion_threshold=None), stages, geometry.rows, geometry.cols,
                                    geometry.num_frames)
         uneven = sorted({n for n in counts if n % self.degree})
-        if uneven:
+        if uneven and not can_pad:
             raise ValueError(f"Fresco's stages would hold {uneven} image tokens, which context-parallel degree "
                              f"{self.degree} does not divide; choose a height and width whose token grid at every "
-                             "stage scale is a multiple of the degree")
+                             "stage scale is a multiple of the degree (FLUX under diffusers' Ulysses attention pads "
+                             "such stages with masked tokens instead)")
 
     def rank0_decides(self, promote: torch.Tensor) -> torch.Tensor:
         import torch.distributed as dist
@@ -293,6 +305,16 @@ class _ContextParallel:
         source = dist.get_global_rank(self.group, 0) if self.group is not None else 0
         dist.broadcast(decision, src=source, group=self.group)
         return decision.bool()
+
+
+def ulysses_padding_mask(text_tokens: int, image_tokens: int, padded_tokens: int, degree: int,
+                         device: torch.device) -> torch.Tensor:
+    """The key mask that hides ``padded_tokens - image_tokens`` pad tokens appended to the image sequence, in the
+    order Ulysses attention assembles the joint sequence: rank after rank, each rank's text shard then its image
+    shard. Shape ``(1, 1, 1, text + padded)``, True where a key may be attended to."""
+    image = (torch.arange(padded_tokens, device=device) < image_tokens).view(degree, padded_tokens // degree)
+    text = torch.ones(degree, text_tokens // degree, dtype=torch.bool, device=device)
+    return torch.cat([text, image], dim=1).view(1, 1, 1, -1)
 
 
 def rows_for(values: torch.Tensor | None, images: slice) -> torch.Tensor | None:
@@ -315,6 +337,7 @@ class TransformerDenoiser:
         self.pipe, self.text, self.negative, self.cfg_scale, self.images = pipe, text, negative, cfg_scale, images
         self.caches = para_attention_caches(pipe) or _DiffusersCaches(pipe.transformer)
         self._last_tokens: int | None = None
+        self.pad_multiple = 1  # under context parallelism with masked padding: the degree
 
     def for_images(self, index: int) -> TransformerDenoiser:
         clone = object.__new__(type(self))

@@ -22,7 +22,7 @@ except ImportError:
 from fresco_plugin.layout import TokenGeometry, unpack
 from fresco_plugin.sampler import Step
 
-from ._diffusers_runner import DiffusersFrescoRunner, TransformerDenoiser, rows_for
+from ._diffusers_runner import DiffusersFrescoRunner, TransformerDenoiser, rows_for, ulysses_padding_mask
 
 __all__ = ["FluxFrescoRunner"]
 
@@ -34,6 +34,7 @@ class FluxFrescoRunner(DiffusersFrescoRunner):
     """Runs ``FluxPipeline.__call__``'s job with Fresco's stages."""
 
     pipeline_class = FluxPipeline
+    pads_masked = True
 
     def run(self, a: dict[str, Any], explicit: set[str]) -> Any:
         pipe = self.pipe
@@ -144,6 +145,21 @@ class _FluxDenoiser(TransformerDenoiser):
     def forward(self, text: dict[str, Any], latents: torch.Tensor, positions: torch.Tensor, step: Step,
                 rows: slice) -> torch.Tensor:
         timestep = step.timestep.expand(latents.shape[0]).to(latents.dtype)
+        # img_ids rows are [0, row, col]: the positions' frame axis is 0 for images; float32 keeps fractional
+        # positions exact in a bf16 pipeline
+        image_ids = positions.to(torch.float32)
+        attention_kwargs = self.pipe.joint_attention_kwargs
+        tokens = latents.shape[1]
+        pad = -tokens % self.pad_multiple
+        if pad:  # an uneven stage under Ulysses: pad tokens every key ignores, dropped from the output
+            if "attention_mask" in (attention_kwargs or {}):
+                raise ValueError("Fresco pads this stage's image sequence for context parallelism with its own "
+                                 "attention mask; drop attention_mask from joint_attention_kwargs")
+            latents = torch.cat([latents, latents.new_zeros(latents.shape[0], pad, latents.shape[2])], dim=1)
+            image_ids = torch.cat([image_ids, image_ids.new_zeros(pad, image_ids.shape[1])])
+            mask = ulysses_padding_mask(text["prompt_embeds"].shape[1], tokens, tokens + pad, self.pad_multiple,
+                                        latents.device)
+            attention_kwargs = {**(attention_kwargs or {}), "attention_mask": mask}
         return self.pipe.transformer(
             hidden_states=latents,
             timestep=timestep / 1000,
@@ -151,9 +167,7 @@ class _FluxDenoiser(TransformerDenoiser):
             pooled_projections=rows_for(text["pooled"], rows),
             encoder_hidden_states=rows_for(text["prompt_embeds"], rows),
             txt_ids=text["text_ids"],
-            # img_ids rows are [0, row, col]: the positions' frame axis is 0 for images; float32 keeps fractional
-            # positions exact in a bf16 pipeline
-            img_ids=positions.to(torch.float32),
-            joint_attention_kwargs=self.pipe.joint_attention_kwargs,
+            img_ids=image_ids,
+            joint_attention_kwargs=attention_kwargs,
             return_dict=False,
-        )[0]
+        )[0][:, :tokens]

@@ -21,6 +21,7 @@ from fresco_plugin.config import FrescoConfig
 from fresco_plugin.sampler import Step
 
 from ._diffusers_runner import rows_for
+from .para_attention import para_attention_mesh
 from ._video import StripDenoiser, VideoFrescoRunner
 
 __all__ = ["HunyuanVideoFrescoRunner", "rope_at_positions"]
@@ -31,6 +32,16 @@ def rope_at_positions(rope: torch.nn.Module, positions: torch.Tensor) -> tuple[t
     freqs = [get_1d_rotary_pos_embed(rope.rope_dim[axis], positions[:, axis].to(torch.float32), rope.theta,
                                      use_real=True) for axis in range(3)]
     return torch.cat([f[0] for f in freqs], dim=1), torch.cat([f[1] for f in freqs], dim=1)
+
+
+def _refuse_para_attention_parallelism(transformer: Any) -> None:
+    if para_attention_mesh(transformer) is not None:
+        raise ValueError(
+            "ParaAttention's HunyuanVideo context parallelism (para-attn 0.3.38) passes time_text_embed its arguments "
+            "in an order diffusers changed before 0.34, the only version it runs with, so it fails even without "
+            "Fresco; parallelize with fresco_plugin.integrations.hunyuan_video_parallel."
+            "enable_hunyuan_video_parallelism (diffusers' context parallelism) instead"
+        )
 
 
 class HunyuanVideoFrescoRunner(VideoFrescoRunner):
@@ -46,10 +57,12 @@ class HunyuanVideoFrescoRunner(VideoFrescoRunner):
                 f"this HunyuanVideo transformer packs {transformer.config.patch_size_t} frames per token; Fresco "
                 "changes spatial resolution only and needs patch_size_t == 1"
             )
+        _refuse_para_attention_parallelism(transformer)
         super().__init__(pipe, config)
 
     def run(self, a: dict[str, Any], explicit: set[str]) -> Any:
         pipe = self.pipe
+        _refuse_para_attention_parallelism(pipe.transformer)  # parallelized after apply_fresco
         height, width, num_frames = a["height"], a["width"], a["num_frames"]
         pipe.check_inputs(a["prompt"], a["prompt_2"], height, width, a["prompt_embeds"],
                           a["callback_on_step_end_tensor_inputs"], a["prompt_template"])

@@ -42,16 +42,18 @@ def tiny_flux_pipeline(*, guidance_embeds: bool = True, static_shift: bool = Fal
                         tokenizer_2=None, transformer=transformer)
 
 
-def tiny_hunyuan_video_pipeline(*, patch_size_t: int = 1, seed: int = 0, num_attention_heads: int = 2):
+def tiny_hunyuan_video_pipeline(*, patch_size_t: int = 1, seed: int = 0, num_attention_heads: int = 2,
+                                transformer_class: type | None = None):
     """A HunyuanVideo-architecture pipeline with 2x2 patches (as the real one), without text encoders.
 
     Pass ``prompt_embeds`` (B, L, 16), ``pooled_prompt_embeds`` (B, 8) and ``prompt_attention_mask`` (B, L).
+    ``transformer_class`` (a subclass of ``HunyuanVideoTransformer3DModel``) gets the same weights for the same seed.
     """
     from diffusers import (AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline,
                            HunyuanVideoTransformer3DModel)
 
     torch.manual_seed(seed)
-    transformer = HunyuanVideoTransformer3DModel(
+    transformer = (transformer_class or HunyuanVideoTransformer3DModel)(
         in_channels=4, out_channels=4, num_attention_heads=num_attention_heads, attention_head_dim=10, num_layers=1,
         num_single_layers=1, num_refiner_layers=1, patch_size=2, patch_size_t=patch_size_t, guidance_embeds=True,
         text_embed_dim=16, pooled_projection_dim=8, rope_axes_dim=(2, 4, 4),

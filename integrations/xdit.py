@@ -1,12 +1,13 @@
 """Fresco on xDiT (xfuser 0.7.0): its sequence-parallel runner path, and ``--fresco-preset`` for its argument parser.
 
-Supported: a stock diffusers ``FluxPipeline`` whose transformer is xDiT's runner-path wrapper
-(``xFuserFlux1Transformer2DWrapper``: what xDiT's runner builds when ``pipefusion_parallel_degree`` is 1), with
-Ulysses and/or ring degree. That wrapper splits each forward's image sequence over the sequence-parallel group and
-gathers the output, so a token count that changes between forwards is fine as long as it divides the degree.
-Fresco keeps it so (promotion counts round to the degree, like under diffusers' context parallelism), because the
-wrapper's own answer to an uneven count is to append zero tokens that attention does not mask (they would change the
-result; in xfuser 0.7.0 that path fails outright, calling a ``_pad_to_sp_divisible`` the class does not define).
+Supported: a stock diffusers ``FluxPipeline`` or ``HunyuanVideoPipeline`` whose transformer is xDiT's runner-path
+wrapper (``xFuserFlux1Transformer2DWrapper``, ``xFuserHunyuanVideoTransformer3DWrapper``: what xDiT's runner builds
+when ``pipefusion_parallel_degree`` is 1), with Ulysses and/or ring degree. The wrapper splits each forward's image
+sequence over the sequence-parallel group and gathers the output, so a token count that changes between forwards is
+fine as long as it divides the degree. Fresco keeps it so (promotion counts round to the degree, like under diffusers'
+context parallelism; a stage grid that cannot is refused), because the wrappers cannot take an uneven count: the
+HunyuanVideo one does not try, and the FLUX one appends zero tokens that attention does not mask (they would change
+the result; in xfuser 0.7.0 that path fails outright, calling a ``_pad_to_sp_divisible`` the class does not define).
 Promotion decisions are rank 0's, broadcast over the sequence-parallel group.
 
 Refused, with the alternative named: xDiT's own pipelines (``xFuserFluxPipeline`` and the other PipeFusion-capable

@@ -67,16 +67,22 @@ def run_ranks(worker: Callable[..., None], world: int, task: str, tmp_path: Path
 
 
 # ------------------------------------------------------------------ shared by the FLUX sequence-parallel tests
-def generate_flux_steps(pipe, text_tokens: int = 8, seeded: bool = True) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """A 12-step 64x64 tiny-FLUX generation: the output latents and the latents after every step."""
+# 72x40 pixels: a 36x20 token grid, whose quarter-resolution stage (9x5 = 45 tokens) no degree above 1 divides
+UNEVEN_SIZE = dict(height=72, width=40)
+
+
+def generate_flux_steps(pipe, text_tokens: int = 8, seeded: bool = True, height: int = 64,
+                        width: int = 64) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """A 12-step tiny-FLUX generation: the output latents and the latents after every step."""
     steps = []
 
     def record(pipe, index, timestep, kwargs):
         steps.append(kwargs["latents"].clone())
         return {}
 
-    out = pipe(**text_inputs(tokens=text_tokens), height=64, width=64, num_inference_steps=12, output_type="latent",
-               generator=torch.Generator().manual_seed(0) if seeded else None, callback_on_step_end=record).images
+    out = pipe(**text_inputs(tokens=text_tokens), height=height, width=width, num_inference_steps=12,
+               output_type="latent", generator=torch.Generator().manual_seed(0) if seeded else None,
+               callback_on_step_end=record).images
     return out, steps
 
 
@@ -104,16 +110,37 @@ def ranks_agree_under_score_noise(pipe, world: int) -> bool:
     return all(torch.equal(g, gathered[0]) for g in gathered)
 
 
-def assert_every_step_matches(result: dict, world: int) -> None:
-    """The parallel run saved in ``result`` equals a single-process Fresco run rounding its counts to ``world``."""
+def assert_every_step_matches(result: dict, world: int, size: dict | None = None) -> None:
+    """The parallel run saved in ``result`` equals a single-process Fresco run rounding its counts to ``world``.
+
+    With ``size=UNEVEN_SIZE`` a stage cannot split evenly and the parallel run padded it with masked tokens."""
     from fresco_plugin import FrescoConfig, apply_fresco
 
     single = tiny_flux_pipeline(num_attention_heads=4)
     single.set_progress_bar_config(disable=True)
     apply_fresco(single, FrescoConfig(stage_scales=(0.25, 0.5, 1.0), promotion_rounds=1, token_multiple=world))
-    out, steps = generate_flux_steps(single)
-    assert [s.shape[1] % world for s in steps] == [0] * len(steps)  # every stage splits evenly: no padding
+    out, steps = generate_flux_steps(single, **(size or {}))
+    uneven = [s.shape[1] for s in steps if s.shape[1] % world]
+    assert uneven if size == UNEVEN_SIZE else not uneven  # pads were needed / every stage splits evenly
     assert len({s.shape[1] for s in steps}) == 5
     for parallel_step, single_step in zip(result["steps"], steps, strict=True):
         assert torch.allclose(parallel_step, single_step, atol=1e-5)
     assert torch.allclose(result["out"], out, atol=1e-5)
+
+
+def generate_video_steps(pipe, text_tokens: int = 8, num_frames: int = 5) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """An 8-step tiny-HunyuanVideo generation at 64x80 pixels (4 x 5 latent tokens per frame: odd columns; 2 latent
+    frames for 5 frames) with padded text: the output latents and the latents after every step."""
+    steps = []
+
+    def record(pipe, index, timestep, kwargs):
+        steps.append(kwargs["latents"].clone())
+        return {}
+
+    g = torch.Generator().manual_seed(1)
+    mask = torch.ones(1, text_tokens, dtype=torch.long)
+    mask[:, 3:] = 0  # padded text, the padding reaching into every rank's shard but the first
+    return pipe(prompt_embeds=torch.randn(1, text_tokens, 16, generator=g),
+                pooled_prompt_embeds=torch.randn(1, 8, generator=g), prompt_attention_mask=mask, height=64, width=80,
+                num_frames=num_frames, num_inference_steps=8, output_type="latent",
+                generator=torch.Generator().manual_seed(0), callback_on_step_end=record).frames, steps

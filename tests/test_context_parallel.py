@@ -10,9 +10,11 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-from conftest import assert_every_step_matches, generate_flux_steps, ranks_agree_under_score_noise, run_ranks
+from conftest import (UNEVEN_SIZE, assert_every_step_matches, generate_flux_steps, ranks_agree_under_score_noise,
+                      run_ranks)
 
 from fresco_plugin import FrescoConfig, apply_fresco
+from fresco_plugin.integrations._diffusers_runner import ulysses_padding_mask
 from fresco_plugin.integrations.tiny import tiny_flux_pipeline
 
 CONFIG = FrescoConfig(stage_scales=(0.25, 0.5, 1.0), promotion_rounds=1)
@@ -41,10 +43,10 @@ def _worker(rank, world, port, task, out_path):
         else:
             pipe.transformer.enable_parallelism(config=parallel)
         result = {}
-        if task.startswith("match"):
-            if task == "match":
+        if task.startswith("match") or task == "pad":
+            if task in ("match", "pad"):
                 apply_fresco(pipe, CONFIG)
-            result["out"], result["steps"] = generate_flux_steps(pipe)
+            result["out"], result["steps"] = generate_flux_steps(pipe, **(UNEVEN_SIZE if task == "pad" else {}))
         elif task == "agree":
             result["same_on_all_ranks"] = ranks_agree_under_score_noise(pipe, world)
         else:  # errors raised before any model call
@@ -67,6 +69,21 @@ def _spawn(world, task, tmp_path):
 @pytest.mark.parametrize("world,task", [(2, "match"), (4, "match"), (2, "match-fresco-first")])
 def test_every_step_matches_a_single_process_run(world, task, tmp_path):
     assert_every_step_matches(_spawn(world, task, tmp_path), world)
+
+
+def test_the_padding_mask_follows_the_sequence_ulysses_assembles():
+    # 4 text and 5 image tokens padded to 8 over 4 ranks: each rank holds 1 text and 2 image tokens, and the pads
+    # (image tokens 5-7) reach into two ranks' shards
+    mask = ulysses_padding_mask(text_tokens=4, image_tokens=5, padded_tokens=8, degree=4, device=torch.device("cpu"))
+    assert mask.shape == (1, 1, 1, 12)
+    assert mask.flatten().tolist() == [True, True, True, True, True, True, True, True, False, True, False, False]
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_a_stage_that_cannot_split_evenly_is_padded_with_masked_tokens(world, tmp_path):
+    """72x40 pixels: the quarter-resolution stage has 45 tokens; padded to a multiple of the degree, the pads masked
+    out of every key, it still equals one process at every step."""
+    assert_every_step_matches(_spawn(world, "pad", tmp_path), world, UNEVEN_SIZE)
 
 
 def test_ranks_take_rank_zeros_decision_even_when_their_scores_differ(tmp_path):

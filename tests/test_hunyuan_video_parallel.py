@@ -11,14 +11,13 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-from conftest import run_ranks
+from conftest import generate_video_steps, run_ranks
 
 from fresco_plugin import FrescoConfig, apply_fresco
 from fresco_plugin.integrations.hunyuan_video_parallel import interleave_mask
 from fresco_plugin.integrations.tiny import tiny_hunyuan_video_pipeline
 
 CONFIG = FrescoConfig(stage_scales=(0.5, 1.0), promotion_rounds=1)
-SIZE = dict(height=64, width=80, num_frames=5)  # 4 x 5 latent tokens per frame, 2 latent frames: odd columns
 TIMEOUT_S = 240
 
 
@@ -26,23 +25,6 @@ def _pipe(heads=4):
     pipe = tiny_hunyuan_video_pipeline(num_attention_heads=heads)
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-def _generate(pipe, text_tokens=8):
-    steps = []
-
-    def record(pipe, index, timestep, kwargs):
-        steps.append(kwargs["latents"].clone())
-        return {}
-
-    g = torch.Generator().manual_seed(1)
-    mask = torch.ones(1, text_tokens, dtype=torch.long)
-    mask[:, 3:] = 0  # padded text, the padding reaching into every rank's shard but the first
-    out = pipe(prompt_embeds=torch.randn(1, text_tokens, 16, generator=g),
-               pooled_prompt_embeds=torch.randn(1, 8, generator=g), prompt_attention_mask=mask, **SIZE,
-               num_inference_steps=8, output_type="latent", generator=torch.Generator().manual_seed(0),
-               callback_on_step_end=record).frames
-    return out, steps
 
 
 def _worker(rank, world, port, task, out_path):
@@ -61,9 +43,11 @@ def _worker(rank, world, port, task, out_path):
             if task == "fresco-first":
                 apply_fresco(pipe, CONFIG)
             enable_hunyuan_video_parallelism(pipe.transformer, parallel)
-            if task in ("fresco", "text"):
+            if task in ("fresco", "text", "uneven"):
                 apply_fresco(pipe, CONFIG)
-            result["out"], result["steps"] = _generate(pipe, text_tokens=6 if task == "text" else 8)
+            # one latent frame: the half-resolution grid holds 2 x 3 = 6 tokens, which degree 4 does not divide
+            result["out"], result["steps"] = generate_video_steps(pipe, text_tokens=6 if task == "text" else 8,
+                                                       num_frames=1 if task == "uneven" else 5)
         except ValueError as error:
             result["error"] = str(error)
         if rank == 0:
@@ -85,7 +69,7 @@ def test_every_step_matches_a_single_process_run(world, task, tmp_path):
     single = _pipe()
     if task != "stock":
         apply_fresco(single, FrescoConfig(stage_scales=(0.5, 1.0), promotion_rounds=1, token_multiple=world))
-    out, steps = _generate(single)
+    out, steps = generate_video_steps(single)
     if task != "stock":
         assert len({s.shape[1] for s in steps}) == 3  # half resolution, after the round, full resolution
     for parallel_step, single_step in zip(result["steps"], steps, strict=True):
@@ -98,3 +82,5 @@ def test_degrees_that_cannot_work_are_refused(tmp_path):
     assert "2 attention heads, which Ulysses degree 4 does not divide" in heads
     text = run_ranks(_worker, 4, "text", tmp_path, TIMEOUT_S)["error"]
     assert "6 text tokens do not split over context-parallel degree 4" in text
+    uneven = run_ranks(_worker, 4, "uneven", tmp_path, TIMEOUT_S)["error"]  # no masked padding for this model
+    assert "Fresco's stages would hold [6] image tokens, which context-parallel degree 4 does not divide" in uneven

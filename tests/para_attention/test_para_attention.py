@@ -10,10 +10,10 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-from conftest import run_ranks, text_inputs
+from conftest import generate_video_steps, run_ranks, text_inputs
 
 from fresco_plugin import FrescoConfig, apply_fresco, register_score, remove_fresco
-from fresco_plugin.integrations.tiny import tiny_flux_pipeline
+from fresco_plugin.integrations.tiny import tiny_flux_pipeline, tiny_hunyuan_video_pipeline
 
 CONFIG = FrescoConfig(stage_scales=(0.25, 0.5, 1.0), promotion_rounds=1)
 THRESHOLD = 0.3  # high enough that the tiny random model skips blocks at most steps
@@ -179,3 +179,45 @@ def test_degrees_that_cannot_work_are_refused(tmp_path):
     assert "text tokens do not split over context-parallel degree 4" in text
     heads = run_ranks(_parallel_worker, 4, "heads", tmp_path, TIMEOUT_S)["error"]
     assert "2 attention heads, which Ulysses degree 4 does not divide" in heads
+
+
+# ------------------------------------------------------------------------------ context parallelism, HunyuanVideo
+def _video_parallel_worker(rank, world, port, task, out_path):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
+    try:
+        from para_attn.context_parallel import init_context_parallel_mesh
+        from para_attn.context_parallel.diffusers_adapters import parallelize_pipe
+
+        pipe = tiny_hunyuan_video_pipeline(num_attention_heads=4)
+        pipe.set_progress_bar_config(disable=True)
+        result = {}
+        try:
+            if task == "fresco-first":
+                apply_fresco(pipe, FrescoConfig(stage_scales=(0.5, 1.0)))
+            parallelize_pipe(pipe, mesh=init_context_parallel_mesh("cpu"))
+            if task == "stock":
+                generate_video_steps(pipe)
+            else:
+                if task == "parallel-first":
+                    apply_fresco(pipe, FrescoConfig(stage_scales=(0.5, 1.0)))
+                generate_video_steps(pipe)
+        except (ValueError, RuntimeError) as error:
+            result["error"] = str(error)
+        if rank == 0:
+            torch.save(result, out_path)
+    finally:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def test_hunyuan_video_context_parallelism_is_refused_with_the_working_alternative(tmp_path):
+    """ParaAttention's HunyuanVideo split fails in its own supported environment even without Fresco (it passes
+    time_text_embed guidance where diffusers 0.34 takes the pooled projection), so Fresco refuses it, in either
+    order, naming our plan for diffusers' context parallelism."""
+    stock = run_ranks(_video_parallel_worker, 2, "stock", tmp_path, TIMEOUT_S)["error"]
+    assert "mat1 and mat2 shapes cannot be multiplied" in stock
+    for order in ("parallel-first", "fresco-first"):
+        error = run_ranks(_video_parallel_worker, 2, order, tmp_path, TIMEOUT_S)["error"]
+        assert error.startswith("ParaAttention's HunyuanVideo context parallelism (para-attn 0.3.38) passes")
+        assert "enable_hunyuan_video_parallelism" in error
