@@ -241,8 +241,8 @@ class _ContextParallel:
 
     The transformer splits the image and text sequences across ranks in every forward and gathers its output, so
     each forward's image sequence must divide the degree: promotion counts round to keep it so, and a stage grid that
-    cannot is padded with tokens masked out of every key where the model and engine allow it (FLUX under diffusers'
-    Ulysses attention), refused elsewhere. Every rank must take the same promotion decision: rank 0's is broadcast,
+    cannot is padded with tokens masked out of every key where the model and engine allow it (FLUX, and HunyuanVideo
+    through our plan, under diffusers' Ulysses attention), refused elsewhere. Every rank must take the same promotion decision: rank 0's is broadcast,
     so no rank can drift even where floating point differs.
     """
 
@@ -295,8 +295,8 @@ class _ContextParallel:
         if uneven and not can_pad:
             raise ValueError(f"Fresco's stages would hold {uneven} image tokens, which context-parallel degree "
                              f"{self.degree} does not divide; choose a height and width whose token grid at every "
-                             "stage scale is a multiple of the degree (FLUX under diffusers' Ulysses attention pads "
-                             "such stages with masked tokens instead)")
+                             "stage scale is a multiple of the degree (FLUX and HunyuanVideo under diffusers' Ulysses "
+                             "attention pad such stages with masked tokens instead)")
 
     def rank0_decides(self, promote: torch.Tensor) -> torch.Tensor:
         import torch.distributed as dist

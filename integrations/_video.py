@@ -103,21 +103,29 @@ class StripDenoiser(TransformerDenoiser):
     rope_hook: RopeAtPositions
     patch: int
     _grid_cache: tuple[torch.Tensor, tuple[int, int, int] | None] | None = None
+    padded_tokens = 0  # pad tokens at the end of this forward's strip, which call_transformer must mask out
 
     def forward(self, text: dict[str, Any], latents: torch.Tensor, positions: torch.Tensor, step: Step,
                 rows: slice) -> torch.Tensor:
-        grid = self._grid(positions)
+        tokens = latents.shape[1]
+        pad = -tokens % self.pad_multiple
+        grid = None if pad else self._grid(positions)
         if grid is not None:
             frames, height, width = grid
             hidden = unpack(latents, height, width, self.patch, frames=frames)
         else:
+            if pad:  # an uneven stage under context parallelism: a strip with pad tokens, dropped from the output
+                latents = torch.cat([latents, latents.new_zeros(latents.shape[0], pad, latents.shape[2])], dim=1)
+                positions = torch.cat([positions, positions[:1].expand(pad, -1)])
             hidden = unpack(latents, 1, latents.shape[1], self.patch, frames=1)  # a one-row strip of tokens
             self.rope_hook.positions = positions
+        self.padded_tokens = pad
         try:
             output = self.call_transformer(hidden, text, step, rows)
         finally:
             self.rope_hook.positions = None
-        return pack(output, self.patch)
+            self.padded_tokens = 0
+        return pack(output, self.patch)[:, :tokens]
 
     def call_transformer(self, hidden: torch.Tensor, text: dict[str, Any], step: Step, rows: slice) -> torch.Tensor:
         raise NotImplementedError

@@ -9,6 +9,7 @@ token exactly as the grid would) and a hook on ``transformer.rope`` supplies the
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -48,6 +49,7 @@ class HunyuanVideoFrescoRunner(VideoFrescoRunner):
     """Runs ``HunyuanVideoPipeline.__call__``'s job with Fresco's stages."""
 
     pipeline_class = HunyuanVideoPipeline
+    pads_masked = True  # under our context-parallel plan (hunyuan_video_parallel), which can mask pad tokens
     rope_fn = staticmethod(rope_at_positions)
 
     def __init__(self, pipe: Any, config: FrescoConfig):
@@ -116,6 +118,16 @@ class _HunyuanVideoDenoiser(StripDenoiser):
 
     def call_transformer(self, hidden: torch.Tensor, text: dict[str, Any], step: Step, rows: slice) -> torch.Tensor:
         transformer = self.pipe.transformer
+        padding = contextlib.nullcontext()
+        if self.padded_tokens:
+            from .hunyuan_video_parallel import masked_padding  # diffusers' context parallelism: 0.42 and later
+
+            padding = masked_padding(transformer, self.padded_tokens)
+        with padding:
+            return self._forward(transformer, hidden, text, step, rows)
+
+    def _forward(self, transformer: Any, hidden: torch.Tensor, text: dict[str, Any], step: Step,
+                 rows: slice) -> torch.Tensor:
         return transformer(
             hidden_states=hidden.to(transformer.dtype),
             timestep=step.timestep.expand(hidden.shape[0]).to(torch.float32),

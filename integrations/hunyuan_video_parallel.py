@@ -14,19 +14,24 @@ The plan splits the image and text sequences where they enter the first block an
   rank after rank. The hook reorders the mask the same way, so padded text stays masked.
 - the rotary embedding, computed for the whole image sequence before the blocks: each rank takes its shard.
 
+Fresco pads an image sequence that cannot split evenly with tokens at its end; inside :func:`masked_padding` the
+hooks also mask those out of every key.
+
 Ring attention is refused (it orders the sequence differently, and needs CUDA kernels anyway), and so is the
 token-replace image-to-video variant (its first-frame token count is a whole-sequence notion).
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
 
-__all__ = ["HUNYUAN_VIDEO_CP_PLAN", "enable_hunyuan_video_parallelism", "interleave_mask"]
+__all__ = ["HUNYUAN_VIDEO_CP_PLAN", "enable_hunyuan_video_parallelism", "interleave_mask", "masked_padding"]
 
 HUNYUAN_VIDEO_CP_PLAN = {
     "transformer_blocks.0": {
@@ -56,6 +61,7 @@ class _ShardedSequenceHook(ModelHook):
     def __init__(self, world: int, rank: int):
         super().__init__()
         self.world, self.rank = world, rank
+        self.padded_tokens = 0  # the image sequence's last tokens are padding (see masked_padding)
 
     def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple, dict]:
         names = ("hidden_states", "encoder_hidden_states", "temb", "attention_mask", "image_rotary_emb")
@@ -67,12 +73,33 @@ class _ShardedSequenceHook(ModelHook):
         split = length is not None and image + text != length
         text_total = text * self.world if split else text
         if mask is not None:
+            if self.padded_tokens:
+                image_total = mask.shape[-1] - text_total
+                mask = mask.clone()
+                mask[..., image_total - self.padded_tokens:image_total] = False
             values["attention_mask"] = interleave_mask(mask, text_total, self.world)
         if rope is not None and rope[0].shape[0] == (length - text_total if length is not None else -1):
             values["image_rotary_emb"] = tuple(r.chunk(self.world, dim=0)[self.rank] for r in rope)
         positional = [values[name] for name in names[:len(args)]]
         return tuple(positional) + args[len(positional):], {k: values[k] if k in values else v
                                                             for k, v in kwargs.items()}
+
+
+@contextlib.contextmanager
+def masked_padding(transformer: Any, padded_tokens: int) -> Iterator[None]:
+    """Within this context the last ``padded_tokens`` image tokens of every forward are masked out of every key."""
+    hooks = [HookRegistry.check_if_exists_or_initialize(block).get_hook(_BLOCK_HOOK)
+             for block in [*transformer.transformer_blocks, *transformer.single_transformer_blocks]]
+    if any(hook is None for hook in hooks):
+        raise ValueError("masked padding of HunyuanVideo's image sequence needs the block hooks of "
+                         "enable_hunyuan_video_parallelism; enable context parallelism with it")
+    for hook in hooks:
+        hook.padded_tokens = padded_tokens
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.padded_tokens = 0
 
 
 def enable_hunyuan_video_parallelism(transformer: Any, config: Any) -> None:

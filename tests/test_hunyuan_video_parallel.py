@@ -43,11 +43,11 @@ def _worker(rank, world, port, task, out_path):
             if task == "fresco-first":
                 apply_fresco(pipe, CONFIG)
             enable_hunyuan_video_parallelism(pipe.transformer, parallel)
-            if task in ("fresco", "text", "uneven"):
+            if task in ("fresco", "text", "padded"):
                 apply_fresco(pipe, CONFIG)
             # one latent frame: the half-resolution grid holds 2 x 3 = 6 tokens, which degree 4 does not divide
             result["out"], result["steps"] = generate_video_steps(pipe, text_tokens=6 if task == "text" else 8,
-                                                       num_frames=1 if task == "uneven" else 5)
+                                                                  num_frames=1 if task == "padded" else 5)
         except ValueError as error:
             result["error"] = str(error)
         if rank == 0:
@@ -82,5 +82,16 @@ def test_degrees_that_cannot_work_are_refused(tmp_path):
     assert "2 attention heads, which Ulysses degree 4 does not divide" in heads
     text = run_ranks(_worker, 4, "text", tmp_path, TIMEOUT_S)["error"]
     assert "6 text tokens do not split over context-parallel degree 4" in text
-    uneven = run_ranks(_worker, 4, "uneven", tmp_path, TIMEOUT_S)["error"]  # no masked padding for this model
-    assert "Fresco's stages would hold [6] image tokens, which context-parallel degree 4 does not divide" in uneven
+
+
+def test_a_stage_that_cannot_split_evenly_is_padded_with_masked_tokens(tmp_path):
+    """One latent frame: the half-resolution stage holds 2 x 3 = 6 tokens; over 4 ranks it runs as a strip of 8
+    whose last 2 are masked out of every key (and dropped), and still equals one process at every step."""
+    result = run_ranks(_worker, 4, "padded", tmp_path, TIMEOUT_S)
+    single = _pipe()
+    apply_fresco(single, FrescoConfig(stage_scales=(0.5, 1.0), promotion_rounds=1, token_multiple=4))
+    out, steps = generate_video_steps(single, num_frames=1)
+    assert any(s.shape[1] % 4 for s in steps)  # padding was needed
+    for parallel_step, single_step in zip(result["steps"], steps, strict=True):
+        assert torch.allclose(parallel_step, single_step, atol=1e-5)
+    assert torch.allclose(result["out"], out, atol=1e-5)

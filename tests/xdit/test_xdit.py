@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-from conftest import (assert_every_step_matches, generate_flux_steps, generate_video_steps,
+from conftest import (UNEVEN_SIZE, assert_every_step_matches, generate_flux_steps, generate_video_steps,
                       ranks_agree_under_score_noise, run_ranks)
 
 from fresco_plugin import FrescoConfig, apply_fresco
@@ -24,7 +24,7 @@ CONFIG = FrescoConfig(stage_scales=(0.25, 0.5, 1.0), promotion_rounds=1)
 VIDEO_CONFIG = FrescoConfig(stage_scales=(0.5, 1.0), promotion_rounds=1)
 TIMEOUT_S = 240
 STEPS = 12  # generate_flux_steps' count, which xDiT's runtime state is told
-REFUSALS = ("text", "heads", "unseeded", "cfg")
+REFUSALS = ("text", "heads", "unseeded", "cfg", "uneven")
 
 
 def _xdit_pipe(heads=4):
@@ -75,7 +75,8 @@ def _worker(rank, world, port, task, out_path):
             try:
                 _start_xdit(pipe, world, cfg_parallel=task == "cfg")
                 apply_fresco(pipe, CONFIG)
-                generate_flux_steps(pipe, text_tokens=6 if task == "text" else 8, seeded=task != "unseeded")
+                generate_flux_steps(pipe, text_tokens=6 if task == "text" else 8, seeded=task != "unseeded",
+                                    **(UNEVEN_SIZE if task == "uneven" else {}))
             except (ValueError, RuntimeError) as error:
                 result["error"] = str(error)
         if rank == 0:
@@ -113,6 +114,8 @@ def test_setups_that_cannot_work_are_refused(tmp_path):
     assert "2 heads, which is not divisible by or smaller than ulysses_degree 4" in heads
     assert "every rank must start from the same noise: pass generator=" in _spawn(2, "unseeded", tmp_path)["error"]
     assert "turn use_cfg_parallel off" in _spawn(4, "cfg", tmp_path)["error"]
+    uneven = _spawn(2, "uneven", tmp_path)["error"]  # xDiT's wrappers cannot mask pad tokens
+    assert "Fresco's stages would hold [45] image tokens, which context-parallel degree 2 does not divide" in uneven
 
 
 def _video_worker(rank, world, port, task, out_path):
