@@ -241,16 +241,16 @@ class _ContextParallel:
 
     The transformer splits the image and text sequences across ranks in every forward and gathers its output, so
     each forward's image sequence must divide the degree: promotion counts round to keep it so, and a stage grid that
-    cannot is padded with tokens masked out of every key where the model and engine allow it (FLUX, and HunyuanVideo
-    through our plan, under diffusers' Ulysses attention), refused elsewhere. Every rank must take the same promotion decision: rank 0's is broadcast,
+    cannot is padded with tokens masked out of every key where the model and engine allow it (Ulysses attention:
+    FLUX under diffusers or ParaAttention, HunyuanVideo through our plan for diffusers), refused elsewhere. Every rank must take the same promotion decision: rank 0's is broadcast,
     so no rank can drift even where floating point differs.
     """
 
     def __init__(self, ulysses: int, ring: int, group: Any, masks_pads: bool = False):
         self.ulysses, self.ring, self.group = ulysses, ring, group
         self.degree = ulysses * ring
-        # diffusers' Ulysses attention takes a whole-sequence key mask, so pad tokens can be masked out; ring
-        # attention, ParaAttention and xDiT have no such path
+        # diffusers' and ParaAttention's Ulysses attention take a whole-sequence key mask, so pad tokens can be
+        # masked out; ring attention and xDiT's attention have no such path
         self.masks_pads = masks_pads
 
     @classmethod
@@ -270,7 +270,7 @@ class _ContextParallel:
             ring, ulysses = mesh["ring"].size(), mesh["ulysses"].size()
             if ring * ulysses == 1:
                 return None
-            return cls(ulysses, ring, sequence_mesh.get_group())
+            return cls(ulysses, ring, sequence_mesh.get_group(), masks_pads=ring == 1)
         parallel = getattr(transformer, "_parallel_config", None)
         config = getattr(parallel, "context_parallel_config", None)
         if config is None or config.ulysses_degree * config.ring_degree == 1:
@@ -295,8 +295,9 @@ class _ContextParallel:
         if uneven and not can_pad:
             raise ValueError(f"Fresco's stages would hold {uneven} image tokens, which context-parallel degree "
                              f"{self.degree} does not divide; choose a height and width whose token grid at every "
-                             "stage scale is a multiple of the degree (FLUX and HunyuanVideo under diffusers' Ulysses "
-                             "attention pad such stages with masked tokens instead)")
+                             "stage scale is a multiple of the degree (Ulysses attention without ring pads such "
+                             "stages with masked tokens for FLUX under diffusers or ParaAttention and for "
+                             "HunyuanVideo under diffusers)")
 
     def rank0_decides(self, promote: torch.Tensor) -> torch.Tensor:
         import torch.distributed as dist

@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-from conftest import generate_video_steps, run_ranks, text_inputs
+from conftest import UNEVEN_SIZE, generate_video_steps, run_ranks, text_inputs
 
 from fresco_plugin import FrescoConfig, apply_fresco, register_score, remove_fresco
 from fresco_plugin.integrations.tiny import tiny_flux_pipeline, tiny_hunyuan_video_pipeline
@@ -30,7 +30,7 @@ def _pipe(heads=4):
     return pipe
 
 
-def _generate(pipe, batch=1, seed=0, text_tokens=8, rows=None):
+def _generate(pipe, batch=1, seed=0, text_tokens=8, rows=None, height=64, width=64):
     """``rows`` picks rows of the batch's text inputs, so one image alone gets the text it had in the batch."""
     steps = []
 
@@ -42,7 +42,7 @@ def _generate(pipe, batch=1, seed=0, text_tokens=8, rows=None):
     text = text_inputs(batch=batch if rows is None else 2, tokens=text_tokens)
     if rows is not None:
         text = {name: value[rows] for name, value in text.items()}
-    out = pipe(**text, height=64, width=64, num_inference_steps=12,
+    out = pipe(**text, height=height, width=width, num_inference_steps=12,
                output_type="latent", generator=generator if batch > 1 else generator[0],
                callback_on_step_end=record).images
     return out, steps
@@ -135,7 +135,8 @@ def _parallel_worker(rank, world, port, task, out_path):
             apply_fresco(pipe, config)
         result = {}
         try:
-            out, steps = _generate(pipe, text_tokens=6 if task == "text" else 8)
+            out, steps = _generate(pipe, text_tokens=6 if task == "text" else 8,
+                                   **(UNEVEN_SIZE if task == "pad" else {}))
         except ValueError as error:
             result["error"] = str(error)
         else:
@@ -165,6 +166,20 @@ def test_every_step_matches_a_single_process_run(world, task, tmp_path):
     out, steps = _generate(single)
     assert [s.shape[1] % world for s in steps] == [0] * len(steps)
     assert len({s.shape[1] for s in steps}) == 5
+    for parallel_step, single_step in zip(result["steps"], steps, strict=True):
+        assert torch.allclose(parallel_step, single_step, atol=1e-5)
+    assert torch.allclose(result["out"], out, atol=1e-5)
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_a_stage_that_cannot_split_evenly_is_padded_with_masked_tokens(world, tmp_path):
+    """72x40 pixels: 45 tokens at quarter resolution, padded to the degree with tokens ParaAttention's Ulysses
+    attention masks out (the same mask as under diffusers), equal to one process at every step."""
+    result = run_ranks(_parallel_worker, world, "pad", tmp_path, TIMEOUT_S)
+    single = _pipe()
+    apply_fresco(single, FrescoConfig(stage_scales=(0.25, 0.5, 1.0), promotion_rounds=1, token_multiple=world))
+    out, steps = _generate(single, **UNEVEN_SIZE)
+    assert any(s.shape[1] % world for s in steps)  # padding was needed
     for parallel_step, single_step in zip(result["steps"], steps, strict=True):
         assert torch.allclose(parallel_step, single_step, atol=1e-5)
     assert torch.allclose(result["out"], out, atol=1e-5)
