@@ -30,9 +30,9 @@ from fresco_plugin.config import PRESETS, FrescoConfig
 __all__ = ["FrescoXFuserArgs", "refuse_xdit_pipeline", "xdit_sequence_parallel"]
 
 _RUNNER_PATH_ALTERNATIVE = (
-    "build a stock diffusers FluxPipeline with xDiT's xFuserFlux1Transformer2DWrapper as its transformer (xDiT's "
-    "runner path, what it builds with pipefusion_parallel_degree=1) and parallelize with ulysses_degree / "
-    "ring_degree"
+    "build the stock diffusers pipeline with xDiT's runner-path transformer wrapper (xFuserFlux1Transformer2DWrapper "
+    "or xFuserHunyuanVideoTransformer3DWrapper: what its runner builds with pipefusion_parallel_degree=1) and "
+    "parallelize with ulysses_degree / ring_degree"
 )
 
 

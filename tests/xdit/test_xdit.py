@@ -190,7 +190,7 @@ def _pipefusion_worker(rank, world, port, task, out_path):
 def test_xdit_pipefusion_pipelines_are_refused_naming_the_runner_path(tmp_path):
     error = run_ranks(_pipefusion_worker, 1, "pipefusion", tmp_path, TIMEOUT_S)["error"]
     assert error.startswith("Fresco does not run on xDiT's xFuserFluxPipeline: its PipeFusion loop slices the latents")
-    assert "xFuserFlux1Transformer2DWrapper as its transformer" in error
+    assert "xDiT's runner-path transformer wrapper (xFuserFlux1Transformer2DWrapper" in error
 
 
 def test_fresco_preset_is_one_flag_on_xdits_argument_parser():
