@@ -242,8 +242,9 @@ class _ContextParallel:
     The transformer splits the image and text sequences across ranks in every forward and gathers its output, so
     each forward's image sequence must divide the degree: promotion counts round to keep it so, and a stage grid that
     cannot is padded with tokens masked out of every key where the model and engine allow it (Ulysses attention:
-    FLUX under diffusers or ParaAttention, HunyuanVideo through our plan for diffusers), refused elsewhere. Every rank must take the same promotion decision: rank 0's is broadcast,
-    so no rank can drift even where floating point differs.
+    FLUX under diffusers or ParaAttention, HunyuanVideo through our plan for diffusers), refused elsewhere. Every
+    rank must take the same promotion decision: rank 0's is broadcast, so no rank can drift even where floating point
+    differs.
     """
 
     def __init__(self, ulysses: int, ring: int, group: Any, masks_pads: bool = False):
