@@ -4,7 +4,7 @@ Core modules depend on torch only; ``fresco_plugin.integrations`` holds one adap
 library only when an adapter is used.
 """
 
-from .api import apply_fresco, fresco_config_of, remove_fresco
+from .api import apply_fresco, fresco_config_of, last_fresco_run, remove_fresco
 from .config import PRESETS, FrescoConfig
 from .registry import (
     adapters,
@@ -16,7 +16,7 @@ from .registry import (
 )
 
 __all__ = [
-    "FrescoConfig", "PRESETS", "apply_fresco", "remove_fresco", "fresco_config_of",
+    "FrescoConfig", "PRESETS", "apply_fresco", "remove_fresco", "fresco_config_of", "last_fresco_run",
     "register_adapter", "register_strategy", "register_score", "adapters", "strategies", "scores",
 ]
 __version__ = "0.1.0"

@@ -8,7 +8,7 @@ from typing import Any
 from .config import FrescoConfig
 from .registry import find_adapter
 
-__all__ = ["apply_fresco", "remove_fresco", "fresco_config_of", "fresco_class_of"]
+__all__ = ["apply_fresco", "remove_fresco", "fresco_config_of", "fresco_class_of", "last_fresco_run"]
 
 _RUNNER = "_fresco_runner"
 _FRESCO_CLASSES: dict[type, type] = {}
@@ -25,14 +25,36 @@ def fresco_class_of(cls: type) -> type:
 
         @functools.wraps(cls.__call__)
         def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
-            return getattr(self, _RUNNER)(*args, **kwargs)
+            runner = self.__dict__.get(_RUNNER)
+            if runner is None:  # made by the class itself (type(pipe).from_pipe(...)): a stock pipeline
+                return cls.__call__(self, *args, **kwargs)
+            return runner(*args, **kwargs)
+
+        def __reduce_ex__(self: Any, protocol: int) -> tuple:
+            # pickled as the stock pipeline's state plus the config; unpickling applies Fresco again
+            runner = self.__dict__.get(_RUNNER)
+            state = {k: v for k, v in self.__dict__.items() if k != _RUNNER}
+            return _new_fresco_instance, (cls,), (state, None if runner is None else runner.config)
+
+        def __setstate__(self: Any, pickled: tuple) -> None:
+            state, config = pickled
+            self.__dict__.update(state)
+            object.__setattr__(self, "__class__", cls)
+            if config is not None:
+                apply_fresco(self, config)
 
         fresco_cls = type(cls.__name__, (cls,), {
-            "__call__": __call__, "__module__": cls.__module__, "__qualname__": cls.__qualname__,
-            "__doc__": cls.__doc__, "_fresco_original_class": cls,
+            "__call__": __call__, "__reduce_ex__": __reduce_ex__, "__setstate__": __setstate__,
+            "__module__": cls.__module__, "__qualname__": cls.__qualname__, "__doc__": cls.__doc__,
+            "_fresco_original_class": cls,
         })
         _FRESCO_CLASSES[cls] = fresco_cls
     return fresco_cls
+
+
+def _new_fresco_instance(cls: type) -> Any:
+    fresco_cls = fresco_class_of(cls)
+    return fresco_cls.__new__(fresco_cls)
 
 
 def apply_fresco(pipe: Any, config: FrescoConfig | str | None = None) -> Any:
@@ -71,3 +93,11 @@ def fresco_config_of(pipe: Any) -> FrescoConfig | None:
     """The config Fresco runs this pipeline with, or ``None`` when Fresco is off."""
     runner = pipe.__dict__.get(_RUNNER)
     return None if runner is None else runner.config
+
+
+def last_fresco_run(pipe: Any) -> Any:
+    """What the pipeline's last Fresco call did (a :class:`fresco_plugin.sampler.SamplerResult`: tokens per step,
+    sigmas, and which tokens ran at which resolution from which step), or ``None`` before the first call or without
+    Fresco. With a batch that Fresco sampled image by image (a promotion threshold), the first image's run."""
+    runner = pipe.__dict__.get(_RUNNER)
+    return None if runner is None else runner.last_run

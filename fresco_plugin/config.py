@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import numbers
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
@@ -14,6 +15,44 @@ Expansion = Literal["hadamard", "nearest", "dct"]
 NoiseSource = Literal["generator", "hash"]
 PositionMode = Literal["center", "anchor"]
 
+# Bounds that keep planning linear and every sigma finite; far beyond any real use.
+MAX_STAGES = 8
+MAX_STEPS = 10_000
+MAX_TOKEN_MULTIPLE = 1 << 16
+SHIFT_RANGE = (1e-2, 1e3)
+
+
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"FrescoConfig.{name}={value!r}: give a number")
+    if not math.isfinite(value):
+        raise ValueError(f"FrescoConfig.{name}={value!r}: give a finite number")
+    return float(value)
+
+
+def _count(name: str, value: Any) -> int:
+    number = _number(name, value)
+    if not number.is_integer():
+        raise ValueError(f"FrescoConfig.{name}={value!r}: give a whole number")
+    return int(number)
+
+
+def _sequence(name: str, value: Any, convert) -> tuple:
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
+        raise ValueError(f"FrescoConfig.{name}={value!r}: give one value per stage, as a tuple or list")
+    values = tuple(value)
+    if len(values) > MAX_STAGES:
+        raise ValueError(f"FrescoConfig.{name} has {len(values)} entries; at most {MAX_STAGES} stages")
+    return tuple(convert(name, v) for v in values)
+
+
+def _numbers(name: str, value: Any, optional: bool = False) -> tuple[float, ...] | None:
+    return None if optional and value is None else _sequence(name, value, _number)
+
+
+def _counts(name: str, value: Any, optional: bool = False) -> tuple[int, ...] | None:
+    return None if optional and value is None else _sequence(name, value, _count)
+
 
 @dataclass(frozen=True)
 class FrescoConfig:
@@ -23,46 +62,75 @@ class FrescoConfig:
     """
 
     stage_scales: tuple[float, ...] = (0.5, 1.0)
-    """Resolution of each stage's base grid, coarse to fine, each double the previous, ending at 1.0."""
+    """Resolution of each stage's base grid, coarse to fine, each double the previous, ending at 1.0. One
+    half-resolution sketch stage is the paper's basic case: 4x fewer tokens, and the Hadamard expansion is 2x per
+    axis, so each stage doubles the last."""
     stage_steps: tuple[int, ...] | None = None
-    """Denoising steps per stage. ``None`` splits the call's ``num_inference_steps`` by ``stage_fractions``."""
+    """Denoising steps per stage. ``None`` splits the call's ``num_inference_steps`` by ``stage_fractions``, so a
+    plain config respects the step count a call already passes; presets fix it (their budget is part of them)."""
     stage_fractions: tuple[float, ...] | None = None
-    """Share of the call's steps per stage when ``stage_steps`` is None; ``None`` means equal shares."""
+    """Share of the call's steps per stage when ``stage_steps`` is None; ``None`` means equal shares (only the
+    ratios matter)."""
     stage_shifts: tuple[float, ...] | None = None
-    """Per-stage sigma shift. ``None``: each stage's own resolution decides (FLUX's ``mu`` from its token count,
-    or the scheduler's static shift)."""
+    """Per-stage sigma shift, in [0.01, 1000]. ``None``: each stage's own resolution decides (FLUX's ``mu`` from its
+    token count, or the scheduler's static shift), as the pipeline would for a stock run at that resolution."""
     promotion_rounds: int = 1
-    """Rounds of partial promotion inside every stage but the last (0: whole stages only)."""
+    """Rounds of partial promotion inside every stage but the last (0: whole stages only). One round per
+    low-resolution stage is the smallest progressive plan (the paper promotes tokens before the whole latent)."""
     promotion_ratio: float = 0.3
-    """Share of the stage's base-level tokens promoted per round, in (0, 1]."""
+    """Share of the stage's base-level tokens promoted per round, in (0, 1]. 0.3 is RALU's default up-ratio."""
     promotion_threshold: float | None = None
-    """If set, promote the tokens whose score passes this threshold instead of a fixed ratio."""
+    """If set, promote the tokens whose score passes this threshold instead of a fixed ratio. A threshold's scale
+    depends on the model and makes the cost depend on the image; a ratio fixes the cost in advance."""
     promotion_order: PromotionOrder = "settled_first"
-    """``settled_first`` promotes the lowest scores (converged tokens, the paper); ``unsettled_first`` the highest."""
+    """``settled_first`` promotes the lowest scores (converged tokens, the paper); ``unsettled_first`` the highest
+    (AViTS' reading)."""
     score: str = "x0_step_variance"
-    """Convergence score, by name in the score registry."""
+    """Convergence score, by name in the score registry. ``x0_step_variance``: the variance of each token's
+    predicted clean latent over recent steps (on the clean prediction, so the steady fall of the noise level does
+    not dominate it); ``latent_step_variance`` the same on the noisy latent; ``channel_variance`` across channels."""
     score_window: int = 3
-    """How many recent steps a step-variance score looks at."""
+    """How many recent steps a step-variance score looks at (at least the score's own minimum, 2 for the step
+    variances): enough for a variance, short enough for a 3-step sketch stage."""
     strategy: str = "fresco"
-    """Transition rule, by name in the strategy registry (``fresco``, ``fresh-noise``, ``ralu``, ``dct-rewind``)."""
+    """Transition rule, by name in the strategy registry: ``fresco`` (the method), ``fresh-noise`` (Bottleneck-style),
+    ``ralu``, ``dct-rewind`` (SGLang), there for comparison."""
     strategy_options: Mapping[str, Any] = field(default_factory=dict, hash=False)
-    """Keyword arguments for the strategy (for example ``{"noise_ratio": 6.3}`` for ``ralu``)."""
+    """Keyword arguments for the strategy; only ``ralu`` takes one, ``noise_ratio`` (Z >= 2, default 2.0, Pyramid
+    Flow's equivalent; RALU fits about 6.3)."""
     expansion: Expansion = "hadamard"
-    """How a promoted token becomes four: ``hadamard`` (variance-consistent 1->4), ``nearest``, ``dct``."""
+    """How a promoted token becomes four: ``hadamard`` (variance- and field-consistent 1->4), ``nearest`` (copies
+    the re-noised parent: the paper's interpolation ablation), ``dct`` (block-DCT interpolation of the signal)."""
     noise_source: NoiseSource = "generator"
-    """Where the coordinate-bound field comes from: the pipeline's own initial noise, or a counter-based hash."""
+    """Where the coordinate-bound field comes from: ``generator``, the pipeline's own initial noise for your seed (so
+    Fresco and the stock pipeline start from the same noise, and a one-stage plan is the stock result bit for bit), or
+    ``hash``, a counter-based hash (device- and batch-independent noise)."""
     position_mode: PositionMode = "center"
-    """Where a finer token sits in a mixed set: the centre of its area, or its top-left corner (RALU)."""
+    """Where a finer token sits in a mixed set: ``center`` of the area it covers (its four children average to their
+    parent's position), or ``anchor``, its top-left corner (RALU's convention)."""
     token_multiple: int = 1
-    """Keep every step's image-token count a multiple of this (promotion counts round to fit). Context parallelism
-    raises it to its degree by itself; set it to reproduce a parallel run's plan on one process."""
+    """Keep every step's image-token count a multiple of this (promotion counts round to fit), in [1, 65536].
+    Context parallelism raises it to its degree by itself; set it to reproduce a parallel run's plan on one
+    process."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "stage_scales", tuple(float(s) for s in self.stage_scales))
-        for name in ("stage_steps", "stage_fractions", "stage_shifts"):
-            value = getattr(self, name)
-            if value is not None:
-                object.__setattr__(self, name, tuple(value))
+        # Normalise what a user may reasonably pass (lists, numpy numbers, whole-number floats for counts) and
+        # refuse anything else with the field named, before any range check reads it.
+        object.__setattr__(self, "stage_scales", _numbers("stage_scales", self.stage_scales))
+        object.__setattr__(self, "stage_steps", _counts("stage_steps", self.stage_steps, optional=True))
+        for name in ("stage_fractions", "stage_shifts"):
+            object.__setattr__(self, name, _numbers(name, getattr(self, name), optional=True))
+        for name in ("promotion_rounds", "token_multiple", "score_window"):
+            object.__setattr__(self, name, _count(name, getattr(self, name)))
+        object.__setattr__(self, "promotion_ratio", _number("promotion_ratio", self.promotion_ratio))
+        if self.promotion_threshold is not None:
+            object.__setattr__(self, "promotion_threshold", _number("promotion_threshold", self.promotion_threshold))
+        for name in ("promotion_order", "score", "strategy", "expansion", "noise_source", "position_mode"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"FrescoConfig.{name}={getattr(self, name)!r}: give a name (a string)")
+        if not isinstance(self.strategy_options, Mapping) or not all(isinstance(k, str) for k in self.strategy_options):
+            raise ValueError(f"FrescoConfig.strategy_options={self.strategy_options!r}: give a dict of keyword "
+                             "arguments for the strategy, e.g. {'noise_ratio': 6.3} for 'ralu'")
         object.__setattr__(self, "strategy_options", dict(self.strategy_options))
         self.validate()
 
@@ -71,6 +139,9 @@ class FrescoConfig:
         scales = self.stage_scales
         if not scales:
             raise ValueError("FrescoConfig.stage_scales is empty; give at least (1.0,)")
+        if len(scales) > MAX_STAGES:
+            raise ValueError(f"FrescoConfig.stage_scales has {len(scales)} stages; at most {MAX_STAGES} "
+                             f"(scales down to 1/{2 ** (MAX_STAGES - 1)})")
         if scales[-1] != 1.0:
             raise ValueError(f"FrescoConfig.stage_scales must end at full resolution 1.0; got {scales}")
         for scale in scales:
@@ -90,24 +161,28 @@ class FrescoConfig:
             value = getattr(self, name)
             if value is not None and len(value) != n:
                 raise ValueError(f"FrescoConfig.{name} has {len(value)} entries for {n} stages; give one per stage")
-        if self.stage_steps is not None and any(int(s) != s or s < 1 for s in self.stage_steps):
-            raise ValueError(f"FrescoConfig.stage_steps={self.stage_steps}: every stage needs a whole number >= 1")
-        if self.stage_fractions is not None and any(f <= 0 for f in self.stage_fractions):
-            raise ValueError(f"FrescoConfig.stage_fractions={self.stage_fractions}: every share must be > 0")
-        if self.stage_shifts is not None and any(s <= 0 for s in self.stage_shifts):
-            raise ValueError(f"FrescoConfig.stage_shifts={self.stage_shifts}: every shift must be > 0")
-        if self.promotion_rounds < 0 or int(self.promotion_rounds) != self.promotion_rounds:
-            raise ValueError(f"FrescoConfig.promotion_rounds={self.promotion_rounds}: use a whole number >= 0")
+        if self.stage_steps is not None and not all(1 <= s <= MAX_STEPS for s in self.stage_steps):
+            raise ValueError(f"FrescoConfig.stage_steps={self.stage_steps}: every stage needs a whole number of "
+                             f"steps in [1, {MAX_STEPS}]")
+        if self.stage_fractions is not None and not all(0 < f <= 1e6 for f in self.stage_fractions):
+            raise ValueError(f"FrescoConfig.stage_fractions={self.stage_fractions}: every share must be a finite "
+                             "number in (0, 1e6] (only their ratios matter)")
+        low, high = SHIFT_RANGE
+        if self.stage_shifts is not None and not all(low <= s <= high for s in self.stage_shifts):
+            raise ValueError(f"FrescoConfig.stage_shifts={self.stage_shifts}: every shift must be in [{low}, {high}] "
+                             "(1 is no shift; FLUX's resolution shifts are 1.6-3.2, HunyuanVideo's 7-17)")
+        if not 0 <= self.promotion_rounds <= MAX_STEPS:
+            raise ValueError(f"FrescoConfig.promotion_rounds={self.promotion_rounds}: use a whole number in "
+                             f"[0, {MAX_STEPS}] (and fewer than the steps of each non-final stage)")
         if not 0 < self.promotion_ratio <= 1:
             raise ValueError(f"FrescoConfig.promotion_ratio={self.promotion_ratio} is outside (0, 1]")
         if self.promotion_order not in ("settled_first", "unsettled_first"):
             raise ValueError(
                 f"FrescoConfig.promotion_order={self.promotion_order!r}; use 'settled_first' or 'unsettled_first'"
             )
-        if self.token_multiple < 1 or int(self.token_multiple) != self.token_multiple:
-            raise ValueError(f"FrescoConfig.token_multiple={self.token_multiple}: use a whole number >= 1")
-        if self.score_window < 1:
-            raise ValueError(f"FrescoConfig.score_window={self.score_window}: use 1 or more")
+        if not 1 <= self.token_multiple <= MAX_TOKEN_MULTIPLE:
+            raise ValueError(f"FrescoConfig.token_multiple={self.token_multiple}: use a whole number in "
+                             f"[1, {MAX_TOKEN_MULTIPLE}] (a context-parallel degree)")
         if self.expansion not in ("hadamard", "nearest", "dct"):
             raise ValueError(f"FrescoConfig.expansion={self.expansion!r}; use 'hadamard', 'nearest' or 'dct'")
         if self.noise_source not in ("generator", "hash"):
@@ -116,8 +191,16 @@ class FrescoConfig:
             raise ValueError(f"FrescoConfig.position_mode={self.position_mode!r}; use 'center' or 'anchor'")
         from .registry import get_score, get_strategy  # late: the registries import this module's neighbours
 
-        get_score(self.score)
-        get_strategy(self.strategy)
+        history = int(getattr(get_score(self.score), "min_history", 1))
+        if not history <= self.score_window <= MAX_STEPS:
+            raise ValueError(f"FrescoConfig.score_window={self.score_window}: the score {self.score!r} needs at least "
+                             f"{history} recorded step(s); use a whole number in [{history}, {MAX_STEPS}]")
+        factory = get_strategy(self.strategy)
+        try:
+            factory(**self.strategy_options)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"FrescoConfig.strategy_options={self.strategy_options} do not fit the strategy "
+                             f"{self.strategy!r}: {error}") from None
 
     # ------------------------------------------------------------------ presets
     @classmethod
@@ -127,6 +210,17 @@ class FrescoConfig:
             known = ", ".join(sorted(PRESETS))
             raise ValueError(f"unknown Fresco preset {name!r}; known presets: {known}")
         return replace(PRESETS[name], **overrides) if overrides else PRESETS[name]
+
+    @classmethod
+    def for_speedup(cls, target: float, *, model: str = "flux-dev", height: int | None = None,
+                    width: int | None = None, frames: int | None = None, steps_budget: int = 50) -> FrescoConfig:
+        """The best measured plan that reaches a transformer-FLOPs ``target`` (5 for 5x) over ``model``'s
+        ``steps_budget``-step full-resolution run at this size (``fresco flops`` counts it); ``ValueError`` with the
+        reachable range when it cannot. The FLUX.1-dev presets are points of it."""
+        from .speedup import plan_for_speedup
+
+        return plan_for_speedup(target, model=model, height=height, width=width, frames=frames,
+                                baseline_steps=steps_budget)
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:

@@ -341,7 +341,8 @@ class FlopsReport:
             tokens = ",".join(str(t) for t in sorted(set(s.tokens_per_step), key=s.tokens_per_step.index))
             lines.append(f"{s.stage:>5} {s.scale:>6.3g} {s.steps:>5} {tokens:<32} {s.flops / tera:>10.1f}")
         lines.append(f"{'Fresco total':<52} {self.total_flops / tera:>10.1f}")
-        lines.append(f"{f'baseline: {self.baseline_model}, {self.baseline_steps} steps x {self.baseline_tokens} tokens':<52}"
+        baseline = f"baseline: {self.baseline_model}, {self.baseline_steps} steps x {self.baseline_tokens} tokens"
+        lines.append(f"{baseline:<52}"
                      f" {self.baseline_flops / tera:>10.1f}")
         lines.append(f"speedup (transformer FLOPs): {self.speedup:.2f}x")
         return "\n".join(lines)

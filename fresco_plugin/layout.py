@@ -151,6 +151,28 @@ class TokenLayout:
         """``(B, N)`` mask of the tokens that cover any of the real (unpadded) full-resolution grid."""
         return ((self.row << self.level) < geometry.rows) & ((self.col << self.level) < geometry.cols)
 
+    def level_map(self, geometry: TokenGeometry) -> torch.Tensor:
+        """``(B, frames, rows, cols)`` int8: the level of the token covering each full-resolution token's area (what
+        ran at which resolution), for pictures and diagnostics."""
+        batch = self.level.shape[0]
+        top = int(self.level.max())
+        rows, cols = geometry.grid(0)
+        # padded grids (odd sizes) cover a little more than the picture: paint them whole, then crop
+        padded_rows = max(rows, int(((self.row + 1) << self.level).max()))
+        padded_cols = max(cols, int(((self.col + 1) << self.level).max()))
+        out = torch.zeros(batch, geometry.num_frames, padded_rows, padded_cols, dtype=torch.int8,
+                          device=self.level.device)
+        images = torch.arange(batch, device=self.level.device)[:, None].expand_as(self.level)
+        for level in range(top + 1):
+            at = self.level == level
+            if not bool(at.any()):
+                continue
+            b, f, r, c = images[at], self.frame[at], self.row[at] << level, self.col[at] << level
+            for dr in range(1 << level):
+                for dc in range(1 << level):
+                    out[b, f, r + dr, c + dc] = level
+        return out[:, :, :rows, :cols]
+
     def raster_order(self) -> torch.Tensor:
         """Indices that sort a single-level layout into (frame, row, col) raster order."""
         if bool((self.level != self.level[:, :1]).any()):

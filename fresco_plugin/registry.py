@@ -6,6 +6,7 @@ A third party extends Fresco by registering under a new name; nothing here needs
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 from collections.abc import Callable
 from typing import Any
 
@@ -27,7 +28,8 @@ def _register(table: dict, kind: str, name: str, value: Any, replace: bool) -> N
 
 
 def register_strategy(name: str, factory: Callable[..., Any] | None = None, *, replace: bool = False):
-    """Register a transition-rule factory ``factory(**strategy_options) -> TransitionRule``; usable as a decorator."""
+    """Register a transition-rule factory ``factory(**strategy_options) -> TransitionRule``; usable as a decorator.
+    A factory with ``needs_fresh_noise = True`` gets a seeded ``FreshNoise`` source in each transition."""
     if factory is None:
         return lambda f: (register_strategy(name, f, replace=replace), f)[1]
     _register(_STRATEGIES, "strategy", name, factory, replace)
@@ -68,7 +70,9 @@ def scores() -> tuple[str, ...]:
 
 
 def register_adapter(pipeline_class_name: str, adapter: Callable[..., Any] | str, *, replace: bool = False) -> None:
-    """Register the adapter for a pipeline class, by class name (the core imports no pipeline library).
+    """Register the adapter for a pipeline class, by class name (the core imports no pipeline library). A package can
+    also declare one as an entry point in the ``fresco_plugin.adapters`` group (name: the class name, value: the lazy
+    ``"module:attribute"``).
 
     ``adapter`` is a callable ``adapter(pipe, config) -> FrescoRunner`` or a lazy ``"module:attribute"`` string.
     """
@@ -107,7 +111,9 @@ def _load_builtins() -> None:
     if _loaded:
         return
     _loaded = True
-    # Each import registers its entries; integrations register lazy strings and import no third-party library here.
+    # The core's own scores and rules register on import; pipeline adapters come from the installed packages'
+    # "fresco_plugin.adapters" entry points (this package's integrations, and any third party's), as lazy strings.
     importlib.import_module("fresco_plugin.selection")
     importlib.import_module("fresco_plugin.transitions")
-    importlib.import_module("fresco_plugin.integrations")
+    for entry in importlib.metadata.entry_points(group="fresco_plugin.adapters"):
+        _ADAPTERS.setdefault(entry.name, entry.value)

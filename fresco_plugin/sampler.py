@@ -40,6 +40,9 @@ class SamplerResult:
     latents: torch.Tensor  # (B, N_full, D) in raster order
     tokens_per_step: tuple[int, ...]  # tokens per image that each step's model call saw
     sigmas_used: tuple[float, ...]
+    # (first step, map) each time the layout changed: the map is (B, frames, rows, cols) int8, the level of the token
+    # that covered each full-resolution token's area from that step on (0: full resolution, 1: half, ...)
+    resolution_maps: tuple[tuple[int, torch.Tensor], ...] = ()
 
 
 def min_score_history(config: FrescoConfig) -> int:
@@ -74,6 +77,8 @@ def sample(
     tokens_per_step: list[int] = []
     sigmas_used: list[float] = []
     rewound_to: torch.Tensor | None = None  # where a stage switch left the latent, if not where the plan said
+    resolution_maps: list[tuple[int, torch.Tensor]] = []
+    mapped: TokenLayout | None = None
 
     for stage, schedule in zip(stages, schedules):
         sigmas, timesteps = schedule.sigmas.clone(), schedule.timesteps.clone()
@@ -85,6 +90,11 @@ def sample(
         for local in range(stage.num_steps):
             step = Step(stage.first_step + local, stage.index, sigmas[local], timesteps[local])
             if not interrupted():
+                if layout is not mapped:
+                    levels = layout.level_map(geometry)
+                    if not resolution_maps or not torch.equal(levels, resolution_maps[-1][1]):
+                        resolution_maps.append((step.index, levels))
+                    mapped = layout
                 velocity = denoise(x, positions, step)
                 tokens_per_step.append(layout.num_tokens)
                 sigmas_used.append(float(step.sigma))
@@ -132,7 +142,7 @@ def sample(
 
     if layout.coarsest_level != 0:
         raise RuntimeError("the plan ended before every token reached full resolution")
-    return SamplerResult(x, tuple(tokens_per_step), tuple(sigmas_used))
+    return SamplerResult(x, tuple(tokens_per_step), tuple(sigmas_used), tuple(resolution_maps))
 
 
 def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from .config import FrescoConfig
 
-__all__ = ["StagePlan", "StageSchedule", "plan_stages", "base_sigmas", "flux_mu", "shift_sigmas", "static_schedules"]
+__all__ = ["StagePlan", "StageSchedule", "fit_plan", "plan_stages", "base_sigmas", "flux_mu", "shift_sigmas",
+           "static_schedules"]
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,59 @@ def plan_stages(config: FrescoConfig, num_inference_steps: int | None, *, min_sc
         plans.append(StagePlan(index, level, first, n, after, shift))
         first += n
     return plans
+
+
+def fit_plan(config: FrescoConfig, num_inference_steps: int | None, *,
+             min_score_history: int) -> tuple[list[StagePlan], list[str]]:
+    """The plan a call runs, for any step count the call passes, and what was changed to fit it (for a warning).
+
+    The rule, so that existing call sites keep working when Fresco is turned on:
+
+    - a config that fixes ``stage_steps`` (every preset) runs its own plan: its step budget is what it is for, so a
+      different ``num_inference_steps`` is not used;
+    - a config that splits the call's steps (``stage_steps=None``) follows ``num_inference_steps``: with fewer steps
+      than stages it drops the coarsest stages (1 step: the stock full-resolution step), and a stage too short for its
+      promotion rounds keeps as many rounds as fit (possibly none).
+    """
+    notes: list[str] = []
+    if config.stage_steps is not None:
+        if num_inference_steps is not None and num_inference_steps != sum(config.stage_steps):
+            notes.append(
+                f"FrescoConfig.stage_steps={config.stage_steps} fixes {sum(config.stage_steps)} steps (a preset's "
+                f"budget); num_inference_steps={num_inference_steps} is not used. For a plan that follows your step "
+                "count, use FrescoConfig(stage_steps=None, stage_fractions=...)"
+            )
+        return plan_stages(config, None, min_score_history=min_score_history), notes
+    total = 28 if num_inference_steps is None else num_inference_steps
+    if total < 1:
+        raise ValueError(f"num_inference_steps={total}: give at least 1")
+    if total < config.num_stages:
+        kept = config.stage_scales[-total:]
+        notes.append(f"num_inference_steps={total} is fewer than the {config.num_stages} stages of stage_scales="
+                     f"{config.stage_scales}; running stages {kept}")
+        config = replace(config, stage_scales=kept, stage_fractions=_last(config.stage_fractions, total),
+                         stage_shifts=_last(config.stage_shifts, total))
+    steps = _split_steps(config, total)
+    rounds = config.promotion_rounds
+    while rounds > 0:
+        try:
+            plans = plan_stages(replace(config, stage_steps=steps, promotion_rounds=rounds), None,
+                                min_score_history=min_score_history)
+        except ValueError:
+            rounds -= 1
+            continue
+        break
+    else:
+        plans = plan_stages(replace(config, stage_steps=steps, promotion_rounds=0), None,
+                            min_score_history=min_score_history)
+    if rounds != config.promotion_rounds:
+        notes.append(f"num_inference_steps={total} gives the stages {steps} steps, too few for promotion_rounds="
+                     f"{config.promotion_rounds}; running {rounds} round(s)")
+    return plans, notes
+
+
+def _last(values: tuple | None, count: int) -> tuple | None:
+    return None if values is None else values[-count:]
 
 
 def base_sigmas(num_steps: int) -> np.ndarray:

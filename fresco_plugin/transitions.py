@@ -143,6 +143,7 @@ class FrescoRule:
     """
 
     independent_noise = False
+    needs_fresh_noise = False  # read off the registered factory: the runner then supplies a FreshNoise source
 
     def noise(self, t: Transition, layout: TokenLayout) -> torch.Tensor:
         return t.field.tokens(layout, t.geometry).float()
@@ -167,6 +168,7 @@ class FreshNoiseRule(FrescoRule):
     """Bottleneck-style: the same stage plan and expansion, but independent fresh noise at every switch."""
 
     independent_noise = True
+    needs_fresh_noise = True
 
     def noise(self, t: Transition, layout: TokenLayout) -> torch.Tensor:
         if t.fresh is None:
@@ -178,14 +180,18 @@ class FreshNoiseRule(FrescoRule):
 class RaluRule:
     """RALU's noise-timestep rule: ``x <- beta * Up_nearest(x) + alpha * n'`` with 2x2-correlated ``n'``.
 
-    With ``e = 1 - sigma``: ``beta = 1 / (Z (1 - e) + e)``, the new signal level is ``beta * e`` and ``alpha`` is the new
-    sigma; ``n'`` has covariance ``I - 11^T / Z^2`` over each 2x2 group of copied latent pixels, which cancels the
-    correlation the copy introduces. ``noise_ratio`` is Z (RALU fits about 6.3; Pyramid Flow's gamma = 1/3 is Z = 2).
+    With ``e = 1 - sigma``: ``beta = 1 / (Z (1 - e) + e)``, the new signal level is ``beta * e`` and ``alpha`` is the
+    new sigma; ``n'`` has covariance ``I - 11^T / Z^2`` over each 2x2 group of copied latent pixels, which cancels
+    the correlation the copy introduces. ``noise_ratio`` is Z (RALU fits about 6.3; Pyramid Flow's gamma = 1/3 is
+    Z = 2).
     """
 
+    needs_fresh_noise = True
+
     def __init__(self, noise_ratio: float = 2.0):
-        if noise_ratio < 2.0:
-            raise ValueError(f"ralu noise_ratio={noise_ratio}: the correlated noise needs Z >= 2")
+        if isinstance(noise_ratio, bool) or not isinstance(noise_ratio, (int, float)) or \
+                not 2.0 <= noise_ratio < math.inf:
+            raise ValueError(f"ralu noise_ratio={noise_ratio!r}: the correlated noise needs a finite Z >= 2")
         self.z = noise_ratio
 
     def __call__(self, t: Transition) -> tuple[torch.Tensor, TokenLayout, torch.Tensor]:
@@ -217,6 +223,8 @@ class DctRewindRule:
     promoted token block (SGLang applies it to the whole latent at once).
     """
 
+    needs_fresh_noise = True
+
     def __call__(self, t: Transition) -> tuple[torch.Tensor, TokenLayout, torch.Tensor]:
         if t.fresh is None:
             raise ValueError("the dct-rewind strategy needs a FreshNoise source")
@@ -238,5 +246,3 @@ register_strategy("fresco", FrescoRule)
 register_strategy("fresh-noise", FreshNoiseRule)
 register_strategy("ralu", RaluRule)
 register_strategy("dct-rewind", DctRewindRule)
-
-USES_FRESH_NOISE = {"fresh-noise", "ralu", "dct-rewind"}

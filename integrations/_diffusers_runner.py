@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, ClassVar
@@ -22,11 +23,11 @@ from diffusers.pipelines.flux.pipeline_flux import retrieve_timesteps
 from fresco_plugin.config import FrescoConfig
 from fresco_plugin.layout import TokenGeometry, TokenLayout
 from fresco_plugin.noise import FreshNoise, NoiseField, seeds_from_generators
+from fresco_plugin.registry import get_strategy
 from fresco_plugin.sampler import SamplerResult, Step, min_score_history, sample
-from fresco_plugin.schedule import StagePlan, StageSchedule, plan_stages, plan_token_counts, shift_sigmas
-from fresco_plugin.transitions import USES_FRESH_NOISE
+from fresco_plugin.schedule import StagePlan, StageSchedule, fit_plan, plan_stages, plan_token_counts, shift_sigmas
 
-from .diffusers_caches import check_cache, guard_enable_cache, unguard_enable_cache
+from .diffusers_caches import check_cache
 from .para_attention import para_attention_caches, para_attention_mesh, rewrap_pipeline_class
 
 __all__ = ["DiffusersFrescoRunner", "TransformerDenoiser", "rows_for"]
@@ -64,16 +65,15 @@ class DiffusersFrescoRunner:
         self.config = config
         self.min_history = min_score_history(config)
         self.last_run: SamplerResult | None = None
+        self._warned: set[str] = set()
         if config.stage_steps is not None:
             plan_stages(config, None, min_score_history=self.min_history)  # fail at apply time, not mid-call
         self._signature = inspect.signature(type(pipe).__call__)
-        guard_enable_cache(pipe.transformer, config.promotion_rounds)
         _ContextParallel.of(pipe.transformer)  # refuse a parallel setup Fresco cannot follow now, not at the call
 
     def close(self) -> None:
         from fresco_plugin.api import fresco_class_of
 
-        unguard_enable_cache(self.pipe.transformer)
         rewrap_pipeline_class(self.pipe, fresco_class_of(type(self.pipe)))
         self.last_run = None
 
@@ -88,6 +88,10 @@ class DiffusersFrescoRunner:
             raise ValueError(
                 "Fresco builds one sigma schedule per stage; drop sigmas= or set FrescoConfig.stage_shifts instead"
             )
+        for name in ("num_images_per_prompt", "num_videos_per_prompt"):
+            count = arguments.get(name)
+            if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+                raise ValueError(f"{name}={count!r}: give a whole number >= 1")
         return self.run(arguments, explicit)
 
     def run(self, a: dict[str, Any], explicit: set[str]) -> Any:
@@ -98,7 +102,12 @@ class DiffusersFrescoRunner:
         steps = a["num_inference_steps"] if "num_inference_steps" in explicit else None
         if steps is None and self.config.stage_steps is None:
             steps = a["num_inference_steps"]  # the pipeline's own default
-        return plan_stages(self.config, steps, min_score_history=self.min_history)
+        stages, notes = fit_plan(self.config, steps, min_score_history=self.min_history)
+        note = "; ".join(notes)
+        if note and note not in self._warned:  # once per pipeline, not at every call of a loop
+            self._warned.add(note)
+            warnings.warn(f"Fresco: {note}", UserWarning, stacklevel=4)
+        return stages
 
     def noise(self, a: dict[str, Any], images: int, geometry: TokenGeometry, expected_latents: tuple[int, ...],
               stock_noise: Callable[[], torch.Tensor], dtype: torch.dtype,
@@ -132,7 +141,7 @@ class DiffusersFrescoRunner:
                 seeds = seeds_from_generators(generator, images)
             field = NoiseField.padded(full, *padded, seeds or [])
         fresh = None
-        if self.config.strategy in USES_FRESH_NOISE:
+        if getattr(get_strategy(self.config.strategy), "needs_fresh_noise", False):
             fresh = FreshNoise(seeds if seeds is not None else seeds_from_generators(generator, images))
         return field, fresh
 
@@ -177,7 +186,8 @@ class DiffusersFrescoRunner:
                 kwargs = {"mu": mu} if mu is not None else {}
                 timesteps, _ = retrieve_timesteps(scheduler, None, device, sigmas=piece, **kwargs)
                 sigmas = scheduler.sigmas
-            out.append(StageSchedule(sigmas[: stage.num_steps + 1].clone(), timesteps[: stage.num_steps].clone(), scale))
+            out.append(StageSchedule(sigmas[: stage.num_steps + 1].clone(), timesteps[: stage.num_steps].clone(),
+                                     scale))
         self.pipe._num_timesteps = total
         return out
 

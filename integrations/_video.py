@@ -7,11 +7,11 @@ would; only the rotary embedding depends on where tokens sit, and the hook suppl
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 import torch
-from diffusers.hooks import HookRegistry, ModelHook
 
 from fresco_plugin.config import FrescoConfig
 from fresco_plugin.layout import TokenGeometry, pack, unpack
@@ -21,23 +21,40 @@ from ._diffusers_runner import DiffusersFrescoRunner, TransformerDenoiser
 
 __all__ = ["RopeAtPositions", "StripDenoiser", "VideoFrescoRunner"]
 
-_ROPE_HOOK = "fresco_rope_at_positions"
 RopeFunction = Callable[[torch.nn.Module, torch.Tensor], Any]
 
 
-class RopeAtPositions(ModelHook):
-    """While ``positions`` is set, the rope module answers ``rope_fn(module, positions)`` instead of computing the
-    embedding of its input's grid."""
+class RopeAtPositions:
+    """A forward hook on the transformer's rope module: while ``positions`` is set, the module's answer is replaced
+    by ``rope_fn(module, positions)`` (the embedding at the tokens' real positions, not at its input's grid).
 
-    def __init__(self, rope_fn: RopeFunction) -> None:
-        super().__init__()
+    A plain torch forward hook held in the module's own hook table: a deep copy of the pipeline copies it along with
+    its runner, and several pipelines sharing one transformer each keep their own (only the calling one is set).
+    """
+
+    def __init__(self, rope_fn: RopeFunction, owner: Any) -> None:
         self.rope_fn = rope_fn
         self.positions: torch.Tensor | None = None
+        self._owner = weakref.ref(owner)
 
-    def new_forward(self, module: torch.nn.Module, hidden_states: torch.Tensor) -> Any:
+    @property
+    def stale(self) -> bool:
+        """Its runner is gone (garbage-collected, or this hook came back from a pickle without it)."""
+        return self._owner is None or self._owner() is None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "positions": None, "_owner": None}
+
+    def __call__(self, module: torch.nn.Module, args: tuple, output: Any) -> Any:
         if self.positions is None:
-            return self.fn_ref.original_forward(hidden_states)
-        return self.rope_fn(module, self.positions.to(hidden_states.device))
+            return None
+        return self.rope_fn(module, self.positions.to(args[0].device))
+
+
+def _detach_hook(module: torch.nn.Module, hook: RopeAtPositions) -> None:
+    for key, registered in list(module._forward_hooks.items()):
+        if registered is hook:
+            del module._forward_hooks[key]
 
 
 class VideoFrescoRunner(DiffusersFrescoRunner):
@@ -50,22 +67,29 @@ class VideoFrescoRunner(DiffusersFrescoRunner):
 
     def __init__(self, pipe: Any, config: FrescoConfig):
         super().__init__(pipe, config)
-        self.rope_hook = RopeAtPositions(type(self).rope_fn)
-        HookRegistry.check_if_exists_or_initialize(pipe.transformer.rope).register_hook(self.rope_hook, _ROPE_HOOK)
+        self.rope_hook = RopeAtPositions(type(self).rope_fn, self)
+        rope = pipe.transformer.rope
+        for hook in list(rope._forward_hooks.values()):
+            if isinstance(hook, RopeAtPositions) and hook.stale:
+                _detach_hook(rope, hook)
+        rope.register_forward_hook(self.rope_hook)
+        # a pipeline dropped without remove_fresco takes its hook with it, even while its transformer lives on
+        weakref.finalize(self, _detach_hook, pipe.transformer.rope, self.rope_hook)
 
     def close(self) -> None:
-        HookRegistry.check_if_exists_or_initialize(self.pipe.transformer.rope).remove_hook(_ROPE_HOOK)
+        _detach_hook(self.pipe.transformer.rope, self.rope_hook)
         super().close()
 
     def video_geometry(self, height: int, width: int, num_frames: int, patch: int) -> TokenGeometry:
         pipe = self.pipe
         spatial, temporal = pipe.vae_scale_factor_spatial, pipe.vae_scale_factor_temporal
         name = type(pipe).__name__.removesuffix("Pipeline")
-        if int(height) % (spatial * patch) or int(width) % (spatial * patch):
-            raise ValueError(f"height={height}, width={width}: {name} needs multiples of {spatial * patch} "
+        unit = spatial * patch
+        if min(int(height), int(width)) < unit or int(height) % unit or int(width) % unit:
+            raise ValueError(f"height={height}, width={width}: {name} needs positive multiples of {unit} "
                              f"({spatial}x VAE, {patch}x{patch} patches)")
-        if (num_frames - 1) % temporal:
-            raise ValueError(f"num_frames={num_frames}: {name} needs {temporal}k + 1 frames")
+        if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
+            raise ValueError(f"num_frames={num_frames!r}: give a whole number >= 1")
         return TokenGeometry(pipe.transformer.config.in_channels, patch, int(height) // spatial // patch,
                              int(width) // spatial // patch, frames=(num_frames - 1) // temporal + 1)
 

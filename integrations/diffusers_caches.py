@@ -13,15 +13,16 @@ batch hold different token layouts. With that:
 - ``FasterCacheConfig`` is refused: it extrapolates block outputs and frequency deltas across steps at one resolution
   (and does not run on FLUX even without Fresco).
 
-The check runs at ``apply_fresco`` (a cache enabled earlier), at ``transformer.enable_cache`` (a cache enabled later:
-the runner guards that method on this transformer instance until ``remove_fresco``), and at every call.
+The check runs at ``apply_fresco`` (a cache enabled earlier) and when a Fresco call starts (a cache enabled later).
+``transformer.enable_cache`` itself is left alone: other pipelines may share the transformer (``from_pipe``) and run
+any cache stock.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["check_cache", "guard_enable_cache", "unguard_enable_cache"]
+__all__ = ["check_cache"]
 
 _REFUSED = {
     "MagCacheConfig": "MagCache's skip ratios are calibrated per step of one fixed-size run; Fresco changes the token "
@@ -45,24 +46,3 @@ def check_cache(cache_config: Any, *, images: int | None = None, promotion_round
             f"Fresco's promotion rounds give each of the {images} images its own token layout; generate one image per "
             "call, set FrescoConfig(promotion_rounds=0), or use FirstBlockCacheConfig"
         )
-
-
-def guard_enable_cache(transformer: Any, promotion_rounds: int) -> None:
-    """Make ``transformer.enable_cache`` refuse, on this instance only, the caches Fresco cannot run with."""
-    if not hasattr(transformer, "enable_cache"):
-        return
-    original = transformer.enable_cache
-
-    def enable_cache(config: Any) -> None:
-        check_cache(config, promotion_rounds=promotion_rounds)
-        original(config)
-
-    enable_cache.__doc__ = original.__doc__
-    enable_cache._fresco_guard = True  # type: ignore[attr-defined]
-    transformer.enable_cache = enable_cache
-
-
-def unguard_enable_cache(transformer: Any) -> None:
-    guard = transformer.__dict__.get("enable_cache")
-    if guard is not None and getattr(guard, "_fresco_guard", False):
-        del transformer.enable_cache

@@ -61,7 +61,8 @@ class FluxFrescoRunner(DiffusersFrescoRunner):
         pipe._interrupt = False
 
         prompt = a["prompt"]
-        batch_size = 1 if isinstance(prompt, str) else len(prompt) if prompt is not None else a["prompt_embeds"].shape[0]
+        batch_size = (1 if isinstance(prompt, str) else len(prompt) if prompt is not None
+                      else a["prompt_embeds"].shape[0])
         device = pipe._execution_device
         num_images = a["num_images_per_prompt"]
         lora_scale = pipe._joint_attention_kwargs.get("scale", None)
@@ -70,8 +71,12 @@ class FluxFrescoRunner(DiffusersFrescoRunner):
         )
         true_cfg = a["true_cfg_scale"] > 1 and has_negative
         if true_cfg and a["prompt_embeds"] is not None and a["negative_prompt_embeds"] is not None:
-            if a["prompt_embeds"].shape != a["negative_prompt_embeds"].shape:
-                raise ValueError("`prompt_embeds` and `negative_prompt_embeds` must have the same shape")
+            if a["prompt_embeds"].shape != a["negative_prompt_embeds"].shape:  # stock checks inline, same words
+                raise ValueError(
+                    "`prompt_embeds` and `negative_prompt_embeds` must have the same shape when passed directly, but"
+                    f" got: `prompt_embeds` {a['prompt_embeds'].shape} != `negative_prompt_embeds`"
+                    f" {a['negative_prompt_embeds'].shape}."
+                )
 
         def encode(prompt, prompt_2, embeds, pooled):
             return dict(zip(("prompt_embeds", "pooled", "text_ids"), pipe.encode_prompt(
@@ -127,8 +132,8 @@ class FluxFrescoRunner(DiffusersFrescoRunner):
         unit = pipe.vae_scale_factor * 2
         geometry = TokenGeometry(pipe.transformer.config.in_channels // 4, 2, int(height) // unit, int(width) // unit)
         coarsest = max(self.config.stage_levels)
-        if not geometry.divides(coarsest):
-            factor = 1 << coarsest
+        factor = 1 << coarsest
+        if min(geometry.rows, geometry.cols) < factor or not geometry.divides(coarsest):
             multiple = unit * factor
             raise ValueError(
                 f"height={height}, width={width} give a {geometry.rows}x{geometry.cols} token grid, which does not "

@@ -22,8 +22,8 @@ from fresco_plugin.config import FrescoConfig
 from fresco_plugin.sampler import Step
 
 from ._diffusers_runner import rows_for
-from .para_attention import para_attention_mesh
 from ._video import StripDenoiser, VideoFrescoRunner
+from .para_attention import para_attention_mesh
 
 __all__ = ["HunyuanVideoFrescoRunner", "rope_at_positions"]
 
@@ -79,7 +79,8 @@ class HunyuanVideoFrescoRunner(VideoFrescoRunner):
         pipe._interrupt = False
         device = pipe._execution_device
         prompt = a["prompt"]
-        batch_size = 1 if isinstance(prompt, str) else len(prompt) if prompt is not None else a["prompt_embeds"].shape[0]
+        batch_size = (1 if isinstance(prompt, str) else len(prompt) if prompt is not None
+                      else a["prompt_embeds"].shape[0])
         transformer_dtype = pipe.transformer.dtype
 
         def encode(prompt, prompt_2, embeds, pooled, mask):
@@ -101,7 +102,8 @@ class HunyuanVideoFrescoRunner(VideoFrescoRunner):
         total = stages[-1].last_step
         schedules = self.schedules(stages, np.linspace(1.0, 0.0, total + 1)[:-1], geometry, None, device)
         denoiser = _HunyuanVideoDenoiser(pipe, text, negative, a["true_cfg_scale"])
-        denoiser.guidance = torch.tensor([a["guidance_scale"]] * videos, dtype=transformer_dtype, device=device) * 1000.0
+        denoiser.guidance = torch.tensor([a["guidance_scale"]] * videos, dtype=transformer_dtype,
+                                         device=device) * 1000.0
         denoiser.attention_kwargs = a["attention_kwargs"]
         denoiser.rope_hook, denoiser.patch = self.rope_hook, geometry.patch
         latents = self.sample(denoiser, field, fresh, stages, schedules, geometry, videos, a, device)

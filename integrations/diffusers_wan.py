@@ -9,6 +9,7 @@ free guidance (two forwards per step when ``guidance_scale > 1``). Wan2.2's two-
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -61,6 +62,13 @@ class WanFrescoRunner(VideoFrescoRunner):
         height, width, num_frames = a["height"], a["width"], a["num_frames"]
         pipe.check_inputs(a["prompt"], a["negative_prompt"], height, width, a["prompt_embeds"],
                           a["negative_prompt_embeds"], a["callback_on_step_end_tensor_inputs"], a["guidance_scale_2"])
+        temporal = pipe.vae_scale_factor_temporal
+        if isinstance(num_frames, int) and num_frames % temporal != 1:  # the stock pipeline rounds the same way
+            warnings.warn(f"num_frames={num_frames}: Wan makes {temporal}k + 1 frames; rounding to "
+                          f"{max(num_frames // temporal * temporal + 1, 1)} as the stock pipeline does", UserWarning,
+                          stacklevel=3)
+            num_frames = num_frames // temporal * temporal + 1
+        num_frames = max(num_frames, 1) if isinstance(num_frames, int) else num_frames
         geometry = self.video_geometry(height, width, num_frames, tuple(pipe.transformer.config.patch_size)[-1])
         stages = self.plan(a, explicit)
         pipe._guidance_scale = a["guidance_scale"]
@@ -70,7 +78,8 @@ class WanFrescoRunner(VideoFrescoRunner):
         pipe._interrupt = False
         device = pipe._execution_device
         prompt = a["prompt"]
-        batch_size = 1 if isinstance(prompt, str) else len(prompt) if prompt is not None else a["prompt_embeds"].shape[0]
+        batch_size = (1 if isinstance(prompt, str) else len(prompt) if prompt is not None
+                      else a["prompt_embeds"].shape[0])
         cfg = pipe.do_classifier_free_guidance
         embeds, negative_embeds = pipe.encode_prompt(
             prompt=prompt, negative_prompt=a["negative_prompt"], do_classifier_free_guidance=cfg,

@@ -22,7 +22,8 @@ def tiny_flux_pipeline(*, guidance_embeds: bool = True, static_shift: bool = Fal
     torch.manual_seed(seed)
     transformer = (transformer_class or FluxTransformer2DModel)(
         patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
-        num_attention_heads=num_attention_heads, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 6, 6],
+        num_attention_heads=num_attention_heads, joint_attention_dim=32, pooled_projection_dim=32,
+        axes_dims_rope=[4, 6, 6],
         guidance_embeds=guidance_embeds,
     )
     vae = AutoencoderKL(
@@ -49,8 +50,12 @@ def tiny_hunyuan_video_pipeline(*, patch_size_t: int = 1, seed: int = 0, num_att
     Pass ``prompt_embeds`` (B, L, 16), ``pooled_prompt_embeds`` (B, 8) and ``prompt_attention_mask`` (B, L).
     ``transformer_class`` (a subclass of ``HunyuanVideoTransformer3DModel``) gets the same weights for the same seed.
     """
-    from diffusers import (AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline,
-                           HunyuanVideoTransformer3DModel)
+    from diffusers import (
+        AutoencoderKLHunyuanVideo,
+        FlowMatchEulerDiscreteScheduler,
+        HunyuanVideoPipeline,
+        HunyuanVideoTransformer3DModel,
+    )
 
     torch.manual_seed(seed)
     transformer = (transformer_class or HunyuanVideoTransformer3DModel)(
@@ -120,8 +125,12 @@ def random_hunyuan_video_pipeline(*, device: str = "cuda", dtype: torch.dtype = 
     """HunyuanVideo at its real size (13B) with random weights, from the embedded public config, without text
     encoders (pass prompt embeddings: (1, L, 4096), pooled (1, 768) and a mask). The VAE is a tiny stand-in with the
     real compression (8x spatial, 4x temporal), so decode nothing: use ``output_type="latent"``. About 26 GB in bf16."""
-    from diffusers import (AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline,
-                           HunyuanVideoTransformer3DModel)
+    from diffusers import (
+        AutoencoderKLHunyuanVideo,
+        FlowMatchEulerDiscreteScheduler,
+        HunyuanVideoPipeline,
+        HunyuanVideoTransformer3DModel,
+    )
 
     from ..flops import MODELS
 

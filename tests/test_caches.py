@@ -3,11 +3,18 @@
 import pytest
 import torch
 from conftest import text_inputs
-from diffusers.hooks import (FasterCacheConfig, FirstBlockCacheConfig, MagCacheConfig,
-                             PyramidAttentionBroadcastConfig, SeaCacheConfig, TaylorSeerCacheConfig,
-                             TextKVCacheConfig)
+from diffusers import FluxPipeline
+from diffusers.hooks import (
+    FasterCacheConfig,
+    FirstBlockCacheConfig,
+    MagCacheConfig,
+    PyramidAttentionBroadcastConfig,
+    SeaCacheConfig,
+    TaylorSeerCacheConfig,
+    TextKVCacheConfig,
+)
 
-from fresco_plugin import FrescoConfig, apply_fresco, remove_fresco
+from fresco_plugin import FrescoConfig, apply_fresco
 from fresco_plugin.integrations.tiny import tiny_flux_pipeline
 
 CONFIG = FrescoConfig(stage_scales=(0.25, 0.5, 1.0), promotion_rounds=1)
@@ -28,7 +35,8 @@ def _call(pipe, batch=1, **kwargs):
 def _last_block_calls(pipe):
     calls = []
     # a skipped block is still called (the cache hook answers for it); its projections are not
-    handle = pipe.transformer.single_transformer_blocks[-1].attn.to_q.register_forward_pre_hook(lambda *a: calls.append(1))
+    last = pipe.transformer.single_transformer_blocks[-1].attn.to_q
+    handle = last.register_forward_pre_hook(lambda *a: calls.append(1))
     return calls, handle
 
 
@@ -74,7 +82,8 @@ def test_the_reset_is_what_makes_them_run(monkeypatch):
 
 @pytest.mark.parametrize("cache,name", [
     (MagCacheConfig(num_inference_steps=12, mag_ratios=torch.ones(12).tolist()), "MagCacheConfig"),
-    (FasterCacheConfig(spatial_attention_block_skip_range=2, current_timestep_callback=lambda: 500), "FasterCacheConfig"),
+    (FasterCacheConfig(spatial_attention_block_skip_range=2, current_timestep_callback=lambda: 500),
+     "FasterCacheConfig"),
 ])
 def test_caches_that_cannot_compose_are_refused_in_either_order(cache, name):
     pipe = _pipe()
@@ -83,11 +92,13 @@ def test_caches_that_cannot_compose_are_refused_in_either_order(cache, name):
         apply_fresco(pipe, CONFIG)
     pipe.transformer.disable_cache()
     apply_fresco(pipe, CONFIG)
+    stock = FluxPipeline.from_pipe(pipe)  # a stock pipeline on the same transformer may run any cache
+    pipe.transformer.enable_cache(cache)
+    assert type(stock.transformer._cache_config).__name__ == name
     with pytest.raises(ValueError, match=f"{name} does not compose with Fresco"):
-        pipe.transformer.enable_cache(cache)
-    remove_fresco(pipe)
-    pipe.transformer.enable_cache(cache)  # the guard leaves with Fresco
-    assert type(pipe.transformer._cache_config).__name__ == name
+        _call(pipe)  # refused before the first forward
+    pipe.transformer.disable_cache()
+    assert _call(pipe).shape == (1, 1024, 16)
 
 
 def test_pyramid_attention_broadcast_is_refused_for_split_batches():

@@ -10,12 +10,19 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-from conftest import (UNEVEN_SIZE, assert_every_step_matches, generate_flux_steps, ranks_agree_under_score_noise,
-                      run_ranks)
+from conftest import (
+    UNEVEN_SIZE,
+    assert_every_step_matches,
+    generate_flux_steps,
+    ranks_agree_under_score_noise,
+    run_ranks,
+)
 
 from fresco_plugin import FrescoConfig, apply_fresco
 from fresco_plugin.integrations._diffusers_runner import ulysses_padding_mask
 from fresco_plugin.integrations.tiny import tiny_flux_pipeline
+
+pytestmark = pytest.mark.multiprocess
 
 CONFIG = FrescoConfig(stage_scales=(0.25, 0.5, 1.0), promotion_rounds=1)
 TIMEOUT_S = 240

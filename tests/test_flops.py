@@ -161,3 +161,30 @@ def test_fresco_flops_prices_a_recorded_run(tmp_path, capsys):
     assert f"recorded run: {cached.flops() / 1e12:.4f} TFLOPs" in out and "the cache saved" in out
     skipped = sum(1 for r in cached.records if r.blocks_run["single_transformer_blocks"] == 0)
     assert f"{skipped} forward(s) skipped blocks" in out and skipped > 0
+
+
+@pytest.mark.parametrize("target", [3, 5, 10])
+def test_the_flux_dev_presets_are_points_of_for_speedup(target):
+    assert FrescoConfig.for_speedup(target) == FrescoConfig.preset(f"flux-dev-{target}x")
+
+
+def test_for_speedup_meets_any_target_with_the_most_steps_and_refuses_the_unreachable():
+    for target in (2.5, 7, 16):
+        config = FrescoConfig.for_speedup(target, height=1024, width=1024)
+        assert count_plan_flops(config, "flux-dev").speedup >= target
+        longer = FrescoConfig(**{**config.__dict__, "stage_steps": (config.stage_steps[0], config.stage_steps[1] + 1)})
+        assert count_plan_flops(longer, "flux-dev").speedup < target  # one more full-resolution step would miss it
+    with pytest.raises(ValueError, match=r"target=100x is out of reach .* at most 38.79x"):
+        FrescoConfig.for_speedup(100)
+    with pytest.raises(ValueError, match="target=-1"):
+        FrescoConfig.for_speedup(-1)
+
+
+def test_fresco_plan_prints_a_config_fresco_flops_takes(tmp_path, capsys):
+    assert main(["plan", "--target", "8", "--json"]) == 0
+    fields = json.loads(capsys.readouterr().out)
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(fields))
+    assert main(["flops", "--config", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["speedup"] >= 8
+    assert main(["plan", "--target", "1000"]) == 2

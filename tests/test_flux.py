@@ -1,5 +1,8 @@
 """Fresco on a stock diffusers FluxPipeline (tiny random weights built from configs)."""
 
+import re
+import warnings
+
 import diffusers
 import pytest
 import torch
@@ -200,10 +203,10 @@ def test_bad_input_fails_before_any_model_call(flux_pipe):
     apply_fresco(flux_pipe, FrescoConfig(stage_scales=(0.25, 0.5, 1.0)))
     with pytest.raises(ValueError, match=r"height=36, width=64 give a 18x32 token grid.*multiples of 8"):
         _call(flux_pipe, height=36, width=64)  # 18 token rows have no whole quarter-resolution grid
-    with pytest.raises(ValueError, match="does not match FrescoConfig.stage_steps"):
-        remove_fresco(flux_pipe)
-        apply_fresco(flux_pipe, "flux-dev-10x")
-        _call(flux_pipe, num_inference_steps=20)
+    with pytest.raises(ValueError, match=r"height=1, width=64 give a 0x32 token grid.*multiples of 8"):
+        _call(flux_pipe, height=1, width=64)  # stock makes an empty latent and fails deep inside
+    with pytest.raises(ValueError, match=r"num_images_per_prompt=0: give a whole number >= 1"):
+        _call(flux_pipe, num_images_per_prompt=0)
     with pytest.raises(ValueError, match="IP-Adapter"):
         _call(flux_pipe, ip_adapter_image_embeds=[torch.zeros(1, 4)])
     with pytest.raises(ValueError, match="drop sigmas="):
@@ -241,3 +244,45 @@ def test_a_subclass_with_its_own_call_is_refused():
     pipe.__class__ = CustomFlux
     with pytest.raises(ValueError, match="overrides FluxPipeline.__call__"):
         apply_fresco(pipe, FrescoConfig())
+
+
+@pytest.mark.parametrize("config,steps,warning", [
+    ("flux-dev-10x", 28, "fixes 7 steps .* num_inference_steps=28 is not used"),  # FLUX.1-dev examples pass 28 or 50
+    ("flux-dev-10x", 50, "num_inference_steps=50 is not used"),
+    ("flux-schnell-22x", 4, None),  # schnell examples pass 4: the preset's own count
+    (FrescoConfig(), 4, "too few for promotion_rounds=1; running 0 round"),
+    (FrescoConfig(), 2, "too few for promotion_rounds=1; running 0 round"),
+    (FrescoConfig(), 1, r"fewer than the 2 stages .* running stages \(1.0,\)"),
+    (FrescoConfig(stage_scales=(0.25, 0.5, 1.0)), 2, r"running stages \(0.5, 1.0\)"),
+])
+def test_existing_call_sites_keep_working(flux_pipe, config, steps, warning):
+    """Turning Fresco on never breaks a call that passes its own num_inference_steps: a preset runs its plan, a
+    plain config fits itself to the steps, and either says so once."""
+    apply_fresco(flux_pipe, config)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = _call(flux_pipe, num_inference_steps=steps)
+        _call(flux_pipe, num_inference_steps=steps)
+    notes = [str(w.message) for w in caught if "Fresco:" in str(w.message)]
+    assert torch.isfinite(out).all()
+    if warning is None:
+        assert not notes
+    else:
+        assert len(notes) == 1 and re.search(warning, notes[0]), notes  # once, not at every call
+    if steps == 1:  # one step is the stock step
+        remove_fresco(flux_pipe)
+        assert torch.equal(out, _call(flux_pipe, num_inference_steps=1))
+
+
+def test_mismatched_negative_embeds_are_refused_in_the_stock_words(flux_pipe):
+    text = text_inputs()
+    negative = dict(negative_prompt_embeds=text["prompt_embeds"][:, :-1], true_cfg_scale=2.0,
+                    negative_pooled_prompt_embeds=text["pooled_prompt_embeds"])
+    messages = []
+    for fresco in (False, True):
+        if fresco:
+            apply_fresco(flux_pipe, FrescoConfig())
+        with pytest.raises(ValueError) as refused:
+            _call(flux_pipe, **negative)
+        messages.append(str(refused.value))
+    assert messages[0] == messages[1] and "must have the same shape" in messages[0]

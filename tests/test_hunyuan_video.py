@@ -64,7 +64,7 @@ def test_remove_and_single_stage_are_bit_identical(video_pipe):
     remove_fresco(video_pipe)
     assert type(video_pipe) is diffusers.HunyuanVideoPipeline
     assert torch.equal(_call(video_pipe, text=text), stock)
-    assert not video_pipe.transformer.rope._diffusers_hook.hooks  # the rope hook went with Fresco
+    assert not video_pipe.transformer.rope._forward_hooks  # the rope hook went with Fresco
 
 
 @pytest.mark.parametrize("config", [FrescoConfig(), FrescoConfig(stage_scales=(0.25, 0.5, 1.0), promotion_ratio=0.5)])
@@ -148,11 +148,18 @@ def test_mixed_token_path_equals_the_grid_path(video_pipe):
     assert torch.allclose(strip, grid[:, order], atol=1e-5)
 
 
+@pytest.mark.parametrize("num_frames", [2, 6])
+def test_frame_counts_stock_accepts_work_the_same_way(video_pipe, num_frames):
+    stock = _call(video_pipe, num_frames=num_frames, num_inference_steps=2)
+    apply_fresco(video_pipe, FrescoConfig(stage_scales=(1.0,)))
+    assert torch.equal(_call(video_pipe, num_frames=num_frames, num_inference_steps=2), stock)
+
+
 def test_unsupported_settings_are_refused(video_pipe):
     with pytest.raises(ValueError, match="patch_size_t == 1"):
         apply_fresco(tiny_hunyuan_video_pipeline(patch_size_t=2), FrescoConfig())
     apply_fresco(video_pipe, FrescoConfig())
-    with pytest.raises(ValueError, match=r"num_frames=6: HunyuanVideo needs 4k \+ 1 frames"):
-        _call(video_pipe, num_frames=6)
+    with pytest.raises(ValueError, match=r"num_frames=0: give a whole number >= 1"):
+        _call(video_pipe, num_frames=0)
     with pytest.raises(ValueError, match="drop sigmas="):
         _call(video_pipe, sigmas=[1.0, 0.5])

@@ -17,6 +17,8 @@ from fresco_plugin import FrescoConfig, apply_fresco
 from fresco_plugin.integrations.hunyuan_video_parallel import interleave_mask
 from fresco_plugin.integrations.tiny import tiny_hunyuan_video_pipeline
 
+pytestmark = pytest.mark.multiprocess
+
 CONFIG = FrescoConfig(stage_scales=(0.5, 1.0), promotion_rounds=1)
 TIMEOUT_S = 240
 

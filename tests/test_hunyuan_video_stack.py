@@ -5,9 +5,15 @@ generation are bounded."""
 
 import pytest
 import torch
-from diffusers.hooks import (FasterCacheConfig, FirstBlockCacheConfig, MagCacheConfig,
-                             PyramidAttentionBroadcastConfig, SeaCacheConfig, TaylorSeerCacheConfig,
-                             TextKVCacheConfig)
+from diffusers.hooks import (
+    FasterCacheConfig,
+    FirstBlockCacheConfig,
+    MagCacheConfig,
+    PyramidAttentionBroadcastConfig,
+    SeaCacheConfig,
+    TaylorSeerCacheConfig,
+    TextKVCacheConfig,
+)
 from quantizers import QUANTIZERS
 from quantizers import relative_error as _relative
 from torch._dynamo.testing import CompileCounter

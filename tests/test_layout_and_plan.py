@@ -93,7 +93,20 @@ def test_flux_shift_helpers_match_the_published_formula():
         ({"stage_scales": (0.5,)}, "end at full resolution"),
         ({"stage_scales": (0.3, 1.0)}, "power of 1/2"),
         ({"stage_steps": (3,)}, "one per stage"),
-        ({"stage_steps": (0, 4)}, "whole number >= 1"),
+        ({"stage_steps": (0, 4)}, r"whole number of steps in \[1, 10000\]"),
+        ({"stage_steps": (3.5, 4)}, r"stage_steps=3.5: give a whole number"),
+        ({"stage_steps": 3}, "one value per stage"),
+        ({"stage_shifts": (float("nan"), 1.0)}, "stage_shifts=nan: give a finite number"),
+        ({"stage_shifts": (1e-30, 2.0)}, r"in \[0.01, 1000.0\]"),
+        ({"stage_fractions": (1e308, 1e308)}, r"stage_fractions.*\(0, 1e6\]"),
+        ({"promotion_rounds": 10**9, "stage_steps": (3, 4)}, r"promotion_rounds=1000000000"),
+        ({"token_multiple": 10**9}, r"token_multiple=1000000000"),
+        ({"score_window": 1}, r"score_window=1: the score 'x0_step_variance' needs at least 2"),
+        ({"strategy": "ralu", "strategy_options": {"noise_ratio": float("nan")}}, "finite Z >= 2"),
+        ({"strategy_options": {"noise_ratio": 3.0}}, r"strategy_options=.* do not fit the strategy 'fresco'"),
+        ({"promotion_threshold": "x"}, r"promotion_threshold='x': give a number"),
+        ({"promotion_ratio": None}, "promotion_ratio=None: give a number"),
+        ({"score": ["x0_step_variance"]}, r"score=\['x0_step_variance'\]: give a name"),
         ({"promotion_ratio": 0.0}, r"outside \(0, 1\]"),
         ({"promotion_ratio": 1.5}, r"outside \(0, 1\]"),
         ({"promotion_order": "random"}, "settled_first"),
@@ -105,6 +118,12 @@ def test_flux_shift_helpers_match_the_published_formula():
 def test_bad_config_names_the_field(kwargs, match):
     with pytest.raises(ValueError, match=match):
         FrescoConfig(**kwargs)
+
+
+def test_whole_number_floats_and_lists_are_taken_as_counts_and_tuples():
+    config = FrescoConfig(stage_steps=[3.0, 4], promotion_rounds=2.0, token_multiple=2.0, score_window=3.0)
+    assert config.stage_steps == (3, 4) and config.promotion_rounds == 2 and config.token_multiple == 2
+    assert all(type(v) is int for v in (*config.stage_steps, config.promotion_rounds, config.score_window))
 
 
 def test_plan_errors_name_the_fix():
@@ -132,3 +151,17 @@ def test_step_variance_scores_match_torch_var():
     assert torch.allclose(x0_step_variance(history), expected, atol=1e-6)
     assert torch.allclose(latent_step_variance(history),
                           torch.stack([r.latents for r in history]).var(dim=0).mean(-1), atol=1e-6)
+
+
+def test_level_map_paints_each_token_over_the_area_it_covers():
+    layout = TokenLayout.uniform(1, GEOMETRY, 1, CPU)
+    mask = torch.zeros(1, 12, dtype=torch.bool)
+    mask[0, 4] = True  # row 1, col 1 on the half-resolution grid: full-resolution rows 2-3, cols 2-3
+    mixed, _, _ = layout.promote(mask)
+    levels = mixed.level_map(GEOMETRY)
+    assert levels.shape == (1, 1, GEOMETRY.rows, GEOMETRY.cols) and levels.dtype == torch.int8
+    expected = torch.ones(GEOMETRY.rows, GEOMETRY.cols, dtype=torch.int8)
+    expected[2:4, 2:4] = 0
+    assert torch.equal(levels[0, 0], expected)
+    odd = TokenGeometry(channels=16, patch=2, rows=5, cols=3)  # the coarse grid pads past the picture
+    assert torch.equal(TokenLayout.uniform(2, odd, 1, CPU).level_map(odd), torch.ones(2, 1, 5, 3, dtype=torch.int8))

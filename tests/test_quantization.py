@@ -17,7 +17,6 @@ from fresco_plugin import FrescoConfig, apply_fresco
 from fresco_plugin.integrations.quanto import calibrate_activations
 from fresco_plugin.integrations.tiny import tiny_flux_pipeline
 
-
 WHOLE_STAGES = FrescoConfig(stage_scales=(0.25, 0.5, 1.0), promotion_rounds=0)
 WITH_ROUNDS = FrescoConfig(stage_scales=(0.25, 0.5, 1.0), promotion_rounds=1)
 

@@ -30,7 +30,7 @@ def _oracle(target: torch.Tensor, stages, config):
     def denoise(latents, positions, step):
         base = stages[step.stage].level
         scale = 2.0**base
-        centre = positions[..., 1:] * scale + (scale - 1) / 2  # full-resolution token coordinates of each token's centre
+        centre = positions[..., 1:] * scale + (scale - 1) / 2  # full-resolution coordinates of each token's centre
         row = (centre[..., 0] // 4).long().clamp(0, GEOMETRY.rows // 4 - 1) * 4
         col = (centre[..., 1] // 4).long().clamp(0, GEOMETRY.cols // 4 - 1) * 4
         expected = target[0, row * GEOMETRY.cols + col]  # the block's value (any token inside it)
@@ -77,3 +77,21 @@ def test_the_oracle_notices_misplaced_tokens():
     result = sample(shifted, first, config=config, stages=stages, schedules=static_schedules(stages, shift=3.0),
                     geometry=GEOMETRY, field=field)
     assert not torch.allclose(result.latents, target, atol=1e-2)
+
+
+def test_resolution_maps_say_which_tokens_ran_at_full_resolution_from_which_step():
+    config = FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(4, 3), promotion_rounds=1, promotion_ratio=0.25)
+    stages = plan_stages(config, None, min_score_history=min_score_history(config))
+    field = NoiseField.from_hash([3], GEOMETRY.channels, GEOMETRY.rows * 2, GEOMETRY.cols * 2)
+    first = field.tokens(TokenLayout.uniform(1, GEOMETRY, stages[0].level, torch.device("cpu")), GEOMETRY)
+    result = sample(_oracle(_target(), stages, config), first, config=config, stages=stages,
+                    schedules=static_schedules(stages, shift=3.0), geometry=GEOMETRY, field=field)
+    round_step = stages[0].promotion_after[0]
+    assert [step for step, _ in result.resolution_maps] == [0, round_step, 4]
+    sketch, mixed, full = (levels[0, 0] for _, levels in result.resolution_maps)
+    assert bool((sketch == 1).all()) and bool((full == 0).all())
+    promoted_area = int((mixed == 0).sum())  # a quarter of the 48 half-resolution tokens, 4 children each
+    assert promoted_area == 4 * 12
+    # each promoted token covers a whole 2x2 block of the full grid
+    blocks = (mixed == 0).view(GEOMETRY.rows // 2, 2, GEOMETRY.cols // 2, 2).sum((1, 3))
+    assert set(blocks.unique().tolist()) == {0, 4}

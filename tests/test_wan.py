@@ -24,7 +24,8 @@ def wan_pipe():
 
 def _call(pipe, seed=0, **kwargs):
     g = torch.Generator().manual_seed(1)
-    args = dict(prompt_embeds=torch.randn(1, 6, 32, generator=g), negative_prompt_embeds=torch.randn(1, 6, 32, generator=g),
+    args = dict(prompt_embeds=torch.randn(1, 6, 32, generator=g),
+                negative_prompt_embeds=torch.randn(1, 6, 32, generator=g),
                 **SIZE, num_inference_steps=8, output_type="latent", generator=torch.Generator().manual_seed(seed))
     args.update(kwargs)
     return pipe(**args).frames
@@ -56,6 +57,14 @@ def test_token_counts_follow_the_plan_with_cfg(wan_pipe):
     assert torch.equal(out, _call(wan_pipe))
 
 
+@pytest.mark.parametrize("num_frames", [0, 2, 6, 8])
+def test_frame_counts_stock_rounds_are_rounded_the_same_way(wan_pipe, num_frames):
+    stock = _call(wan_pipe, num_frames=num_frames, num_inference_steps=2)
+    apply_fresco(wan_pipe, FrescoConfig(stage_scales=(1.0,)))
+    with pytest.warns(UserWarning, match=f"num_frames={num_frames}: Wan makes 4k"):
+        assert torch.equal(_call(wan_pipe, num_frames=num_frames, num_inference_steps=2), stock)
+
+
 def test_wan_rope_at_positions_matches_the_stock_table(wan_pipe):
     rope = wan_pipe.transformer.rope
     geometry = TokenGeometry(16, 2, ROWS, COLS, frames=FRAMES)
@@ -66,10 +75,6 @@ def test_wan_rope_at_positions_matches_the_stock_table(wan_pipe):
 
 
 def test_unsupported_wan_settings_are_refused(wan_pipe):
-    apply_fresco(wan_pipe, FrescoConfig())
-    with pytest.raises(ValueError, match=r"num_frames=6: Wan needs 4k \+ 1 frames"):
-        _call(wan_pipe, num_frames=6)
-    remove_fresco(wan_pipe)
     wan_pipe.scheduler = diffusers.UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True)
     with pytest.raises(ValueError, match="needs a FlowMatchEulerDiscreteScheduler"):
         apply_fresco(wan_pipe, FrescoConfig())

@@ -1,0 +1,70 @@
+"""Plans for any FLOPs target: ``FrescoConfig.for_speedup`` and ``fresco plan``.
+
+A plan here has the shape the preset sweep measured best on the shipped scenes model (``benchmarks/preset_sweep.py``,
+BENCHMARKS.md): a short half-resolution sketch with one promotion round, then the rest of the budget at full
+resolution. For a target, the sketch is fixed by the budget's band and the full-resolution stage gets the most steps
+that still reach the target on the named architecture and size, counted exactly as ``fresco flops`` counts (so the
+FLUX.1-dev presets are points of this function, a test).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .config import FrescoConfig
+
+__all__ = ["SketchShape", "plan_for_speedup"]
+
+
+@dataclass(frozen=True)
+class SketchShape:
+    """The low-resolution part of a plan: steps at half resolution and the share promoted after its second-to-last
+    step (a round needs two steps of score history before it and one step after)."""
+
+    steps: int
+    promotion_ratio: float
+
+    def config(self, full_steps: int) -> FrescoConfig:
+        rounds = 1 if self.steps >= 3 else 0
+        return FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(self.steps, full_steps), promotion_rounds=rounds,
+                            promotion_ratio=self.promotion_ratio)
+
+
+# (lowest target of the band, sketch): measured on the shipped model by the preset sweep; beyond the last band the
+# sketch shrinks until the target fits.
+BANDS = ((0.0, SketchShape(3, 0.5)), (4.0, SketchShape(3, 0.1)))
+FALLBACKS = (SketchShape(2, 0.1), SketchShape(1, 0.1))
+
+
+def plan_for_speedup(target: float, *, model: str = "flux-dev", height: int | None = None, width: int | None = None,
+                     frames: int | None = None, baseline_steps: int = 50) -> FrescoConfig:
+    """The plan of the measured shape with the most full-resolution steps whose transformer-FLOPs speedup over
+    ``model``'s ``baseline_steps``-step full-resolution run is at least ``target``. Raises ``ValueError`` with the
+    reachable range when no plan of that shape gets there."""
+    from .flops import count_plan_flops
+
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not math.isfinite(target) or target <= 0:
+        raise ValueError(f"target={target!r}: give a FLOPs speedup above 0 (for example 5 for 5x)")
+    band = next(shape for low, shape in reversed(BANDS) if target >= low)
+
+    def speedup(shape: SketchShape, full_steps: int) -> float:
+        return count_plan_flops(shape.config(full_steps), model, height=height, width=width, frames=frames,
+                                baseline_steps=baseline_steps).speedup
+
+    best = 0.0
+    for shape in (band, *FALLBACKS):
+        low, high = 1, baseline_steps  # speedup falls as full-resolution steps rise: bisect the last that reaches it
+        if speedup(shape, low) < target:
+            best = max(best, speedup(shape, low))
+            continue
+        while low < high:
+            middle = (low + high + 1) // 2
+            if speedup(shape, middle) >= target:
+                low = middle
+            else:
+                high = middle - 1
+        return shape.config(low)
+    raise ValueError(f"target={target:g}x is out of reach for {model} at this size: plans of this shape reach at most "
+                     f"{best:.2f}x (1 half-resolution step and 1 full-resolution step); ask for {math.floor(best):g}x "
+                     "or less")
