@@ -129,7 +129,8 @@ def main() -> None:
                   full_forward_seconds=full_forward, presets=rows)
     with open(args.out, "w") as handle:
         json.dump(result, handle, indent=2)
-    print(f"baseline: {args.baseline_steps} steps in {baseline_seconds:.1f} s at the start; one full-resolution forward "
+    print(f"baseline: {args.baseline_steps} steps in {baseline_seconds:.1f} s at the start; "
+          f"one full-resolution forward "
           f"{full_forward * 1000:.0f} ms; each preset is compared with {args.bracket_steps}-step stock runs timed just "
           f"before and after it, scaled to {args.baseline_steps} steps")
     print("| preset | steps | FLOPs ratio | stock 50 steps (bracketed) | Fresco | wall-time ratio | wall / FLOPs | "

@@ -172,7 +172,8 @@ def main() -> int:
             seconds=float(sum(p["seconds"] for p in per)), flops=int(sum(p["flops"] for p in per)),
             per_prompt_ssim=[p["ssim"] for p in per],
         ))
-    report = dict(prompts=len(results), held_out=sum(r["held_out"] for r in results), threads_per_worker=1, torch=torch.__version__,
+    report = dict(prompts=len(results), held_out=sum(r["held_out"] for r in results), threads_per_worker=1,
+                  torch=torch.__version__,
                   rows=rows)
     args.out.write_text(json.dumps(report, indent=1))
     for budget in BUDGETS:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 
@@ -39,7 +40,8 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=1024)
     parser.add_argument("--baseline-steps", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="fresco")
+    parser.add_argument("--out", default="fresco-out/flux",
+                        help="path prefix of the two pictures written (stock and Fresco)")
     parser.add_argument("--tiny", action="store_true", help="offline run on a tiny random-weight pipeline")
     args = parser.parse_args()
 
@@ -49,7 +51,8 @@ def main() -> None:
         schnell = args.preset.startswith("flux-schnell")
         pipe = tiny_flux_pipeline(guidance_embeds=not schnell, static_shift=schnell)
         g = torch.Generator().manual_seed(args.seed)
-        call = dict(prompt_embeds=torch.randn(1, 16, 32, generator=g), pooled_prompt_embeds=torch.randn(1, 32, generator=g),
+        call = dict(prompt_embeds=torch.randn(1, 16, 32, generator=g),
+                    pooled_prompt_embeds=torch.randn(1, 32, generator=g),
                     height=128, width=128, output_type="latent")
     else:
         from diffusers import FluxPipeline
@@ -75,6 +78,7 @@ def main() -> None:
                     zip(_as_tensors(stock.images), _as_tensors(again.images)))
     print(f"after remove_fresco the pipeline is bit-identical to stock: {identical}")
     if not args.tiny:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         stock.images[0].save(f"{args.out}_stock.png")
         fresco.images[0].save(f"{args.out}_{args.preset}.png")
         print(f"wrote {args.out}_stock.png and {args.out}_{args.preset}.png")

@@ -49,7 +49,8 @@ def main() -> None:
 
         pipe = tiny_flux_pipeline(num_attention_heads=4)
         g = torch.Generator().manual_seed(args.seed)
-        call = dict(prompt_embeds=torch.randn(1, 8, 32, generator=g), pooled_prompt_embeds=torch.randn(1, 32, generator=g),
+        call = dict(prompt_embeds=torch.randn(1, 8, 32, generator=g),
+                    pooled_prompt_embeds=torch.randn(1, 32, generator=g),
                     height=64, width=64, num_inference_steps=12, output_type="latent")
         config = FrescoConfig(stage_scales=(0.25, 0.5, 1.0))
     else:

@@ -60,7 +60,8 @@ def main() -> None:
 
         pipe = tiny_flux_pipeline(num_attention_heads=4, transformer_class=xFuserFlux1Transformer2DWrapper)
         g = torch.Generator().manual_seed(input_config.seed)
-        call = dict(prompt_embeds=torch.randn(1, 8, 32, generator=g), pooled_prompt_embeds=torch.randn(1, 32, generator=g),
+        call = dict(prompt_embeds=torch.randn(1, 8, 32, generator=g),
+                    pooled_prompt_embeds=torch.randn(1, 32, generator=g),
                     height=64, width=64, output_type="latent")
         text_tokens, device = 8, "cpu"
     else:

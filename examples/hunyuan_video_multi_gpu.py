@@ -53,7 +53,8 @@ def main() -> None:
 
         pipe = tiny_hunyuan_video_pipeline(num_attention_heads=4)
         g = torch.Generator().manual_seed(args.seed)
-        call = dict(prompt_embeds=torch.randn(1, 8, 16, generator=g), pooled_prompt_embeds=torch.randn(1, 8, generator=g),
+        call = dict(prompt_embeds=torch.randn(1, 8, 16, generator=g),
+                    pooled_prompt_embeds=torch.randn(1, 8, generator=g),
                     prompt_attention_mask=torch.ones(1, 8, dtype=torch.long), height=64, width=80, num_frames=5,
                     num_inference_steps=8, output_type="latent")
         config = FrescoConfig(stage_scales=(0.5, 1.0))

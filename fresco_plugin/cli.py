@@ -20,7 +20,8 @@ def _load_config(args: argparse.Namespace) -> FrescoConfig:
             fields = json.load(handle)
         unknown = set(fields) - set(FrescoConfig.field_names())
         if unknown:
-            raise SystemExit(f"fresco flops: {args.config} has unknown FrescoConfig fields: {', '.join(sorted(unknown))}")
+            raise SystemExit(f"fresco flops: {args.config} has unknown FrescoConfig fields: "
+                             f"{', '.join(sorted(unknown))}")
         return FrescoConfig(**fields)
     return FrescoConfig.preset(args.preset or "flux-dev-10x")
 
@@ -60,51 +61,105 @@ def _recorded_flops(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan(args: argparse.Namespace) -> int:
+    from .flops import count_plan_flops
+
+    config = FrescoConfig.for_speedup(args.target, model=args.model, height=args.height, width=args.width,
+                                      frames=args.frames, steps_budget=args.steps_budget)
+    report = count_plan_flops(config, args.model, height=args.height, width=args.width, frames=args.frames,
+                              baseline_steps=args.steps_budget)
+    fields = json.dumps(report.config, indent=2)
+    print(fields if args.json else f"{report.table()}\n\nFrescoConfig fields:\n{fields}")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     from .flops import MODELS
 
     parser = argparse.ArgumentParser(prog="fresco", description="Fresco dynamic-resolution sampling tools")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show third-party libraries' import warnings and loading bars (hidden by default)")
     commands = parser.add_subparsers(dest="command", required=True)
     flops = commands.add_parser(
         "flops", help="transformer FLOPs of a Fresco plan vs the 50-step full-resolution baseline",
         description="Count the transformer FLOPs of a Fresco plan on the real architecture (built on the meta "
                     "device from its public config) and compare with the model's 50-step full-resolution run.",
     )
-    flops.add_argument("--model", default="flux-dev", choices=sorted(MODELS))
-    flops.add_argument("--preset", choices=sorted(PRESETS), help="a FrescoConfig preset (default flux-dev-10x)")
-    flops.add_argument("--config", help="a JSON file of FrescoConfig fields")
+    flops.add_argument("--model", default="flux-dev", choices=sorted(MODELS),
+                       help="architecture (default: %(default)s)")
+    flops.add_argument("--preset", choices=sorted(PRESETS), help="a FrescoConfig preset (default: flux-dev-10x)")
+    flops.add_argument("--config", help="a JSON file of FrescoConfig fields (instead of --preset)")
     flops.add_argument("--height", type=int, help="pixels (default: the model's usual size)")
-    flops.add_argument("--width", type=int)
-    flops.add_argument("--frames", type=int, help="video frames (4k + 1)")
-    flops.add_argument("--steps", type=int, help="Fresco steps, when the config does not fix them")
-    flops.add_argument("--baseline-steps", type=int, default=50)
+    flops.add_argument("--width", type=int, help="pixels (default: the model's usual size)")
+    flops.add_argument("--frames", type=int, help="video frames, 4k + 1 (default: the video model's usual count)")
+    flops.add_argument("--steps", type=int, help="Fresco steps, when the config does not fix them (default: 50)")
+    flops.add_argument("--baseline-steps", type=int, default=50,
+                       help="steps of the full-resolution baseline (default: %(default)s)")
     flops.add_argument("--text-tokens", type=int, help="text sequence length (default: the pipeline's)")
     flops.add_argument("--guidance-scale", type=float, default=None,
                        help="guidance scale; a CFG model (Wan) runs two forwards per step unless it is <= 1, "
-                            "guidance-distilled models (FLUX, HunyuanVideo) embed it at no extra forward")
+                            "guidance-distilled models (FLUX, HunyuanVideo) embed it at no extra forward "
+                            "(default: the model's)")
     flops.add_argument("--true-cfg-scale", type=float, default=1.0,
-                       help="> 1 counts two forwards per step (true classifier-free guidance)")
+                       help="> 1 counts two forwards per step, true classifier-free guidance (default: %(default)s)")
     flops.add_argument("--json", action="store_true", help="machine-readable output; the ratio is 'speedup'")
     flops.add_argument("--recorded", help="a JSON file from ForwardRecorder.to_dict(): price those forwards "
                                             "(blocks a cache skipped excluded) instead of a plan")
     flops.set_defaults(run=_flops)
 
+    plan = commands.add_parser(
+        "plan", help="the best measured Fresco plan that reaches a FLOPs speedup on an architecture and size",
+        description="Pick the plan of the measured best shape (a short half-resolution sketch with a promotion "
+                    "round, the rest at full resolution) with the most steps that still reaches --target, counted "
+                    "as `fresco flops` counts. Prints the plan's FrescoConfig fields (a JSON file `fresco flops "
+                    "--config` and FrescoConfig(**fields) take) and its FLOPs table.",
+    )
+    plan.add_argument("--target", type=float, required=True, help="transformer-FLOPs speedup to reach, e.g. 8")
+    plan.add_argument("--model", default="flux-dev", choices=sorted(MODELS), help="architecture (default: %(default)s)")
+    plan.add_argument("--height", type=int, help="pixels (default: the model's usual size)")
+    plan.add_argument("--width", type=int, help="pixels (default: the model's usual size)")
+    plan.add_argument("--frames", type=int, help="video frames, 4k + 1 (default: the video model's usual count)")
+    plan.add_argument("--steps-budget", type=int, default=50,
+                      help="steps of the full-resolution run the speedup is counted against (default: %(default)s)")
+    plan.add_argument("--json", action="store_true", help="print only the FrescoConfig fields as JSON")
+    plan.set_defaults(run=_plan)
+
     demo = commands.add_parser(
-        "demo", help="the shipped scenes model: stock vs Fresco presets, side by side in a PNG grid",
-        description="Renders a few prompts with the shipped scenes model (offline), with the stock sampler and with "
-                    "Fresco presets; writes a PNG grid with FLOPs, wall-time and fidelity figures, prints a table.",
+        "demo", help="the shipped scenes model: stock vs Fresco presets vs fewer steps, side by side in a PNG grid",
+        description="Renders a few prompts with the shipped scenes model (offline): the stock 50-step sampler, Fresco "
+                    "at 3x/5x/10x and the stock sampler at the step count of Fresco 10x's FLOPs. Writes a PNG grid "
+                    "(FLOPs, wall-time, fidelity and checker figures, token-resolution maps) and prints a table.",
     )
     demo.set_defaults(run=_app("demo"))
     bench = commands.add_parser(
         "bench", help="quality vs compute of Fresco and its peers on the shipped scenes model",
-        description="Every method on a fixed prompt set with fixed seeds: counted FLOPs ratio, measured wall-time "
-                    "ratio, fidelity (PSNR/SSIM on pictures and latents), prompt adherence, patch SWD. Writes "
-                    "bench.json, bench.png and bench_pictures.png.",
+        description="Every method on a fixed prompt set with fixed seeds, unguided and with true CFG: realism (KID "
+                    "to true renders on the shipped scene encoder, patch SWD), prompt adherence, fidelity to the "
+                    "baseline, counted FLOPs and measured wall-time ratios, 95% bootstrap intervals and paired "
+                    "differences against the baseline and against fewer steps at equal FLOPs. Writes bench.json, "
+                    "bench.png and bench_pictures.png.",
     )
     bench.set_defaults(run=_app("bench"))
     _app_arguments(demo, "demo")
     _app_arguments(bench, "bench")
     return parser
+
+
+def _quiet_third_party() -> None:
+    """Third-party import chatter (torchao's optional kernels, torch's pytree deprecations, transformers' torchvision
+    notice, loading bars) is not the command's output; ``--verbose`` keeps it."""
+    import logging
+    import os
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    for name in ("torchao", "torch.utils._pytree", "diffusers", "transformers"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    for category in (DeprecationWarning, FutureWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=category,
+                                module=r"(torch|torchao|diffusers|transformers|accelerate|huggingface_hub|libcst)\b")
 
 
 def _app(name: str):
@@ -133,7 +188,10 @@ def _missing(name: str, error: ImportError) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    if "--verbose" not in arguments:
+        _quiet_third_party()  # before the parser imports anything heavy
+    args = _parser().parse_args(arguments)
     try:
         return args.run(args)
     except ValueError as error:

@@ -7,8 +7,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 VENV=${FRESCO_XDIT_VENV:-.venv-xdit}
-[ -x "$VENV/bin/python" ] || python -m venv --system-site-packages "$VENV"
+[ -x "$VENV/bin/python" ] || python -m venv "$VENV"
 PY="$VENV/bin/python"
+OUTER=$(python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+echo "import site; site.addsitedir('$OUTER')" > "$("$PY" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/_fresco_outer_env.pth"
 PINS=$(mktemp)
 trap 'rm -f "$PINS"' EXIT
 python -m pip freeze | grep -i -E "^(torch|diffusers|transformers|accelerate)==" > "$PINS"

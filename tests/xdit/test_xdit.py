@@ -13,8 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-from conftest import (UNEVEN_SIZE, assert_every_step_matches, generate_flux_steps, generate_video_steps,
-                      ranks_agree_under_score_noise, run_ranks)
+from conftest import (
+    UNEVEN_SIZE,
+    assert_every_step_matches,
+    generate_flux_steps,
+    generate_video_steps,
+    ranks_agree_under_score_noise,
+    run_ranks,
+)
 
 from fresco_plugin import FrescoConfig, apply_fresco
 from fresco_plugin.integrations.tiny import tiny_flux_pipeline, tiny_hunyuan_video_pipeline
@@ -44,7 +50,8 @@ def _start_xdit(pipe, world, cfg_parallel=False):
 
     init_distributed_environment()  # xDiT's world group, over the process group the worker made (with a timeout)
     degree = world // 2 if cfg_parallel else world
-    engine_config, _ = FrescoXFuserArgs(model="tiny", ulysses_degree=degree, use_cfg_parallel=cfg_parallel).create_config()
+    arguments = FrescoXFuserArgs(model="tiny", ulysses_degree=degree, use_cfg_parallel=cfg_parallel)
+    engine_config, _ = arguments.create_config()
     initialize_runtime_state(pipe, engine_config)
     get_runtime_state().set_input_parameters(batch_size=1, num_inference_steps=STEPS, max_condition_sequence_length=8,
                                              split_text_embed_in_sp=True)
