@@ -19,7 +19,7 @@ import numpy as np
 
 __all__ = [
     "BACKGROUNDS", "COLORS", "RELATIONS", "SHAPES", "AdherenceCheck", "Scene", "SceneObject", "check_adherence",
-    "is_held_out", "parse_prompt", "render", "sample_scene",
+    "is_held_out", "parse_prompt", "render", "sample_scene", "scene_for_prompt",
 ]
 
 COLORS: dict[str, float] = {"red": 0.0, "yellow": 60.0, "green": 120.0, "cyan": 180.0, "blue": 240.0,
@@ -29,15 +29,16 @@ RELATIONS = ("above", "below", "left of", "right of")
 BACKGROUNDS = ("plain", "striped", "checkered", "dotted")
 
 # Placement: the related objects' centres are at least this far apart along the relation's axis, and at most
-# _CROSS_JITTER apart across it, so a checker margin of half the gap leaves no ambiguous pictures.
-_MIN_GAP = 0.26
+# _CROSS_JITTER apart across it, so the checker's relation margin (about a third of the gap) leaves no ambiguous
+# pictures.
+_MIN_GAP = 0.36
 _CROSS_JITTER = 0.12
-_HALF_SIZE = (0.11, 0.16)  # half the side of a shape's bounding box, as a fraction of the picture
+_HALF_SIZE = (0.14, 0.19)  # half the side of a shape's bounding box, as a fraction of the picture
 # Checker thresholds (fractions of the picture / of a bounding box); see check_adherence.
 _MIN_OBJECT_AREA = 0.008
 _SQUARE_FILL = 0.9  # a square fills its box (1.0), a circle pi/4, a triangle 1/2
 _TRIANGLE_BALANCE = 0.6  # area above the box's middle over area below: a triangle 1/3, circle and square 1
-_RELATION_MARGIN = _MIN_GAP / 2
+_RELATION_MARGIN = 0.13  # well inside the placement gap, so generated pictures need not be exact
 
 
 @dataclass(frozen=True)
@@ -103,24 +104,32 @@ def is_held_out(prompt: str) -> bool:
     return zlib.crc32(key) % 8 == 0
 
 
-def sample_scene(rng: np.random.Generator, held_out: bool = False) -> Scene:
-    """A random scene from the training split (or, with ``held_out``, from the held-out split)."""
+def sample_scene(rng: np.random.Generator, held_out: bool | None = False) -> Scene:
+    """A random scene from the training split (with ``held_out=True`` the held-out split, with ``None`` either)."""
     while True:
         scene = _draw_scene(rng)
-        if is_held_out(scene.prompt) == held_out:
+        if held_out is None or is_held_out(scene.prompt) == held_out:
             return scene
 
 
-def _draw_scene(rng: np.random.Generator) -> Scene:
-    colors = rng.choice(list(COLORS), size=2, replace=False)
-    shapes = rng.choice(SHAPES, size=2)
-    relation = str(rng.choice(RELATIONS))
+def scene_for_prompt(prompt: str | PromptSpec, rng: np.random.Generator) -> Scene:
+    """A random true picture of ``prompt``: placement, sizes, background tone and texture drawn as in training."""
+    return _draw_scene(rng, parse_prompt(prompt) if isinstance(prompt, str) else prompt)
+
+
+def _draw_scene(rng: np.random.Generator, spec: PromptSpec | None = None) -> Scene:
+    if spec is None:
+        colors = rng.choice(list(COLORS), size=2, replace=False)
+        shapes = rng.choice(SHAPES, size=2)
+        relation = str(rng.choice(RELATIONS))
+    else:
+        colors, shapes, relation = (spec.first[0], spec.second[0]), (spec.first[1], spec.second[1]), spec.relation
     sizes = rng.uniform(*_HALF_SIZE, size=2)
     # Along the relation's axis: the first object on its side of the middle, the second on the other.
     margin = sizes.max() + 0.04
     along_first = rng.uniform(margin, 0.5 - _MIN_GAP / 2)
     along_second = rng.uniform(0.5 + _MIN_GAP / 2, 1 - margin)
-    across_first = rng.uniform(0.3, 0.7)
+    across_first = rng.uniform(0.35, 0.65)
     across_second = float(np.clip(across_first + rng.uniform(-_CROSS_JITTER, _CROSS_JITTER), 0.25, 0.75))
     if relation in ("below", "right of"):
         along_first, along_second = 1 - along_first, 1 - along_second
@@ -132,7 +141,8 @@ def _draw_scene(rng: np.random.Generator) -> Scene:
                for c, s, (x, y), h in zip(colors, shapes, centers, sizes)]
     gray = rng.uniform(0.3, 0.7)
     tint = rng.uniform(-0.06, 0.06, size=3)
-    return Scene(objects[0], relation, objects[1], str(rng.choice(BACKGROUNDS)),
+    background = str(rng.choice(BACKGROUNDS)) if spec is None else spec.background
+    return Scene(objects[0], relation, objects[1], background,
                  tuple(float(v) for v in np.clip(gray + tint, 0, 1)), float(rng.uniform(0.06, 0.1)),
                  bool(rng.integers(2)))
 

@@ -1,11 +1,20 @@
 """``fresco bench``: quality against compute for Fresco and its peers, side by side on the shipped scenes model.
 
-Every method renders the same prompts with the same seeds at 128x128. Per method: transformer FLOPs counted from the
-forwards that really ran (skipped cache blocks excluded) over the 50-step baseline's; wall time of the denoising
-call over the baseline's, timed in this process with prompts as the outer loop and methods inside it, so machine
-drift hits every method alike; fidelity to the baseline picture of the same seed (PSNR and SSIM on decoded pictures
-and on latents; null PSNR in the JSON means identical); prompt adherence read by :func:`fresco_plugin.scenes.check_adherence`; and a distribution figure,
-the sliced Wasserstein distance between 7x7 patches of the method's pictures and of the true renders of the prompts.
+Every method renders the same prompts with the same seeds at 128x128, in each regime: **unguided** (one forward a
+step) and **guided** (true classifier-free guidance with the empty negative prompt, at the scale the model was chosen
+for). Per method and regime:
+
+- **realism**: KID (x 1e3) between the method's pictures and true renders of the same prompts, on the features of
+  the shipped scene encoder (:mod:`.scene_features`); and the sliced Wasserstein distance of 7x7 pixel patches;
+- **adherence**: the checker (:func:`fresco_plugin.scenes.check_adherence`), whole and per fact (both objects in
+  their colours, both shapes, the relation), on training and held-out prompts;
+- **fidelity** to the 50-step baseline picture of the same seed and regime (PSNR, SSIM), a secondary figure;
+- **compute**: transformer FLOPs counted from the forwards that ran over the baseline's, and wall time over the
+  baseline's, timed in this process with prompts as the outer loop so machine drift hits every method alike.
+
+Every figure has a 95% bootstrap interval over prompts, and each method's paired difference against the baseline
+and against **fewer steps at equal FLOPs** (``steps@<budget>``: the stock sampler with the step count whose FLOPs
+match the budget's Fresco plan) is given with its interval too.
 """
 
 from __future__ import annotations
@@ -17,23 +26,28 @@ import statistics
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..api import last_fresco_run
 from ..config import PRESETS, FrescoConfig
 from ..flops import ForwardRecorder
-from ..scenes import check_adherence, parse_prompt, render
-from .shipped_model import SIZE, TEXT_TOKENS, ScenePrompt, load_scenes_pipeline, prompt_set
+from ..scenes import check_adherence, parse_prompt, render, scene_for_prompt
+from .scene_features import embed_pictures, kid, kid_bootstrap, load_feature_encoder
+from .shipped_model import GUIDANCE_SCALE, SIZE, TEXT_TOKENS, ScenePrompt, load_scenes_pipeline, prompt_set
 
-__all__ = ["Method", "MethodResult", "benchmark_methods", "run_benchmark", "main"]
+__all__ = ["REGIMES", "Method", "benchmark_methods", "run_benchmark", "main"]
 
 BASELINE_STEPS = 50
 BUDGETS = {"3x": "flux-dev-3x", "5x": "flux-dev-5x", "10x": "flux-dev-10x"}
+REGIMES = {"unguided": 1.0, "guided": GUIDANCE_SCALE}  # true_cfg_scale
 STACK_FBC_THRESHOLD = 0.1
+RESAMPLES = 1000
+REPEAT = "baseline (timed again)"
 
 
 @dataclass(frozen=True)
@@ -42,23 +56,23 @@ class Method:
     family: str  # methods of one family form one curve in the plot
     steps: int | None = None  # stock num_inference_steps; None with a Fresco config (its plan fixes the steps)
     config: FrescoConfig | None = None
+    budget: str | None = None  # the FLOPs budget it is compared at ("3x", "5x", "10x"): steps@<budget> is its peer
     cache: Callable[[], Any] | None = None  # a diffusers cache config, built fresh per use
     int8: bool = False  # run on an int8 weight-only (torchao) copy of the transformer
 
 
 def benchmark_methods() -> list[Method]:
-    """The full method list: baseline, fewer steps, Fresco presets and knob variants, the peers and ablations at the
-    same three stage plans, and FirstBlockCache alone."""
-    from diffusers.hooks import FirstBlockCacheConfig
-
-    methods = [Method("baseline", "baseline", steps=BASELINE_STEPS)]
-    methods += [Method(f"steps-{n}", "fewer steps", steps=n) for n in (25, 12, 8, 5)]
+    """Baseline; fewer steps (25, and at each budget's FLOPs); Fresco at three budgets; the paper's ablations and
+    the peers at the same three plans; FirstBlockCache; and the stacks."""
+    methods = [Method("baseline", "baseline", steps=BASELINE_STEPS), Method("steps-25", "fewer steps", steps=25)]
+    methods += [Method(f"steps@{budget}", "fewer steps", budget=budget) for budget in BUDGETS]
     peers = {
         "fresco": ("Fresco", {}),
         "fresco-no-progressive": ("Fresco w/o progressive promotion (all tokens at once)", dict(promotion_rounds=0)),
         "fresco-no-unified-field": ("Fresco w/o unified noise field (fresh noise at switches)",
                                     dict(strategy="fresh-noise")),
-        "bottleneck": ("fresh noise, whole latent (Bottleneck-style)", dict(strategy="fresh-noise", promotion_rounds=0)),
+        "bottleneck": ("fresh noise, whole latent (Bottleneck-style)",
+                       dict(strategy="fresh-noise", promotion_rounds=0)),
         "ralu-whole": ("RALU, whole-latent upsampling", dict(strategy="ralu", promotion_rounds=0)),
         "ralu-edge": ("RALU, edge-selected upsampling", dict(strategy="ralu", score="channel_variance",
                                                             promotion_order="unsettled_first", position_mode="anchor")),
@@ -66,20 +80,13 @@ def benchmark_methods() -> list[Method]:
     }
     for key, (family, overrides) in peers.items():
         for budget, preset in BUDGETS.items():
-            methods.append(Method(f"{key}@{budget}", family, config=replace(PRESETS[preset], **overrides)))
-    variants = {
-        "ratio-0.25": dict(promotion_ratio=0.25), "ratio-0.5": dict(promotion_ratio=0.5),
-        "unsettled-first": dict(promotion_order="unsettled_first"),
-        "latent-variance": dict(score="latent_step_variance"), "nearest-expansion": dict(expansion="nearest"),
-    }
-    for key, overrides in variants.items():
-        methods.append(Method(f"fresco@5x:{key}", "Fresco 5x plan, one knob changed",
-                              config=replace(PRESETS["flux-dev-5x"], **overrides)))
-    for threshold in (0.05, 0.1, 0.2):
+            methods.append(Method(f"{key}@{budget}", family, config=replace(PRESETS[preset], **overrides),
+                                  budget=budget))
+    for threshold in (0.1, 0.2):
         methods.append(Method(f"fbc-{threshold}", "FirstBlockCache (diffusers), 50 steps", steps=BASELINE_STEPS,
-                              cache=lambda t=threshold: FirstBlockCacheConfig(threshold=t)))
+                              cache=lambda t=threshold: _first_block_cache(t)))
     # the stack: each part alone is above (fresco@5x, fbc-0.1); here int8 alone and the combinations
-    fbc = lambda: FirstBlockCacheConfig(threshold=STACK_FBC_THRESHOLD)  # noqa: E731
+    fbc = lambda: _first_block_cache(STACK_FBC_THRESHOLD)  # noqa: E731
     five = PRESETS["flux-dev-5x"]
     stack = "stacks: Fresco 5x / FirstBlockCache / int8 weights"
     methods += [Method("int8", stack, steps=BASELINE_STEPS, int8=True),
@@ -89,17 +96,26 @@ def benchmark_methods() -> list[Method]:
     return methods
 
 
+def _first_block_cache(threshold: float) -> Any:
+    from diffusers.hooks import FirstBlockCacheConfig
+
+    return FirstBlockCacheConfig(threshold=threshold)
+
+
 @dataclass
-class MethodResult:
-    method: Method
+class _Runs:
+    """One method's outputs in one regime, prompt by prompt."""
+
     seconds: list[float] = field(default_factory=list)
     flops: list[int] = field(default_factory=list)
     latents: list[torch.Tensor] = field(default_factory=list)
     images: list[np.ndarray] = field(default_factory=list)
+    resolution_maps: list[list[tuple[int, np.ndarray]]] = field(default_factory=list)
 
 
 class _Runner:
-    """Renders one prompt with one method on the shipped pipeline; turns Fresco and caches on and off around it."""
+    """Renders one prompt with one method in one regime on the shipped pipeline; turns Fresco and caches on and off
+    around it."""
 
     def __init__(self, pipe: Any):
         self.pipe = pipe
@@ -127,12 +143,16 @@ class _Runner:
             self.embeddings[prompt] = (embeds, pooled)
         return self.embeddings[prompt]
 
-    def __call__(self, method: Method, prompt: ScenePrompt) -> tuple[torch.Tensor, float, int]:
+    def __call__(self, method: Method, prompt: ScenePrompt, cfg: float):
         from .. import apply_fresco, remove_fresco
 
         embeds, pooled = self.embed(prompt.prompt)
         kwargs: dict[str, Any] = dict(prompt_embeds=embeds, pooled_prompt_embeds=pooled, height=SIZE, width=SIZE,
                                       output_type="latent", generator=torch.Generator().manual_seed(prompt.seed))
+        if cfg > 1:
+            negative, negative_pooled = self.embed("")
+            kwargs.update(true_cfg_scale=cfg, negative_prompt_embeds=negative,
+                          negative_pooled_prompt_embeds=negative_pooled)
         if method.steps is not None:
             kwargs["num_inference_steps"] = method.steps
         self.pipe.transformer = self.int8_transformer() if method.int8 else self.full_precision
@@ -140,18 +160,21 @@ class _Runner:
             apply_fresco(self.pipe, method.config)
         if method.cache is not None:
             self.pipe.transformer.enable_cache(method.cache())
+        maps: list[tuple[int, np.ndarray]] = []
         try:
             with ForwardRecorder(self.pipe.transformer) as recorder:
                 start = time.perf_counter()
                 latents = self.pipe(**kwargs).images
                 seconds = time.perf_counter() - start
+            if method.config is not None:
+                maps = [(step, levels[0, 0].numpy()) for step, levels in last_fresco_run(self.pipe).resolution_maps]
         finally:
             if method.cache is not None:
                 self.pipe.transformer.disable_cache()
             if method.config is not None:
                 remove_fresco(self.pipe)
             self.pipe.transformer = self.full_precision
-        return latents, seconds, recorder.flops()
+        return latents, seconds, recorder.flops(), maps
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
@@ -161,6 +184,14 @@ class _Runner:
         scaled = unpacked / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
         picture = pipe.image_processor.postprocess(pipe.vae.decode(scaled, return_dict=False)[0], output_type="np")
         return unpacked[0].float(), picture[0]
+
+
+def equal_flops_steps(runner: _Runner, prompt: ScenePrompt) -> dict[str, int]:
+    """Per budget, the stock step count whose transformer FLOPs come nearest its Fresco plan's (counted, one run
+    each; a plan's FLOPs do not depend on the prompt, and guidance doubles both sides alike)."""
+    one_step = runner(Method("one step", "baseline", steps=1), prompt, 1.0)[2]
+    return {budget: max(1, round(runner(Method(preset, "Fresco", config=PRESETS[preset]), prompt, 1.0)[2] / one_step))
+            for budget, preset in BUDGETS.items()}
 
 
 # -------------------------------------------------------------------------------------------------- metrics
@@ -212,91 +243,150 @@ def patch_swd(pictures: Sequence[np.ndarray], reference: Sequence[np.ndarray], p
     return float(np.abs(np.sort(a @ directions, axis=0) - np.sort(b @ directions, axis=0)).mean() * 1e3)
 
 
+def _interval(point: float, resampled: np.ndarray) -> dict[str, Any]:
+    """A figure with its 95% percentile-bootstrap interval."""
+    low, high = np.percentile(resampled, [2.5, 97.5])
+    return dict(value=float(point), ci=[float(low), float(high)])
+
+
 def _mean(values: Sequence[float]) -> float:
     finite = [v for v in values if math.isfinite(v)]
     return statistics.fmean(finite) if finite else math.inf
 
 
+@dataclass
+class _Scored:
+    """A method's per-prompt figures in one regime, with what the intervals and paired differences need."""
+
+    facts: dict[str, np.ndarray]  # per prompt, 0/1: whole, objects, shapes, relation
+    features: np.ndarray
+    kid_resampled: np.ndarray
+
+
+def _score(images: list[np.ndarray], prompts: list[ScenePrompt], encoder: Any, truth_features: np.ndarray,
+           resamples: np.ndarray) -> _Scored:
+    specs = [parse_prompt(p.prompt) for p in prompts]
+    checks = [check_adherence(img, spec) for img, spec in zip(images, specs)]
+    facts = dict(
+        whole=np.array([c.passed(s) for c, s in zip(checks, specs)], dtype=float),
+        objects=np.array([all(c.found) for c in checks], dtype=float),
+        shapes=np.array([all(c.shapes_ok(s)) for c, s in zip(checks, specs)], dtype=float),
+        relation=np.array([c.relation_ok for c in checks], dtype=float),
+    )
+    features = embed_pictures(encoder, images)
+    return _Scored(facts, features, kid_bootstrap(features, truth_features, resamples))
+
+
+def _paired(a: _Scored, b: _Scored, truth_features: np.ndarray, resamples: np.ndarray) -> dict[str, Any]:
+    """a minus b: whole-check adherence and KID, with paired bootstrap intervals."""
+    difference = a.facts["whole"] - b.facts["whole"]
+    return dict(
+        adherence=_interval(difference.mean(), difference[resamples].mean(1)),
+        kid=_interval(kid(a.features, truth_features) - kid(b.features, truth_features),
+                      a.kid_resampled - b.kid_resampled),
+    )
+
+
 # -------------------------------------------------------------------------------------------------- the run
-def run_benchmark(prompts: list[ScenePrompt], methods: list[Method], *, pipe: Any = None,
-                  progress: bool = True) -> dict[str, Any]:
-    """Runs every method on every prompt (prompts outer, methods inner) and returns all figures as a dict."""
+def run_benchmark(prompts: list[ScenePrompt], methods: list[Method], *, regimes: Sequence[str] = tuple(REGIMES),
+                  pipe: Any = None, resamples: int = RESAMPLES, progress: bool = True,
+                  label: str = "fresco bench") -> dict[str, Any]:
+    """Runs every method in every regime on every prompt (prompts outer) and returns all figures as a dict."""
     from tqdm.auto import tqdm
 
+    if methods[0].name != "baseline":
+        raise ValueError("the first method must be the baseline")
+    unknown = set(regimes) - set(REGIMES)
+    if unknown:
+        raise ValueError(f"unknown regimes {sorted(unknown)}; known: {', '.join(REGIMES)}")
     pipe = pipe or load_scenes_pipeline(progress=False)
     pipe.set_progress_bar_config(disable=True)
     runner = _Runner(pipe)
-    repeat = Method("baseline (timed again)", "baseline", steps=BASELINE_STEPS)
-    order = [*methods, repeat]
-    if order[0].name != "baseline":
-        raise ValueError("the first method must be the baseline")
-    results = {m.name: MethodResult(m) for m in order}
-    runner(Method("warm-up", "baseline", steps=2), prompts[0])  # first-call costs stay out of the timings
-    bar = tqdm(total=len(prompts) * len(order), desc="fresco bench", unit="run", disable=not progress)
+    runner(Method("warm-up", "baseline", steps=2), prompts[0], 1.0)  # first-call costs stay out of the timings
+    matched = equal_flops_steps(runner, prompts[0])
+    methods = [replace(m, steps=matched[m.budget]) if m.steps is None and m.config is None else m for m in methods]
+    order = [*methods, Method(REPEAT, "baseline", steps=BASELINE_STEPS)]
+    runs = {regime: {m.name: _Runs() for m in order} for regime in regimes}
+    bar = tqdm(total=len(prompts) * len(order) * len(regimes), desc=label, unit="run", disable=not progress)
     for prompt in prompts:
-        for method in order:
-            latents, seconds, flops = runner(method, prompt)
-            unpacked, picture = runner.decode(latents)
-            result = results[method.name]
-            result.seconds.append(seconds)
-            result.flops.append(flops)
-            result.latents.append(unpacked)
-            result.images.append(picture)
-            bar.update()
+        for regime in regimes:
+            for method in order:
+                latents, seconds, flops, maps = runner(method, prompt, REGIMES[regime])
+                unpacked, picture = runner.decode(latents)
+                r = runs[regime][method.name]
+                r.seconds.append(seconds)
+                r.flops.append(flops)
+                r.latents.append(unpacked)
+                r.images.append(picture)
+                r.resolution_maps.append(maps)
+                bar.update()
     bar.close()
 
-    base, again = results["baseline"], results[repeat.name]
-    baseline_seconds = [(a + b) / 2 for a, b in zip(base.seconds, again.seconds)]
+    encoder = load_feature_encoder()
+    rng = np.random.default_rng(0)
     truth = [render(p.scene, SIZE) for p in prompts]
-    rows = []
-    for method in order:
-        r = results[method.name]
-        latent_range = [float(b.max() - b.min()) for b in base.latents]
-        checks = [check_adherence(img, p.prompt) for img, p in zip(r.images, prompts)]
-        specs = [parse_prompt(p.prompt) for p in prompts]
-        adherence = [c.passed(spec) for c, spec in zip(checks, specs)]
-        per_prompt = dict(
-            psnr=[psnr(img, b) for img, b in zip(r.images, base.images)],
-            ssim=[ssim(img, b) for img, b in zip(r.images, base.images)],
-            latent_psnr=[psnr(lat, b, peak=rng) for lat, b, rng in zip(r.latents, base.latents, latent_range)],
-            latent_ssim=[ssim(lat, b, data_range=rng, window=7) for lat, b, rng in zip(r.latents, base.latents,
-                                                                                       latent_range)],
-            adherent=[bool(a) for a in adherence], seconds=r.seconds, flops=r.flops,
-        )
-        held = [a for a, p in zip(adherence, prompts) if p.held_out]
-        seen = [a for a, p in zip(adherence, prompts) if not p.held_out]
-        rows.append(dict(
-            method=method.name, family=method.family,
-            config=None if method.config is None else _config_fields(method.config),
-            steps=method.steps, flops_ratio=sum(base.flops) / sum(r.flops),
-            wall_ratio=sum(baseline_seconds) / sum(r.seconds),
-            psnr=_mean(per_prompt["psnr"]), ssim=_mean(per_prompt["ssim"]),
-            latent_psnr=_mean(per_prompt["latent_psnr"]), latent_ssim=_mean(per_prompt["latent_ssim"]),
-            adherence=float(np.mean(adherence)), adherence_train=float(np.mean(seen)) if seen else None,
-            adherence_held_out=float(np.mean(held)) if held else None,
-            # the checker's parts: both objects in their colours, both shapes right, the relation right
-            objects_found=float(np.mean([all(c.found) for c in checks])),
-            shapes_right=float(np.mean([all(c.shapes_ok(spec)) for c, spec in zip(checks, specs)])),
-            relation_right=float(np.mean([c.relation_ok for c in checks])),
-            patch_swd=patch_swd(r.images, truth),
-            identical_to_baseline=all(torch.equal(a, b) for a, b in zip(r.latents, base.latents)),
-            per_prompt=per_prompt,
-        ))
-    truth_adherence = [check_adherence(t, p.prompt).passed(parse_prompt(p.prompt)) for t, p in zip(truth, prompts)]
+    truth_features = embed_pictures(encoder, truth)
+    index = rng.integers(len(prompts), size=(resamples, len(prompts)))
+    # The floor a perfect generator would reach: other true renders of the same prompts.
+    redrawn = [render(scene_for_prompt(p.prompt, rng), SIZE) for p in prompts]
+    floor = _score(redrawn, prompts, encoder, truth_features, index)
+    report_regimes = {}
+    for regime in regimes:
+        scored = {m.name: _score(runs[regime][m.name].images, prompts, encoder, truth_features, index) for m in order}
+        rows = [_row(m, runs[regime], scored, prompts, truth, truth_features, index) for m in order]
+        report_regimes[regime] = dict(true_cfg_scale=REGIMES[regime], methods=rows)
     return dict(
-        model="fresco_plugin/models/scenes-flux", size=SIZE, text_tokens=TEXT_TOKENS,
+        model="fresco_plugin/models/scenes-flux", size=SIZE, text_tokens=TEXT_TOKENS, resamples=resamples,
         prompts=[dict(prompt=p.prompt, seed=p.seed, held_out=p.held_out) for p in prompts],
-        ground_truth_adherence=float(np.mean(truth_adherence)),
-        ground_truth_patch_swd_floor=patch_swd(truth, truth, seed=1),
-        baseline_seconds_first=sum(base.seconds), baseline_seconds_again=sum(again.seconds),
-        methods=rows, torch=torch.__version__, threads=torch.get_num_threads(), commit=_commit(),
-        _pictures={name: r.images for name, r in results.items()},
+        equal_flops_steps=matched,
+        true_renders=dict(adherence=_interval(floor.facts["whole"].mean(), floor.facts["whole"][index].mean(1)),
+                          kid=_interval(kid(floor.features, truth_features), floor.kid_resampled),
+                          patch_swd=patch_swd(redrawn, truth)),
+        regimes=report_regimes, torch=torch.__version__, threads=torch.get_num_threads(), commit=_commit(),
+        _pictures={regime: {name: r.images for name, r in runs[regime].items()} for regime in regimes},
+        _resolution_maps={regime: {name: r.resolution_maps for name, r in runs[regime].items()} for regime in regimes},
+    )
+
+
+def _row(method: Method, runs: dict[str, _Runs], scored: dict[str, _Scored], prompts: list[ScenePrompt],
+         truth: list[np.ndarray], truth_features: np.ndarray, index: np.ndarray) -> dict[str, Any]:
+    r, base, again = runs[method.name], runs["baseline"], runs[REPEAT]
+    s = scored[method.name]
+    baseline_seconds = sum((a + b) / 2 for a, b in zip(base.seconds, again.seconds))
+    latent_range = [float(b.max() - b.min()) for b in base.latents]
+    per_prompt = dict(
+        psnr=[psnr(img, b) for img, b in zip(r.images, base.images)],
+        ssim=[ssim(img, b) for img, b in zip(r.images, base.images)],
+        latent_psnr=[psnr(lat, b, peak=span) for lat, b, span in zip(r.latents, base.latents, latent_range)],
+        **{f"adherence_{k}": v.astype(bool).tolist() for k, v in s.facts.items()},
+        seconds=r.seconds, flops=r.flops,
+    )
+    held = np.array([p.held_out for p in prompts])
+    adherence = {k: _interval(v.mean(), v[index].mean(1)) for k, v in s.facts.items()}
+    for split, mask in (("train", ~held), ("held_out", held)):
+        if mask.any():
+            whole = s.facts["whole"][mask]
+            resampled = np.random.default_rng(1).integers(len(whole), size=(index.shape[0], len(whole)))
+            adherence[f"whole_{split}"] = _interval(whole.mean(), whole[resampled].mean(1))
+    ssims = np.array(per_prompt["ssim"])
+    peer = f"steps@{method.budget}" if method.budget and not method.name.startswith("steps@") else None
+    return dict(
+        method=method.name, family=method.family, budget=method.budget, steps=method.steps,
+        config=None if method.config is None else _config_fields(method.config),
+        flops_ratio=sum(base.flops) / sum(r.flops), wall_ratio=baseline_seconds / sum(r.seconds),
+        kid=_interval(kid(s.features, truth_features), s.kid_resampled),
+        patch_swd=patch_swd(r.images, truth), adherence=adherence,
+        psnr=_mean(per_prompt["psnr"]), ssim=_interval(ssims.mean(), ssims[index].mean(1)),
+        latent_psnr=_mean(per_prompt["latent_psnr"]),
+        versus_baseline=_paired(s, scored["baseline"], truth_features, index),
+        versus_fewer_steps=None if peer is None else dict(
+            method=peer, **_paired(s, scored[peer], truth_features, index)),
+        identical_to_baseline=all(torch.equal(a, b) for a, b in zip(r.latents, base.latents)),
+        per_prompt=per_prompt,
     )
 
 
 def _config_fields(config: FrescoConfig) -> dict[str, Any]:
-    from dataclasses import asdict
-
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}
 
 
@@ -323,34 +413,49 @@ def _json_safe(value: Any) -> Any:
 
 
 def sanity_problems(report: dict[str, Any]) -> list[str]:
-    """What ``--quick`` asserts: every method ran, every figure is finite, the baseline repeats bit for bit."""
+    """What ``--quick`` asserts: every method ran in every regime, every figure is finite, the baseline repeats bit
+    for bit."""
     problems = []
-    for row in report["methods"]:
-        finite = ["flops_ratio", "wall_ratio", "ssim", "latent_ssim", "adherence", "patch_swd"]
-        if row["method"] not in ("baseline", "baseline (timed again)"):
-            finite += ["psnr", "latent_psnr"]
-        bad = [k for k in finite if not (isinstance(row[k], float) and math.isfinite(row[k]))
-               and not (k in ("psnr", "latent_psnr") and row[k] == math.inf and row["identical_to_baseline"])]
-        if bad:
-            problems.append(f"{row['method']}: non-finite {', '.join(bad)}")
-    again = next(r for r in report["methods"] if r["method"] == "baseline (timed again)")
-    if not again["identical_to_baseline"]:
-        problems.append("the baseline run twice gave different latents")
+    for regime, block in report["regimes"].items():
+        for row in block["methods"]:
+            figures = dict(flops_ratio=row["flops_ratio"], wall_ratio=row["wall_ratio"], kid=row["kid"]["value"],
+                           adherence=row["adherence"]["whole"]["value"], ssim=row["ssim"]["value"],
+                           patch_swd=row["patch_swd"])
+            if not row["identical_to_baseline"]:
+                figures.update(psnr=row["psnr"], latent_psnr=row["latent_psnr"])
+            bad = [k for k, v in figures.items() if not (isinstance(v, float) and math.isfinite(v))]
+            if bad:
+                problems.append(f"{regime} / {row['method']}: non-finite {', '.join(bad)}")
+        again = next(r for r in block["methods"] if r["method"] == REPEAT)
+        if not again["identical_to_baseline"]:
+            problems.append(f"{regime}: the baseline run twice gave different latents")
     return problems
 
 
 # -------------------------------------------------------------------------------------------------- outputs
-def table(report: dict[str, Any]) -> str:
-    head = (f"| method | FLOPs ratio | wall ratio | PSNR | SSIM | latent PSNR | latent SSIM | adherence | "
-            f"held-out adherence | objects | relation | patch SWD |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
-    lines = [head]
-    for r in report["methods"]:
-        held = "-" if r["adherence_held_out"] is None else f"{r['adherence_held_out']:.2f}"
-        image_psnr, latent_psnr = (f"{v:.2f}" if math.isfinite(v) else "identical" for v in (r["psnr"],
-                                                                                          r["latent_psnr"]))
-        lines.append(f"| {r['method']} | {r['flops_ratio']:.2f} | {r['wall_ratio']:.2f} | {image_psnr} | "
-                     f"{r['ssim']:.3f} | {latent_psnr} | {r['latent_ssim']:.3f} | {r['adherence']:.2f} | "
-                     f"{held} | {r['objects_found']:.2f} | {r['relation_right']:.2f} | {r['patch_swd']:.1f} |")
+def _figure(entry: dict[str, Any], digits: int = 3) -> str:
+    low, high = entry["ci"]
+    return f"{entry['value']:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def table(report: dict[str, Any], regime: str) -> str:
+    lines = [f"{regime} (true_cfg_scale {report['regimes'][regime]['true_cfg_scale']:g}); [95% bootstrap interval]",
+             "| method | FLOPs ratio | wall ratio | KID x1e3 | adherence | held-out adherence | shapes | relation | "
+             "adherence - fewer steps | KID - fewer steps | SSIM to baseline | PSNR |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report["regimes"][regime]["methods"]:
+        a = r["adherence"]
+        held = _figure(a["whole_held_out"], 2) if "whole_held_out" in a else "-"
+        versus = r["versus_fewer_steps"]
+        d_adh, d_kid = ("-", "-") if versus is None else (f"{_figure(versus['adherence'], 2)} vs {versus['method']}",
+                                                          _figure(versus["kid"], 2))
+        image_psnr = f"{r['psnr']:.2f}" if math.isfinite(r["psnr"]) else "identical"
+        lines.append(f"| {r['method']} | {r['flops_ratio']:.2f} | {r['wall_ratio']:.2f} | {_figure(r['kid'], 2)} | "
+                     f"{_figure(a['whole'], 2)} | {held} | {a['shapes']['value']:.2f} | {a['relation']['value']:.2f} | "
+                     f"{d_adh} | {d_kid} | {r['ssim']['value']:.3f} | {image_psnr} |")
+    truth = report["true_renders"]
+    lines.append(f"| true renders (other draws of the same prompts) | - | - | {_figure(truth['kid'], 2)} | "
+                 f"{_figure(truth['adherence'], 2)} | - | - | - | - | - | - | - |")
     return "\n".join(lines)
 
 
@@ -360,54 +465,71 @@ def plot(report: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 3, figsize=(18, 5.5))
-    families: dict[str, list[dict[str, Any]]] = {}
-    for row in report["methods"]:
-        if row["method"] != "baseline (timed again)":
-            families.setdefault(row["family"], []).append(row)
-    panels = (("psnr", "PSNR to the 50-step baseline (dB)"), ("ssim", "SSIM to the 50-step baseline"),
-              ("relation_right", "relation right (checker)"))
-    colors = plt.get_cmap("tab20").colors
-    for axis, (key, label) in zip(axes, panels):
-        for index, (family, rows) in enumerate(families.items()):
-            rows = sorted(rows, key=lambda r: r["flops_ratio"])
-            xs = [r["flops_ratio"] for r in rows]
-            ys = [r[key] if r[key] is not None and math.isfinite(r[key]) else np.nan for r in rows]
-            if family == "baseline":
-                if key != "psnr":  # the baseline's PSNR to itself is infinite
-                    axis.plot(xs, ys, "k*", markersize=12, label="50-step baseline")
-                continue
-            loose = "one knob" in family or family.startswith("stacks")  # points, not a budget curve
-            axis.plot(xs, ys, "s" if loose else "o-", label=family, markersize=5, color=colors[index % len(colors)])
-        axis.set_xscale("log")
-        axis.set_xlabel("transformer FLOPs saving vs 50-step baseline (x)")
-        axis.set_ylabel(label)
-        axis.grid(True, alpha=0.3)
-    axes[1].legend(fontsize=7, loc="upper right")
-    figure.suptitle(f"fresco bench on the shipped scenes model: {len(report['prompts'])} prompts, commit "
-                    f"{report['commit']}")
+    regimes = list(report["regimes"])
+    figure, axes = plt.subplots(len(regimes), 2, figsize=(15, 5.5 * len(regimes)), squeeze=False)
+    colors = plt.get_cmap("tab10").colors
+    for row_axes, regime in zip(axes, regimes):
+        families: dict[str, list[dict[str, Any]]] = {}
+        for row in report["regimes"][regime]["methods"]:
+            if row["method"] != REPEAT:
+                families.setdefault(row["family"], []).append(row)
+        panels = ((lambda r: r["kid"], "realism: KID x1e3 to true renders (lower is better)"),
+                  (lambda r: r["adherence"]["whole"], "adherence: whole check passed"))
+        for axis, (pick, label) in zip(row_axes, panels):
+            for i, (family, rows) in enumerate(families.items()):
+                rows = sorted(rows, key=lambda r: r["flops_ratio"])
+                xs = [r["flops_ratio"] for r in rows]
+                ys = [pick(r)["value"] for r in rows]
+                errors = np.array([[pick(r)["value"] - pick(r)["ci"][0], pick(r)["ci"][1] - pick(r)["value"]]
+                                   for r in rows]).T
+                if family == "baseline":
+                    axis.errorbar(xs, ys, yerr=errors, fmt="k*", markersize=12, capsize=3, label="50-step baseline")
+                    axis.axhspan(pick(rows[0])["ci"][0], pick(rows[0])["ci"][1], color="k", alpha=0.07)
+                    continue
+                loose = family.startswith("stacks") or family.startswith("FirstBlockCache")
+                axis.errorbar(xs, ys, yerr=errors, fmt="s" if loose else "o-", capsize=3, markersize=5,
+                              label=family, color=colors[i % len(colors)], linewidth=2.5 if family == "Fresco" else 1)
+            axis.set_xscale("log")
+            axis.set_xlabel("transformer FLOPs saving vs 50-step baseline (x)")
+            axis.set_ylabel(label)
+            axis.set_title(f"{regime} (true_cfg_scale {report['regimes'][regime]['true_cfg_scale']:g})")
+            axis.grid(True, alpha=0.3)
+        row_axes[1].legend(fontsize=7, loc="lower left")
+    figure.suptitle(f"fresco bench on the shipped scenes model: {len(report['prompts'])} prompts, 95% bootstrap "
+                    f"intervals, commit {report['commit']}")
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=100)
     plt.close(figure)
 
 
 def picture_grid(report: dict[str, Any], methods: Sequence[str], path: Path, prompts: int = 4) -> None:
-    """The first ``prompts`` prompts (rows) under the named methods (columns), for a quick look."""
+    """The first ``prompts`` prompts (rows, per regime) under the named methods (columns), for a quick look."""
     from PIL import Image
 
-    pictures = report["_pictures"]
-    rows = [np.concatenate([pictures[m][i] for m in methods], axis=1) for i in range(min(prompts, len(report["prompts"])))]
+    rows = []
+    for pictures in report["_pictures"].values():
+        for i in range(min(prompts, len(report["prompts"]))):
+            rows.append(np.concatenate([pictures[m][i] for m in methods], axis=1))
     Image.fromarray((np.concatenate(rows, axis=0) * 255).round().astype(np.uint8)).save(path)
 
 
 # -------------------------------------------------------------------------------------------------- command line
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--prompts", type=int, default=64, help="prompt count (default 64)")
-    parser.add_argument("--held-out", type=int, default=16, help="how many of them come from the held-out split")
+    names = ", ".join(m.name for m in benchmark_methods())
+    parser.add_argument("--prompts", type=int, default=128, help="prompt count (default: %(default)s)")
+    parser.add_argument("--held-out", type=int, default=32,
+                        help="how many of them come from the held-out split (default: %(default)s)")
+    parser.add_argument("--regime", nargs="+", choices=list(REGIMES), default=list(REGIMES),
+                        help="unguided (one forward a step) and/or guided (true CFG at the model's scale, "
+                             f"{GUIDANCE_SCALE:g}, empty negative prompt) (default: both)")
     parser.add_argument("--quick", action="store_true",
                         help="3 prompts; checks sanity only (every method runs, finite figures, exact baseline repeat)")
-    parser.add_argument("--only", nargs="+", metavar="METHOD", help="run these methods (and the baseline) only")
-    parser.add_argument("--out", type=Path, default=Path("bench_results"), help="folder for bench.json and plots")
+    parser.add_argument("--only", nargs="+", metavar="METHOD",
+                        help=f"run these methods (and the baseline) only; methods: {names}")
+    parser.add_argument("--resamples", type=int, default=RESAMPLES,
+                        help="bootstrap resamples for the intervals (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=Path("fresco-out/bench"),
+                        help="folder for bench.json, bench.png and bench_pictures.png (default: %(default)s)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
 
 
@@ -420,19 +542,22 @@ def main(args: argparse.Namespace) -> int:
         unknown = set(args.only) - {m.name for m in methods}
         if unknown:
             raise ValueError(f"unknown methods {sorted(unknown)}; known: {', '.join(m.name for m in methods)}")
-        methods = [m for m in methods if m.name == "baseline" or m.name in args.only]
-    report = run_benchmark(prompt_set(count, held_out), methods)
+        needed = set(args.only) | {f"steps@{m.budget}" for m in methods if m.name in args.only and m.budget}
+        methods = [m for m in methods if m.name == "baseline" or m.name in needed]
+    report = run_benchmark(prompt_set(count, held_out), methods, regimes=args.regime, resamples=args.resamples)
     args.out.mkdir(parents=True, exist_ok=True)
-    pictures = report.pop("_pictures")
+    pictures, maps = report.pop("_pictures"), report.pop("_resolution_maps")
     (args.out / "bench.json").write_text(json.dumps(_json_safe(report), indent=1) + "\n")
-    report["_pictures"] = pictures
+    report["_pictures"], report["_resolution_maps"] = pictures, maps
     plot(report, args.out / "bench.png")
-    shown = [m for m in ("baseline", "steps-8", "fresco@3x", "fresco@5x", "fresco@10x", "bottleneck@10x",
-                         "ralu-whole@10x") if m in pictures]
+    available = next(iter(pictures.values()))
+    shown = [m for m in ("baseline", "steps@10x", "fresco@3x", "fresco@5x", "fresco@10x", "bottleneck@10x",
+                         "ralu-whole@10x") if m in available]
     picture_grid(report, shown, args.out / "bench_pictures.png")
-    print(table(report))
-    print(f"\nwrote {args.out / 'bench.json'}, {args.out / 'bench.png'}, {args.out / 'bench_pictures.png'} "
-          f"(picture columns: {', '.join(shown)})")
+    for regime in report["regimes"]:
+        print(table(report, regime) + "\n")
+    print(f"wrote {args.out / 'bench.json'}, {args.out / 'bench.png'}, {args.out / 'bench_pictures.png'} "
+          f"(picture columns: {', '.join(shown)}; rows: the first prompts in each regime)")
     problems = sanity_problems(report)
     for problem in problems:
         print(f"fresco bench: {problem}")

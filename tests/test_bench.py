@@ -5,7 +5,7 @@ import json
 from PIL import Image
 
 from fresco_plugin.cli import main
-from fresco_plugin.integrations.bench import benchmark_methods
+from fresco_plugin.integrations.bench import REGIMES, benchmark_methods
 from fresco_plugin.integrations.shipped_model import SIZE, TEXT_TOKENS, load_scenes_pipeline
 from fresco_plugin.scenes import parse_prompt
 
@@ -20,24 +20,37 @@ def test_the_shipped_model_loads_with_the_stock_from_pretrained():
     assert 1e6 < params < 1e7  # "a few million"
 
 
-def test_quick_bench_runs_every_method_and_repeats_the_baseline_exactly(tmp_path, capsys):
-    assert main(["bench", "--quick", "--out", str(tmp_path)]) == 0
+def test_quick_bench_runs_every_method_in_both_regimes_and_repeats_the_baseline_exactly(tmp_path, capsys):
+    assert main(["bench", "--quick", "--resamples", "50", "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "bench.json").read_text())
-    names = [row["method"] for row in report["methods"]]
-    assert names == [m.name for m in benchmark_methods()] + ["baseline (timed again)"]
-    again = report["methods"][-1]
-    assert again["identical_to_baseline"] and again["psnr"] is None  # null: identical pictures
-    assert all(row["flops_ratio"] > 0 and row["wall_ratio"] > 0 for row in report["methods"])
+    assert list(report["regimes"]) == list(REGIMES)
+    steps = report["equal_flops_steps"]
+    assert steps["10x"] < steps["5x"] < steps["3x"] < 50
+    for block in report["regimes"].values():
+        names = [row["method"] for row in block["methods"]]
+        assert names == [m.name for m in benchmark_methods()] + ["baseline (timed again)"]
+        again = block["methods"][-1]
+        assert again["identical_to_baseline"] and again["psnr"] is None  # null: identical pictures
+        by_name = {row["method"]: row for row in block["methods"]}
+        assert by_name["steps@10x"]["steps"] == steps["10x"]
+        fresco = by_name["fresco@10x"]
+        assert fresco["versus_fewer_steps"]["method"] == "steps@10x"
+        low, high = fresco["kid"]["ci"]
+        assert low <= high and fresco["flops_ratio"] > 8  # the 10x plan, counted
+        # the FLOPs peers match: within one stock step of the Fresco plan
+        assert abs(by_name["steps@10x"]["flops_ratio"] / fresco["flops_ratio"] - 1) < 0.25
     assert len(report["prompts"]) == 3 and sum(p["held_out"] for p in report["prompts"]) == 1
     for prompt in report["prompts"]:
         parse_prompt(prompt["prompt"])
     assert Image.open(tmp_path / "bench.png").size[0] > 1000
-    assert "| fresco@10x |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| fresco@10x |" in out and "guided (true_cfg_scale" in out
 
 
 def test_demo_writes_its_grid(tmp_path, capsys):
     out = tmp_path / "demo.png"
-    assert main(["demo", "--prompts", "2", "--presets", "flux-dev-10x", "--out", str(out)]) == 0
+    assert main(["demo", "--prompts", "1", "--presets", "flux-dev-10x", "--repeats", "1", "--out", str(out)]) == 0
     width, height = Image.open(out).size
-    assert width == 2 * 2 * SIZE and height > 2 * 2 * SIZE
-    assert "| flux-dev-10x |" in capsys.readouterr().out
+    assert width == 3 * 2 * SIZE and height > 2 * SIZE  # stock, Fresco 10x, fewer steps at its FLOPs
+    printed = capsys.readouterr().out
+    assert "| Fresco 10x |" in printed and "(FLOPs of Fresco 10x)" in printed and str(out) in printed

@@ -1,17 +1,20 @@
 """Trains the shipped demo model: a small FLUX-architecture text-to-image pipeline on procedural scenes.
 
-    python training/train_scenes_model.py            # about an hour on 2 CPU cores, fp32, fixed seed
+    python training/train_scenes_model.py            # about 80 minutes on 2 CPU cores, fp32, fixed seed
 
 Writes a diffusers folder (``FluxPipeline.from_pretrained`` loads it) to ``fresco_plugin/models/scenes-flux``, with
-``training_report.json`` beside the weights. Every random draw comes from the seed, so a rerun reproduces the weights
-up to float summation order across threads. Components:
+``training_report.json`` beside the weights. Every random draw comes from the seed and the run is single-process fp32
+with a fixed thread count, so a rerun on the same kind of machine reproduces the weights byte for byte. Components:
 
 - tokenizers built from the scene grammar's words (a CLIP BPE and a T5 unigram, saved as ``tokenizer.json``);
-- text encoders: a 2-layer CLIP text model and a 2-layer T5 encoder, randomly initialised from the seed and frozen
-  (the transformer learns to read their features; the grammar is small enough that it needs nothing more);
+- text encoders: a 2-layer CLIP text model and a 2-layer T5 encoder, trained jointly with the transformer. Frozen
+  random encoders (the first shipped model) mix every word into every token almost uniformly, so "red" as the first
+  object and "red" as the second look alike and the model could not bind colour, shape and relation;
 - a VAE (``AutoencoderKL``, 4x downsampling, 4 latent channels) trained on scene renders;
-- a ``FluxTransformer2DModel`` (about 2.3M parameters) trained by rectified flow at 64, 96 and 128 pixels, with FLUX's
-  resolution-dependent timestep shift, so it can sample at the low resolutions Fresco starts from.
+- a ``FluxTransformer2DModel`` trained by rectified flow at 128 pixels and at 64 pixels (the 128-pixel scene
+  downsampled 2x2, so both resolutions show the same scene and a low-resolution sketch means the same layout), with
+  FLUX's token-count timestep shift and 10% caption dropout (the empty prompt), so true classifier-free guidance
+  (``true_cfg_scale`` with ``negative_prompt=""``) works.
 """
 
 from __future__ import annotations
@@ -25,22 +28,33 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fresco_plugin.scenes import (BACKGROUNDS, COLORS, RELATIONS, SHAPES, check_adherence, parse_prompt, render,
-                                  sample_scene)
+from fresco_plugin.scenes import (
+    BACKGROUNDS,
+    COLORS,
+    RELATIONS,
+    SHAPES,
+    check_adherence,
+    parse_prompt,
+    render,
+    sample_scene,
+)
 from fresco_plugin.schedule import flux_mu
 
 OUTPUT = Path(__file__).resolve().parents[1] / "fresco_plugin" / "models" / "scenes-flux"
 TEXT_TOKENS = 32  # T5 sequence length the model is trained with (pass max_sequence_length=32 to the pipeline)
+SIZE = 128
 SCHEDULER = dict(num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
                  base_image_seq_len=64, max_image_seq_len=256)
 VAE = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
            up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(16, 32, 32), layers_per_block=1,
-           latent_channels=4, norm_num_groups=8, sample_size=128, mid_block_add_attention=False)
-TRANSFORMER = dict(patch_size=1, in_channels=16, num_layers=2, num_single_layers=4, attention_head_dim=32,
-                   num_attention_heads=4, joint_attention_dim=64, pooled_projection_dim=64, guidance_embeds=False,
-                   axes_dims_rope=(8, 12, 12))
-# (pixels, batch size): each training step draws one resolution, in this repeating order.
-RESOLUTION_CYCLE = ((128, 32), (64, 64), (128, 32), (96, 48))
+           latent_channels=4, norm_num_groups=8, sample_size=SIZE, mid_block_add_attention=False)
+TEXT_WIDTH = 64
+
+
+def transformer_config(heads: int, double: int, single: int, text_width: int = TEXT_WIDTH) -> dict:
+    return dict(patch_size=1, in_channels=16, num_layers=double, num_single_layers=single, attention_head_dim=32,
+                num_attention_heads=heads, joint_attention_dim=text_width, pooled_projection_dim=text_width,
+                guidance_embeds=False, axes_dims_rope=(8, 12, 12))
 
 
 def grammar_words() -> list[str]:
@@ -79,149 +93,260 @@ def build_tokenizers():
     return clip, t5
 
 
-def build_text_encoders(clip_tokenizer, t5_tokenizer):
+def build_text_encoders(clip_tokenizer, t5_tokenizer, width: int):
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
     clip = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(clip_tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=2, max_position_embeddings=77, projection_dim=64,
+        vocab_size=len(clip_tokenizer), hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=77, projection_dim=width,
         bos_token_id=clip_tokenizer.bos_token_id, eos_token_id=clip_tokenizer.eos_token_id,
         pad_token_id=clip_tokenizer.pad_token_id))
     t5 = T5EncoderModel(T5Config(
-        vocab_size=len(t5_tokenizer), d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
-        pad_token_id=t5_tokenizer.pad_token_id, eos_token_id=t5_tokenizer.eos_token_id, decoder_start_token_id=0))
-    return clip.eval().requires_grad_(False), t5.eval().requires_grad_(False)
+        vocab_size=len(t5_tokenizer), d_model=width, d_kv=16, d_ff=2 * width, num_layers=2, num_heads=4,
+        dropout_rate=0.0, pad_token_id=t5_tokenizer.pad_token_id, eos_token_id=t5_tokenizer.eos_token_id,
+        decoder_start_token_id=0))
+    return clip, t5
 
 
-def to_tensor(images: list[np.ndarray]) -> torch.Tensor:
+def to_tensor(images: list[np.ndarray] | np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2) * 2 - 1
 
 
-def train_vae(vae, steps: int, rng: np.random.Generator, log) -> None:
+def downsample(images: torch.Tensor) -> torch.Tensor:
+    """The 64-pixel view of 128-pixel pictures: 2x2 means, so both resolutions show the same scene."""
+    return torch.nn.functional.avg_pool2d(images, 2)
+
+
+def cosine_lr(peak: float, step: int, steps: int, warmup: int = 100) -> float:
+    return peak * min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+
+
+def train_vae(vae, steps: int, rng: np.random.Generator, device: torch.device, log) -> None:
     optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
     vae.train()
     for step in range(steps):
-        # 64-pixel views: whole 64-pixel scenes, or crops of 128-pixel scenes (their finer textures, cheaply)
+        # 64-pixel views: whole downsampled scenes, or crops of 128-pixel scenes (their finer textures, cheaply)
+        pictures = to_tensor([render(sample_scene(rng), SIZE) for _ in range(16)])
         if step % 2:
-            images = to_tensor([render(sample_scene(rng), 64) for _ in range(16)])
+            images = downsample(pictures)
         else:
-            corners = rng.integers(0, 65, size=(16, 2))
-            images = to_tensor([render(sample_scene(rng), 128)[y:y + 64, x:x + 64] for y, x in corners])
+            corners = rng.integers(0, SIZE // 2 + 1, size=(16, 2))
+            images = torch.stack([p[:, y:y + SIZE // 2, x:x + SIZE // 2] for p, (y, x) in zip(pictures, corners)])
+        images = images.to(device)
         posterior = vae.encode(images).latent_dist
         # Trained as a plain autoencoder on the posterior mean (sampling at the initial unit variance drowns the
-        # signal for hundreds of steps); only the mean is ever used (dataset encoding, decoding). L1 keeps edges and
-        # textures sharp; a tiny KL keeps the latent scale bounded.
+        # signal for hundreds of steps); only the mean is ever used. L1 keeps edges and textures sharp; a tiny KL
+        # keeps the latent scale bounded.
         decoded = vae.decode(posterior.mean).sample
         loss = (decoded - images).abs().mean() + 1e-6 * posterior.kl().mean()
         loss.backward()
         for group in optimizer.param_groups:
-            group["lr"] = 1e-3 * min(1.0, (step + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+            group["lr"] = cosine_lr(1e-3, step, steps)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if step % 200 == 0 or step == steps - 1:
+        if step % 250 == 0 or step == steps - 1:
             log(f"vae step {step}/{steps} l1 {loss.item():.4f}")
     vae.eval().requires_grad_(False)
 
 
 @torch.no_grad()
-def encode_dataset(pipe, counts: dict[int, int], rng: np.random.Generator, log):
-    """Latents (VAE posterior means, FLUX-normalised) and text embeddings of fresh training scenes."""
-    data = {}
-    for size, count in counts.items():
-        latents, prompts = [], []
-        for start in range(0, count, 32):
-            scenes = [sample_scene(rng) for _ in range(min(32, count - start))]
-            latents.append(pipe.vae.encode(to_tensor([render(s, size) for s in scenes])).latent_dist.mean)
-            prompts += [s.prompt for s in scenes]
-        log(f"encoded {count} scenes at {size}px")
-        data[size] = (torch.cat(latents), prompts)
-    return data
+def encode_dataset(vae, count: int, rng: np.random.Generator, device: torch.device, log):
+    """Unnormalised latents (VAE posterior means) of ``count`` fresh training scenes at 128 and at 64 pixels."""
+    large, small, prompts = [], [], []
+    for start in range(0, count, 64):
+        scenes = [sample_scene(rng) for _ in range(min(64, count - start))]
+        pictures = to_tensor([render(s, SIZE) for s in scenes]).to(device)
+        large.append(vae.encode(pictures).latent_dist.mean.cpu())
+        small.append(vae.encode(downsample(pictures)).latent_dist.mean.cpu())
+        prompts += [s.prompt for s in scenes]
+        if start % 4096 == 0:
+            log(f"encoded {start}/{count} scenes")
+    return {SIZE: torch.cat(large), SIZE // 2: torch.cat(small)}, prompts
 
 
-@torch.no_grad()
-def embed_prompts(pipe, prompts: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    unique = sorted(set(prompts))
-    table = {}
-    for start in range(0, len(unique), 256):
-        chunk = unique[start:start + 256]
-        embeds, pooled, _ = pipe.encode_prompt(chunk, prompt_2=None, max_sequence_length=TEXT_TOKENS)
-        for prompt, e, p in zip(chunk, embeds, pooled):
-            table[prompt] = (e, p)
-    return table
+class PromptTokens:
+    """Every distinct prompt's token ids, tokenised exactly as ``FluxPipeline.encode_prompt`` does."""
+
+    def __init__(self, clip_tokenizer, t5_tokenizer, prompts: list[str]):
+        self.prompts = ["", *sorted(set(prompts))]  # index 0: the empty prompt (caption dropout, negative prompt)
+        self.index = {p: i for i, p in enumerate(self.prompts)}
+        self.clip = clip_tokenizer(self.prompts, padding="max_length", max_length=clip_tokenizer.model_max_length,
+                                   truncation=True, return_tensors="pt").input_ids
+        self.t5 = t5_tokenizer(self.prompts, padding="max_length", max_length=TEXT_TOKENS, truncation=True,
+                               return_tensors="pt").input_ids
 
 
-def train_transformer(pipe, data, embeddings, steps: int, seed: int, log) -> dict[str, torch.Tensor]:
+SLOTS = (("color_1", list(COLORS)), ("shape_1", list(SHAPES)), ("relation", list(RELATIONS)),
+         ("color_2", list(COLORS)), ("shape_2", list(SHAPES)), ("background", list(BACKGROUNDS)))
+
+
+def slot_labels(prompt: str) -> list[int]:
+    spec = parse_prompt(prompt)
+    values = (spec.first[0], spec.first[1], spec.relation, spec.second[0], spec.second[1], spec.background)
+    return [choices.index(v) for (_, choices), v in zip(SLOTS, values)]
+
+
+def word_roles(prompt: str, t5_tokenizer) -> list[int]:
+    """Per T5 token: which slot's value it names (an index into the flattened slot values), or -100 for the others
+    ("a", "on", "of", "background", the end and the padding)."""
+    offsets, start = {}, 0
+    for name, choices in SLOTS:
+        offsets[name] = start
+        start += len(choices)
+    spec = parse_prompt(prompt)
+    words = prompt.split()
+    roles = [-100] * len(words)
+    relation_words = spec.relation.split()
+    at = 3  # "a <colour> <shape> <relation...> a <colour> <shape> on a <background> background"
+    roles[1] = offsets["color_1"] + list(COLORS).index(spec.first[0])
+    roles[2] = offsets["shape_1"] + SHAPES.index(spec.first[1])
+    for k in range(len(relation_words)):
+        roles[at + k] = offsets["relation"] + RELATIONS.index(spec.relation)
+    second = at + len(relation_words) + 1
+    roles[second] = offsets["color_2"] + list(COLORS).index(spec.second[0])
+    roles[second + 1] = offsets["shape_2"] + SHAPES.index(spec.second[1])
+    roles[-2] = offsets["background"] + BACKGROUNDS.index(spec.background)
+    ids = t5_tokenizer(words, is_split_into_words=True).word_ids()
+    labels = [roles[w] if w is not None else -100 for w in ids][:TEXT_TOKENS]
+    return labels + [-100] * (TEXT_TOKENS - len(labels))
+
+
+def pretrain_text_encoders(pipe, tokens: PromptTokens, steps: int, generator: torch.Generator,
+                           device: torch.device, log) -> None:
+    """Teach the text encoders the grammar before the transformer sees them, as FLUX's come pretrained: the CLIP
+    pooled vector reads every slot of the prompt (both objects' colour and shape, the relation, the background), and
+    each T5 token says which slot it fills ("red" as the first or the second object's colour). The transformer then
+    binds image regions to slots from its first step instead of waiting for the encoders to discover word order."""
+    prompts = tokens.prompts[1:]
+    labels = torch.tensor([slot_labels(p) for p in prompts])
+    roles = torch.tensor([word_roles(p, pipe.tokenizer_2) for p in prompts])
+    width = sum(len(choices) for _, choices in SLOTS)
+    heads = torch.nn.ModuleDict({"pooled": torch.nn.Linear(pipe.text_encoder.config.hidden_size, width),
+                                 "tokens": torch.nn.Linear(pipe.text_encoder_2.config.d_model, width)}).to(device)
+    encoders = [pipe.text_encoder, pipe.text_encoder_2]
+    optimizer = torch.optim.AdamW([p for m in [*encoders, heads] for p in m.parameters()], lr=3e-3)
+    for module in encoders:
+        module.train().requires_grad_(True)
+    for step in range(steps):
+        index = torch.randint(len(prompts), (64,), generator=generator)
+        sequence, pooled = encode_text(pipe, tokens.clip[index + 1].to(device), tokens.t5[index + 1].to(device))
+        logits = heads["pooled"](pooled)
+        loss, start = 0.0, 0
+        for k, (_, choices) in enumerate(SLOTS):
+            loss = loss + torch.nn.functional.cross_entropy(logits[:, start:start + len(choices)],
+                                                            labels[index, k].to(device))
+            start += len(choices)
+        loss = loss + torch.nn.functional.cross_entropy(heads["tokens"](sequence).flatten(0, 1),
+                                                        roles[index].flatten().to(device))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step % 100 == 0 or step == steps - 1:
+            log(f"text step {step}/{steps} slot loss {loss.item():.4f}")
+
+
+def encode_text(pipe, clip_ids: torch.Tensor, t5_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(T5 sequence, CLIP pooled) with gradients: the same calls ``FluxPipeline.encode_prompt`` makes."""
+    pooled = pipe.text_encoder(clip_ids, output_hidden_states=False).pooler_output
+    sequence = pipe.text_encoder_2(t5_ids, output_hidden_states=False)[0]
+    return sequence, pooled
+
+
+def train_transformer(pipe, latents: dict[int, torch.Tensor], prompt_ids: torch.Tensor, tokens: PromptTokens,
+                      args, device: torch.device, log) -> None:
     from diffusers import FluxPipeline
 
-    transformer = pipe.transformer
-    transformer.train()
-    optimizer = torch.optim.AdamW(transformer.parameters(), lr=6e-4, weight_decay=0.01, betas=(0.9, 0.99))
-    ema = {name: p.detach().clone() for name, p in transformer.named_parameters()}
-    generator = torch.Generator().manual_seed(seed)
-    scale, shift = pipe.vae.config.scaling_factor, pipe.vae.config.shift_factor
-    txt_ids = torch.zeros(TEXT_TOKENS, 3)
-    for step in range(steps):
-        size, batch = RESOLUTION_CYCLE[step % len(RESOLUTION_CYCLE)]
-        latents, prompts = data[size]
-        index = torch.randint(len(prompts), (batch,), generator=generator)
-        x0 = (latents[index] - shift) * scale
+    modules = [pipe.transformer, pipe.text_encoder, pipe.text_encoder_2]
+    parameters = [p for m in modules for p in m.parameters()]
+    for module in modules:
+        module.train().requires_grad_(True)
+    optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
+    ema = [p.detach().clone() for p in parameters]
+    generator = torch.Generator().manual_seed(args.seed)
+    txt_ids = torch.zeros(TEXT_TOKENS, 3, device=device)
+    cycle = [(SIZE, args.batch)] * args.large_per_cycle + [(SIZE // 2, args.batch * 2)] * args.small_per_cycle
+    for step in range(args.transformer_steps):
+        size, batch = cycle[step % len(cycle)]
+        index = torch.randint(len(prompt_ids), (batch,), generator=generator)
+        x0 = latents[size][index].to(device)
         _, channels, height, width = x0.shape
         x0 = FluxPipeline._pack_latents(x0, batch, channels, height, width)
-        tokens = x0.shape[1]
         # Logit-normal times, shifted towards noise with FLUX's token-count rule (the pipeline samples the same way).
-        mu = flux_mu(tokens, SCHEDULER["base_image_seq_len"], SCHEDULER["max_image_seq_len"],
+        mu = flux_mu(x0.shape[1], SCHEDULER["base_image_seq_len"], SCHEDULER["max_image_seq_len"],
                      SCHEDULER["base_shift"], SCHEDULER["max_shift"])
         u = torch.sigmoid(torch.randn(batch, generator=generator))
-        sigma = math.exp(mu) * u / (1 + (math.exp(mu) - 1) * u)
-        noise = torch.randn(x0.shape, generator=generator)
+        sigma = (math.exp(mu) * u / (1 + (math.exp(mu) - 1) * u)).to(device)
+        noise = torch.randn(x0.shape, generator=generator).to(device)
         noisy = (1 - sigma[:, None, None]) * x0 + sigma[:, None, None] * noise
-        embeds = torch.stack([embeddings[prompts[i]][0] for i in index])
-        pooled = torch.stack([embeddings[prompts[i]][1] for i in index])
-        image_ids = FluxPipeline._prepare_latent_image_ids(batch, height // 2, width // 2, "cpu", torch.float32)
-        prediction = transformer(hidden_states=noisy, encoder_hidden_states=embeds, pooled_projections=pooled,
-                                 timestep=sigma, img_ids=image_ids, txt_ids=txt_ids, return_dict=False)[0]
+        drop = torch.rand(batch, generator=generator) < args.caption_dropout
+        ids = torch.where(drop, torch.zeros_like(prompt_ids[index]), prompt_ids[index])
+        embeds, pooled = encode_text(pipe, tokens.clip[ids].to(device), tokens.t5[ids].to(device))
+        image_ids = FluxPipeline._prepare_latent_image_ids(batch, height // 2, width // 2, device, torch.float32)
+        prediction = pipe.transformer(hidden_states=noisy, encoder_hidden_states=embeds, pooled_projections=pooled,
+                                      timestep=sigma, img_ids=image_ids, txt_ids=txt_ids, return_dict=False)[0]
         loss = (prediction - (noise - x0)).pow(2).mean()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
-        lr = 6e-4 * min(1.0, (step + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        lr = cosine_lr(args.lr, step, args.transformer_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        decay = min(0.999, (step + 1) / (step + 10))
+        decay = min(args.ema, (step + 1) / (step + 10))
         with torch.no_grad():
-            for name, p in transformer.named_parameters():
-                ema[name].lerp_(p.detach(), 1 - decay)
-        if step % 100 == 0 or step == steps - 1:
-            log(f"transformer step {step}/{steps} {size}px loss {loss.item():.4f} lr {lr:.2e}")
-    transformer.eval().requires_grad_(False)
+            torch._foreach_lerp_(ema, [p.detach() for p in parameters], 1 - decay)
+        if step % 100 == 0 or step == args.transformer_steps - 1:
+            log(f"transformer step {step}/{args.transformer_steps} {size}px loss {loss.item():.4f} lr {lr:.2e}")
     with torch.no_grad():
-        for name, p in transformer.named_parameters():
-            p.copy_(ema[name])
-    return ema
+        for p, average in zip(parameters, ema):
+            p.copy_(average)
+    for module in modules:
+        module.eval().requires_grad_(False)
 
 
 @torch.no_grad()
-def adherence_report(pipe, rng: np.random.Generator, prompts_per_split: int, log) -> dict:
-    """Checker accuracy on ground-truth renders, on their VAE round trip, and on the model's 50-step samples."""
+def sample(pipe, prompts: list[str], size: int, cfg: float, steps: int = 50, seed: int = 1000) -> list[np.ndarray]:
+    images = []
+    for start in range(0, len(prompts), 32):
+        chunk = prompts[start:start + 32]
+        guided = dict(true_cfg_scale=cfg, negative_prompt=[""] * len(chunk)) if cfg > 1 else {}
+        out = pipe(chunk, height=size, width=size, num_inference_steps=steps, max_sequence_length=TEXT_TOKENS,
+                   generator=[torch.Generator().manual_seed(seed + start + i) for i in range(len(chunk))],
+                   output_type="np", **guided)
+        images.extend(out.images)
+    return images
+
+
+def checker_rates(images: list[np.ndarray], prompts: list[str]) -> dict[str, float]:
+    specs = [parse_prompt(p) for p in prompts]
+    checks = [check_adherence(img, spec) for img, spec in zip(images, specs)]
+    return dict(whole=float(np.mean([c.passed(s) for c, s in zip(checks, specs)])),
+                objects=float(np.mean([all(c.found) for c in checks])),
+                shapes=float(np.mean([all(c.shapes_ok(s)) for c, s in zip(checks, specs)])),
+                relation=float(np.mean([c.relation_ok for c in checks])))
+
+
+@torch.no_grad()
+def adherence_report(pipe, rng: np.random.Generator, prompts_per_split: int, cfg_scales: list[float],
+                     device: torch.device, log) -> dict:
+    """Checker pass rates on true renders, on their VAE round trip, and on the model's 50-step samples (unguided and
+    with true CFG at each scale), for training and held-out prompts, at 128 pixels and (unguided) 64 pixels."""
     report = {}
     for split, held_out in (("train", False), ("held_out", True)):
         scenes = [sample_scene(rng, held_out=held_out) for _ in range(prompts_per_split)]
         prompts = [s.prompt for s in scenes]
-        truth = [render(s, 128) for s in scenes]
-        roundtrip = pipe.vae.decode(pipe.vae.encode(to_tensor(truth)).latent_dist.mean).sample
-        roundtrip = ((roundtrip.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
-        images = []
-        for start in range(0, len(prompts), 16):
-            chunk = prompts[start:start + 16]
-            out = pipe(chunk, height=128, width=128, num_inference_steps=50, max_sequence_length=TEXT_TOKENS,
-                       generator=[torch.Generator().manual_seed(1000 + start + i) for i in range(len(chunk))],
-                       output_type="np")
-            images.extend(out.images)
-        for name, pictures in (("ground_truth", truth), ("vae_roundtrip", roundtrip), ("generated", images)):
-            checks = [check_adherence(p, prompt) for p, prompt in zip(pictures, prompts)]
-            report[f"{split}/{name}"] = float(np.mean([c.passed(parse_prompt(q)) for c, q in zip(checks, prompts)]))
-            log(f"adherence {split}/{name}: {report[f'{split}/{name}']:.3f} over {len(prompts)} prompts")
+        truth = [render(s, SIZE) for s in scenes]
+        roundtrip = pipe.vae.decode(pipe.vae.encode(to_tensor(truth).to(device)).latent_dist.mean).sample
+        roundtrip = list(((roundtrip.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).cpu().numpy())
+        results = {"ground_truth": truth, "vae_roundtrip": roundtrip}
+        for cfg in cfg_scales:
+            results["generated" if cfg <= 1 else f"generated_cfg{cfg:g}"] = sample(pipe, prompts, SIZE, cfg)
+        results["generated_64px"] = sample(pipe, prompts, SIZE // 2, 1.0)
+        for name, pictures in results.items():
+            rates = checker_rates(pictures, prompts)
+            report[f"{split}/{name}"] = rates
+            log(f"adherence {split}/{name}: " + " ".join(f"{k} {v:.3f}" for k, v in rates.items())
+                + f" over {len(prompts)} prompts")
     return report
 
 
@@ -229,16 +354,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", type=Path, default=OUTPUT)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--vae-steps", type=int, default=2000)
-    parser.add_argument("--transformer-steps", type=int, default=2600)
-    parser.add_argument("--scenes", type=int, nargs=3, default=(12000, 4000, 8000), metavar=("AT64", "AT96", "AT128"))
+    parser.add_argument("--vae-steps", type=int, default=1500)
+    parser.add_argument("--scenes", type=int, default=20000, help="training scenes encoded at 128 and 64 pixels")
+    parser.add_argument("--transformer-steps", type=int, default=9000)
+    parser.add_argument("--text-steps", type=int, default=400, help="grammar pre-training of the text encoders")
+    parser.add_argument("--heads", type=int, default=4, help="attention heads of 32 channels (width = 32 x heads)")
+    parser.add_argument("--double-blocks", type=int, default=2)
+    parser.add_argument("--single-blocks", type=int, default=4)
+    parser.add_argument("--text-width", type=int, default=TEXT_WIDTH)
+    parser.add_argument("--batch", type=int, default=16, help="batch at 128 pixels (twice this at 64)")
+    parser.add_argument("--large-per-cycle", type=int, default=1, help="128-pixel steps per cycle")
+    parser.add_argument("--small-per-cycle", type=int, default=2, help="64-pixel steps per cycle")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--ema", type=float, default=0.999)
+    parser.add_argument("--caption-dropout", type=float, default=0.1)
     parser.add_argument("--report-prompts", type=int, default=64)
+    parser.add_argument("--report-cfg", type=float, nargs="+", default=(1.0, 2.0, 3.0, 4.0))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu for the shipped weights; cuda for quick explorations")
     args = parser.parse_args()
 
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
     started = time.time()
 
     def log(message: str) -> None:
@@ -247,37 +386,49 @@ def main() -> None:
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     clip_tokenizer, t5_tokenizer = build_tokenizers()
-    clip, t5 = build_text_encoders(clip_tokenizer, t5_tokenizer)
+    clip, t5 = build_text_encoders(clip_tokenizer, t5_tokenizer, args.text_width)
     vae = AutoencoderKL(**VAE)
-    transformer = FluxTransformer2DModel(**TRANSFORMER)
+    transformer = FluxTransformer2DModel(**transformer_config(args.heads, args.double_blocks, args.single_blocks,
+                                                              args.text_width))
+    log(f"transformer {sum(p.numel() for p in transformer.parameters()) / 1e6:.2f}M parameters, text encoders "
+        f"{sum(p.numel() for m in (clip, t5) for p in m.parameters()) / 1e6:.2f}M")
     pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(**SCHEDULER), vae=vae, text_encoder=clip,
                         tokenizer=clip_tokenizer, text_encoder_2=t5, tokenizer_2=t5_tokenizer, transformer=transformer)
+    pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
 
-    train_vae(vae, args.vae_steps, rng, log)
+    train_vae(vae, args.vae_steps, rng, device, log)
     with torch.no_grad():  # a cheap early read of the VAE: does the checker still read its round trips?
         scenes = [sample_scene(rng) for _ in range(32)]
-        decoded = vae.decode(vae.encode(to_tensor([render(s, 128) for s in scenes])).latent_dist.mean).sample
-        pictures = ((decoded.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
-        passed = np.mean([check_adherence(p, s.prompt).passed(parse_prompt(s.prompt)) for p, s in zip(pictures, scenes)])
-        log(f"vae round trip: checker passes {passed:.3f} of 32 scenes")
-    counts = dict(zip((64, 96, 128), args.scenes))
-    raw = encode_dataset(pipe, {128: min(2000, counts[128])}, rng, log)[128][0]
+        decoded = vae.decode(vae.encode(to_tensor([render(s, SIZE) for s in scenes]).to(device)).latent_dist.mean)
+        pictures = ((decoded.sample.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).cpu().numpy()
+        log(f"vae round trip: checker passes {checker_rates(list(pictures), [s.prompt for s in scenes])['whole']:.3f}"
+            " of 32 scenes")
+    raw, prompts = encode_dataset(vae, args.scenes, rng, device, log)
     # FLUX normalises latents as (z - shift) * scale; measured on the data so the model sees unit variance.
-    vae.register_to_config(shift_factor=float(raw.mean()), scaling_factor=float(1.0 / raw.std()))
+    vae.register_to_config(shift_factor=float(raw[SIZE].mean()), scaling_factor=float(1.0 / raw[SIZE].std()))
     log(f"vae shift_factor {vae.config.shift_factor:.4f} scaling_factor {vae.config.scaling_factor:.4f}")
-    data = encode_dataset(pipe, counts, rng, log)
-    embeddings = embed_prompts(pipe, [p for _, prompts in data.values() for p in prompts])
-    log(f"{len(embeddings)} distinct training prompts embedded")
-    train_transformer(pipe, data, embeddings, args.transformer_steps, args.seed, log)
+    latents = {size: (z - vae.config.shift_factor) * vae.config.scaling_factor for size, z in raw.items()}
+    tokens = PromptTokens(clip_tokenizer, t5_tokenizer, prompts)
+    prompt_ids = torch.tensor([tokens.index[p] for p in prompts])
+    log(f"{len(tokens.prompts) - 1} distinct training prompts")
+    pretrain_text_encoders(pipe, tokens, args.text_steps, torch.Generator().manual_seed(args.seed), device, log)
+    train_transformer(pipe, latents, prompt_ids, tokens, args, device, log)
 
     args.output.mkdir(parents=True, exist_ok=True)
-    pipe.save_pretrained(args.output, safe_serialization=True)
-    trained = FluxPipeline.from_pretrained(args.output)
+    pipe.to("cpu").save_pretrained(args.output, safe_serialization=True)
+    trained = FluxPipeline.from_pretrained(args.output).to(device)
     trained.set_progress_bar_config(disable=True)
-    report = adherence_report(trained, rng, args.report_prompts, log)
-    report.update(seed=args.seed, vae_steps=args.vae_steps, transformer_steps=args.transformer_steps,
-                  scenes=counts, minutes=round((time.time() - started) / 60, 1), torch=torch.__version__)
+    with torch.no_grad():  # the pipeline's own prompt encoding is what training used
+        ids = [tokens.index[p] for p in tokens.prompts[:8]]
+        embeds, pooled = encode_text(trained, tokens.clip[ids].to(device), tokens.t5[ids].to(device))
+        stock_embeds, stock_pooled, _ = trained.encode_prompt(tokens.prompts[:8], prompt_2=None,
+                                                              max_sequence_length=TEXT_TOKENS)
+        assert torch.equal(embeds, stock_embeds) and torch.equal(pooled, stock_pooled), "prompt encoding differs"
+    report = dict(adherence=adherence_report(trained, rng, args.report_prompts, list(args.report_cfg), device, log))
+    report.update(seed=args.seed, arguments={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                                             if k != "output"},
+                  minutes=round((time.time() - started) / 60, 1), torch=torch.__version__)
     (args.output / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
     log(f"saved to {args.output}")
 
