@@ -244,8 +244,9 @@ def patch_swd(pictures: Sequence[np.ndarray], reference: Sequence[np.ndarray], p
 
 
 def _interval(point: float, resampled: np.ndarray) -> dict[str, Any]:
-    """A figure with its 95% percentile-bootstrap interval."""
-    low, high = np.percentile(resampled, [2.5, 97.5])
+    """A figure with its 95% percentile-bootstrap interval (a KID resample with fewer than two distinct prompts has no
+    value and is left out: only at a handful of prompts, as with ``--quick``)."""
+    low, high = np.nanpercentile(resampled, [2.5, 97.5])
     return dict(value=float(point), ci=[float(low), float(high)])
 
 

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from fresco_plugin.integrations.scene_features import embed_pictures, kid, kid_bootstrap, load_feature_encoder
 from fresco_plugin.scenes import render, sample_scene, scene_for_prompt
@@ -35,7 +36,16 @@ def test_the_shipped_encoder_puts_true_renders_nearer_each_other_than_damaged_on
     scenes = [sample_scene(rng, held_out=None) for _ in range(48)]
     truth = embed_pictures(encoder, [render(s, 128) for s in scenes])
     again = embed_pictures(encoder, [render(scene_for_prompt(s.prompt, rng), 128) for s in scenes])
-    # blur: what a sampler that averages gives; a blank picture: nothing right at all
-    blurred = [np.repeat(np.repeat(render(s, 32), 4, 0), 4, 1) for s in scenes]
-    floor, damaged = kid(again, truth), kid(embed_pictures(encoder, blurred), truth)
-    assert damaged > 5 * abs(floor) and damaged > 1.0
+    # blur (what a sampler that averages gives: 4x4 means, smoothly upsampled) and speckle (noise at 0.1)
+    blurred = [_smooth(render(s, 128), 4) for s in scenes]
+    noisy = [np.clip(render(s, 128) + rng.normal(0, 0.1, (128, 128, 3)), 0, 1).astype(np.float32) for s in scenes]
+    floor = kid(again, truth)
+    for damaged in (blurred, noisy):
+        assert kid(embed_pictures(encoder, damaged), truth) > max(20 * abs(floor), 1000)
+
+
+def _smooth(picture, factor):
+    t = torch.from_numpy(picture).permute(2, 0, 1)[None]
+    t = torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(t, factor), scale_factor=factor,
+                                        mode="bilinear")
+    return t[0].permute(1, 2, 0).numpy()
