@@ -150,15 +150,16 @@ class NoiseField:
 
     def tokens(self, layout: TokenLayout, geometry: TokenGeometry) -> torch.Tensor:
         """The field at every token of ``layout``, packed ``(B, N, D)``: each token reads its own coordinates."""
-        out = None
-        for level in layout.level.unique().tolist():
+        base = self._levels[0]
+        out = base.new_zeros(*layout.level.shape, geometry.token_dim)  # stays empty for a layout without tokens
+        for index, level in enumerate(layout.level.unique().tolist()):
             values = self.level(level)
             rows, cols = values.shape[-2] // geometry.patch, values.shape[-1] // geometry.patch
             packed = pack(values, geometry.patch)
             here = layout.level == level
             flat = torch.where(here, (layout.frame * rows + layout.row) * cols + layout.col, 0)
             gathered = packed.gather(1, flat.unsqueeze(-1).expand(-1, -1, packed.shape[-1]))
-            out = gathered if out is None else torch.where(here.unsqueeze(-1), gathered, out)
+            out = gathered if index == 0 else torch.where(here.unsqueeze(-1), gathered, out)
         return out
 
     def select(self, indices: Sequence[int]) -> NoiseField:

@@ -6,7 +6,7 @@ import math
 import re
 
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from fresco_plugin import FrescoConfig
@@ -73,8 +73,12 @@ def _point_mass(latents, positions, step):
     return (latents - 0.5) / step.sigma
 
 
-@settings(max_examples=1000, deadline=None, suppress_health_check=list(HealthCheck))
+# derandomized: the same 1000 configs every run, so CI is repeatable (set derandomize=False locally to explore)
+@settings(max_examples=1000, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 @given(configs, st.integers(1, 30))
+# found by a random run: a promotion round at ratio 1.0 leaves no parents for the stage switch ("nearest" read the
+# field at an empty layout)
+@example({"stage_scales": (0.5, 1.0), "promotion_ratio": 1.0, "expansion": "nearest"}, 6)
 def test_any_config_is_refused_naming_its_field_or_samples_finite_latents(kwargs, steps):
     try:
         config = FrescoConfig(**kwargs)
