@@ -15,6 +15,7 @@ FID it has no bias that depends on the sample size, which matters at a few hundr
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -132,6 +133,8 @@ def kid(features: np.ndarray, reference: np.ndarray, index: np.ndarray | None = 
     x, y = features[index], reference[index]
     distinct = index[:, None] != index[None, :]
     pairs = distinct.sum()
+    if pairs == 0:  # a resample of one prompt drawn repeatedly: no pair of different draws, no estimate
+        return math.nan
     kxx, kyy, kxy = _kernel(x, x), _kernel(y, y), _kernel(x, y)
     # cross terms pair a picture with the true render of another prompt's draw only, as within-set terms do
     return float((kxx[distinct].sum() + kyy[distinct].sum() - 2 * kxy[distinct].sum()) / pairs * 1e3)

@@ -29,15 +29,24 @@ GUIDANCE_SCALE = 3
 
 
 def load_scenes_pipeline(*, device: str | torch.device = "cpu", progress: bool = True) -> Any:
-    """The shipped scenes pipeline (fp32), loaded by ``FluxPipeline.from_pretrained`` from the package."""
+    """The shipped scenes pipeline (fp32), loaded by ``FluxPipeline.from_pretrained`` from the package;
+    ``progress=False`` hides both the loading and the sampling progress bars."""
     from diffusers import FluxPipeline
+    from diffusers.utils import logging as diffusers_logging
 
     if not (MODEL_DIR / "model_index.json").is_file():
         raise FileNotFoundError(
             f"the shipped scenes model is missing from {MODEL_DIR}; reinstall the package, or train it again with "
-            "`python training/train_scenes_model.py` (about an hour on 2 CPU cores)"
+            "`python training/train_scenes_model.py` (about 75 minutes on 2 CPU cores)"
         )
-    pipe = FluxPipeline.from_pretrained(MODEL_DIR).to(device)  # saved in fp32, loads in fp32
+    shown = diffusers_logging.is_progress_bar_enabled()
+    if not progress:
+        diffusers_logging.disable_progress_bar()
+    try:
+        pipe = FluxPipeline.from_pretrained(MODEL_DIR).to(device)  # saved in fp32, loads in fp32
+    finally:
+        if shown:
+            diffusers_logging.enable_progress_bar()
     pipe.set_progress_bar_config(disable=not progress)
     return pipe
 
