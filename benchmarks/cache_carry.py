@@ -29,8 +29,8 @@ from diffusers.hooks.first_block_cache import _FBC_LEADER_BLOCK_HOOK, FBCHeadBlo
 
 from fresco_plugin import PRESETS
 from fresco_plugin.integrations._diffusers_runner import TransformerDenoiser
-from fresco_plugin.integrations.bench import BASELINE_STEPS, Method, _Runner, ssim
-from fresco_plugin.integrations.shipped_model import load_scenes_pipeline, prompt_set
+from fresco_plugin.tools.bench import BASELINE_STEPS, Method, _Runner, ssim
+from fresco_plugin.tools.shipped_model import load_scenes_pipeline, prompt_set
 
 PRESET_NAMES = ("flux-dev-3x", "flux-dev-5x", "flux-dev-10x")
 THRESHOLDS = (0.1, 0.2, 0.3)

@@ -17,7 +17,7 @@ import torch
 
 from fresco_plugin import FrescoConfig, apply_fresco, remove_fresco
 from fresco_plugin.flops import count_plan_flops
-from fresco_plugin.integrations.tiny import random_flux_pipeline
+from fresco_plugin.tools.tiny import random_flux_pipeline
 
 PRESETS = ["flux-dev-3x", "flux-dev-5x", "flux-dev-10x", "flux-schnell-22x"]
 

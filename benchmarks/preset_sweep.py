@@ -25,11 +25,11 @@ import torch
 
 from fresco_plugin.config import PRESETS, FrescoConfig
 from fresco_plugin.flops import count_plan_flops
-from fresco_plugin.integrations.bench import BASELINE_STEPS, Method, _Runner, psnr, ssim
-from fresco_plugin.integrations.shipped_model import load_scenes_pipeline, prompt_set
 from fresco_plugin.sampler import min_score_history
-from fresco_plugin.scenes import check_adherence, parse_prompt
 from fresco_plugin.schedule import plan_stages
+from fresco_plugin.tools.bench import BASELINE_STEPS, Method, _Runner, psnr, ssim
+from fresco_plugin.tools.scenes import check_adherence, parse_prompt
+from fresco_plugin.tools.shipped_model import load_scenes_pipeline, prompt_set
 
 BUDGETS = {"flux-dev-3x": 3.0, "flux-dev-5x": 5.0, "flux-dev-10x": 10.0}
 LOW_STEPS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16, 22)

@@ -16,8 +16,8 @@ import argparse
 import numpy as np
 import torch
 
-from fresco_plugin.integrations.bench import psnr, ssim
-from fresco_plugin.integrations.shipped_model import TEXT_TOKENS, load_scenes_pipeline, prompt_set
+from fresco_plugin.tools.bench import psnr, ssim
+from fresco_plugin.tools.shipped_model import TEXT_TOKENS, load_scenes_pipeline, prompt_set
 
 
 def main() -> None:

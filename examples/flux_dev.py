@@ -46,7 +46,7 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.tiny:
-        from fresco_plugin.integrations.tiny import tiny_flux_pipeline
+        from fresco_plugin.tools.tiny import tiny_flux_pipeline
 
         schnell = args.preset.startswith("flux-schnell")
         pipe = tiny_flux_pipeline(guidance_embeds=not schnell, static_shift=schnell)

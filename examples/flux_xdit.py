@@ -7,7 +7,7 @@
 Without ``--fresco-preset`` it is a stock xDiT run (``--num_inference_steps`` then applies; a preset sets its own).
 PipeFusion (``--pipefusion_parallel_degree`` > 1) and ``--use_cfg_parallel`` are refused with Fresco on.
 
-Offline, on any CPU (2 gloo processes through fresco_plugin.integrations.xdit_cpu, a tiny random-weight pipeline;
+Offline, on any CPU (2 gloo processes through fresco_plugin.tools.xdit_cpu, a tiny random-weight pipeline;
 checks the plumbing only; needs ``pip install xfuser==0.7.0`` and ``pip install --no-deps triton``):
     torchrun --standalone --nproc_per_node 2 examples/flux_xdit.py --tiny --model tiny --ulysses_degree 2 \\
         --fresco-preset flux-dev-5x
@@ -30,7 +30,7 @@ def main() -> None:
     tiny = "--tiny" in sys.argv
     if tiny:  # must happen before xfuser is imported
         sys.argv.remove("--tiny")
-        from fresco_plugin.integrations.xdit_cpu import import_xfuser_on_cpu
+        from fresco_plugin.tools.xdit_cpu import import_xfuser_on_cpu
 
         import_xfuser_on_cpu()
     from diffusers import FluxPipeline
@@ -56,7 +56,7 @@ def main() -> None:
     rank = get_world_group().rank
 
     if tiny:
-        from fresco_plugin.integrations.tiny import tiny_flux_pipeline
+        from fresco_plugin.tools.tiny import tiny_flux_pipeline
 
         pipe = tiny_flux_pipeline(num_attention_heads=4, transformer_class=xFuserFlux1Transformer2DWrapper)
         g = torch.Generator().manual_seed(input_config.seed)

@@ -33,7 +33,7 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.tiny:
-        from fresco_plugin.integrations.tiny import tiny_hunyuan_video_pipeline
+        from fresco_plugin.tools.tiny import tiny_hunyuan_video_pipeline
 
         pipe = tiny_hunyuan_video_pipeline()
         g = torch.Generator().manual_seed(args.seed)

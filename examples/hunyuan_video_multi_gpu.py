@@ -49,7 +49,7 @@ def main() -> None:
         dist.init_process_group("gloo", timeout=COLLECTIVE_TIMEOUT)
         # diffusers places ranks with `rank % torch.accelerator.device_count()`, which is 0 on a CPU
         torch.accelerator.device_count = lambda: 1
-        from fresco_plugin.integrations.tiny import tiny_hunyuan_video_pipeline
+        from fresco_plugin.tools.tiny import tiny_hunyuan_video_pipeline
 
         pipe = tiny_hunyuan_video_pipeline(num_attention_heads=4)
         g = torch.Generator().manual_seed(args.seed)
@@ -62,7 +62,7 @@ def main() -> None:
         dist.init_process_group("nccl", timeout=COLLECTIVE_TIMEOUT)
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         if args.random_weights:
-            from fresco_plugin.integrations.tiny import random_hunyuan_video_pipeline
+            from fresco_plugin.tools.tiny import random_hunyuan_video_pipeline
 
             pipe = random_hunyuan_video_pipeline(device="cuda")
             g = torch.Generator("cuda").manual_seed(args.seed)

@@ -7,6 +7,7 @@ library only when an adapter is used.
 from .api import apply_fresco, fresco_config_of, last_fresco_run, remove_fresco
 from .config import PRESETS, FrescoConfig
 from .registry import (
+    FrescoRunner,
     adapters,
     register_adapter,
     register_score,
@@ -17,6 +18,6 @@ from .registry import (
 
 __all__ = [
     "FrescoConfig", "PRESETS", "apply_fresco", "remove_fresco", "fresco_config_of", "last_fresco_run",
-    "register_adapter", "register_strategy", "register_score", "adapters", "strategies", "scores",
+    "register_adapter", "register_strategy", "register_score", "adapters", "strategies", "scores", "FrescoRunner",
 ]
 __version__ = "0.1.0"

@@ -8,52 +8,49 @@ from typing import Any
 from .config import FrescoConfig
 from .registry import find_adapter
 
-__all__ = ["apply_fresco", "remove_fresco", "fresco_config_of", "fresco_class_of", "last_fresco_run"]
+__all__ = ["apply_fresco", "remove_fresco", "fresco_config_of", "last_fresco_run"]
 
 _RUNNER = "_fresco_runner"
-_FRESCO_CLASSES: dict[type, type] = {}
 
 
-def fresco_class_of(cls: type) -> type:
-    """A subclass of the pipeline's class whose ``__call__`` runs Fresco; the original class is never modified.
+def _fresco_class(cls: type) -> type:
+    """A new subclass of the pipeline's class whose ``__call__`` runs Fresco; the original class is never modified.
 
     ``pipe(...)`` looks ``__call__`` up on the type, not the instance, so a per-instance switch needs a per-instance
-    type. The subclass keeps the name, module and call signature of the original.
+    type: one per ``apply_fresco``, shared with no other pipeline, so what another library patches onto a pipeline's
+    class (ParaAttention wraps ``__call__``) reaches that pipeline only. It keeps the name, module and call signature
+    of the original.
     """
-    fresco_cls = _FRESCO_CLASSES.get(cls)
-    if fresco_cls is None:
 
-        @functools.wraps(cls.__call__)
-        def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
-            runner = self.__dict__.get(_RUNNER)
-            if runner is None:  # made by the class itself (type(pipe).from_pipe(...)): a stock pipeline
-                return cls.__call__(self, *args, **kwargs)
-            return runner(*args, **kwargs)
+    @functools.wraps(cls.__call__)
+    def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
+        runner = self.__dict__.get(_RUNNER)
+        if runner is None:  # made by the class itself (type(pipe).from_pipe(...)): a stock pipeline
+            return cls.__call__(self, *args, **kwargs)
+        return runner(*args, **kwargs)
 
-        def __reduce_ex__(self: Any, protocol: int) -> tuple:
-            # pickled as the stock pipeline's state plus the config; unpickling applies Fresco again
-            runner = self.__dict__.get(_RUNNER)
-            state = {k: v for k, v in self.__dict__.items() if k != _RUNNER}
-            return _new_fresco_instance, (cls,), (state, None if runner is None else runner.config)
+    def __reduce_ex__(self: Any, protocol: int) -> tuple:
+        # pickled as the stock pipeline's state plus the config; unpickling applies Fresco again
+        runner = self.__dict__.get(_RUNNER)
+        state = {k: v for k, v in self.__dict__.items() if k != _RUNNER}
+        return _new_fresco_instance, (cls,), (state, None if runner is None else runner.config)
 
-        def __setstate__(self: Any, pickled: tuple) -> None:
-            state, config = pickled
-            self.__dict__.update(state)
-            object.__setattr__(self, "__class__", cls)
-            if config is not None:
-                apply_fresco(self, config)
+    def __setstate__(self: Any, pickled: tuple) -> None:
+        state, config = pickled
+        self.__dict__.update(state)
+        object.__setattr__(self, "__class__", cls)
+        if config is not None:
+            apply_fresco(self, config)
 
-        fresco_cls = type(cls.__name__, (cls,), {
-            "__call__": __call__, "__reduce_ex__": __reduce_ex__, "__setstate__": __setstate__,
-            "__module__": cls.__module__, "__qualname__": cls.__qualname__, "__doc__": cls.__doc__,
-            "_fresco_original_class": cls,
-        })
-        _FRESCO_CLASSES[cls] = fresco_cls
-    return fresco_cls
+    return type(cls.__name__, (cls,), {
+        "__call__": __call__, "__reduce_ex__": __reduce_ex__, "__setstate__": __setstate__,
+        "__module__": cls.__module__, "__qualname__": cls.__qualname__, "__doc__": cls.__doc__,
+        "_fresco_original_class": cls,
+    })
 
 
 def _new_fresco_instance(cls: type) -> Any:
-    fresco_cls = fresco_class_of(cls)
+    fresco_cls = _fresco_class(cls)
     return fresco_cls.__new__(fresco_cls)
 
 
@@ -74,7 +71,7 @@ def apply_fresco(pipe: Any, config: FrescoConfig | str | None = None) -> Any:
         )
     runner = find_adapter(pipe)(pipe, config)
     object.__setattr__(pipe, _RUNNER, runner)
-    object.__setattr__(pipe, "__class__", fresco_class_of(type(pipe)))
+    object.__setattr__(pipe, "__class__", _fresco_class(type(pipe)))
     return pipe
 
 
@@ -83,9 +80,10 @@ def remove_fresco(pipe: Any) -> Any:
     runner = pipe.__dict__.get(_RUNNER)
     if runner is None:
         return pipe
-    object.__setattr__(pipe, "__class__", type(pipe)._fresco_original_class)
+    fresco_cls = type(pipe)
+    object.__setattr__(pipe, "__class__", fresco_cls._fresco_original_class)
     object.__delattr__(pipe, _RUNNER)
-    runner.close()
+    runner.close(fresco_cls)
     return pipe
 
 

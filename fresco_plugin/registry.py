@@ -8,13 +8,28 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 __all__ = [
     "register_strategy", "get_strategy", "strategies",
     "register_score", "get_score", "scores",
-    "register_adapter", "find_adapter", "adapters",
+    "register_adapter", "find_adapter", "adapters", "FrescoRunner",
 ]
+
+
+class FrescoRunner(Protocol):
+    """What an adapter returns for one pipeline: ``apply_fresco`` keeps it on the instance and sends the pipeline's
+    calls to it; ``remove_fresco`` closes it."""
+
+    config: Any  # the FrescoConfig it runs with
+    last_run: Any  # the last call's fresco_plugin.sampler.SamplerResult, or None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """The pipeline's own call, with its own arguments and output."""
+
+    def close(self, fresco_class: type) -> None:
+        """Fresco was removed from the pipeline; release hooks and guards. ``fresco_class`` is the per-instance class
+        the pipeline had while Fresco ran (another library may have wrapped its ``__call__``)."""
 
 _STRATEGIES: dict[str, Callable[..., Any]] = {}
 _SCORES: dict[str, Callable[..., Any]] = {}
@@ -69,7 +84,8 @@ def scores() -> tuple[str, ...]:
     return tuple(sorted(_SCORES))
 
 
-def register_adapter(pipeline_class_name: str, adapter: Callable[..., Any] | str, *, replace: bool = False) -> None:
+def register_adapter(pipeline_class_name: str, adapter: Callable[..., FrescoRunner] | str, *,
+                     replace: bool = False) -> None:
     """Register the adapter for a pipeline class, by class name (the core imports no pipeline library). A package can
     also declare one as an entry point in the ``fresco_plugin.adapters`` group (name: the class name, value: the lazy
     ``"module:attribute"``).
@@ -79,7 +95,7 @@ def register_adapter(pipeline_class_name: str, adapter: Callable[..., Any] | str
     _register(_ADAPTERS, "adapter", pipeline_class_name, adapter, replace)
 
 
-def find_adapter(pipe: Any) -> Callable[..., Any]:
+def find_adapter(pipe: Any) -> Callable[..., FrescoRunner]:
     """The adapter of the nearest class in ``type(pipe).__mro__`` that has one."""
     _load_builtins()
     for cls in type(pipe).__mro__:

@@ -71,10 +71,9 @@ class DiffusersFrescoRunner:
         self._signature = inspect.signature(type(pipe).__call__)
         _ContextParallel.of(pipe.transformer)  # refuse a parallel setup Fresco cannot follow now, not at the call
 
-    def close(self) -> None:
-        from fresco_plugin.api import fresco_class_of
-
-        rewrap_pipeline_class(self.pipe, fresco_class_of(type(self.pipe)))
+    def close(self, fresco_class: type) -> None:
+        """Fresco was removed; ``fresco_class`` is the class the pipeline had while it ran."""
+        rewrap_pipeline_class(self.pipe, fresco_class)
         self.last_run = None
 
     @torch.no_grad()
@@ -366,8 +365,9 @@ class TransformerDenoiser:
 
     def __call__(self, latents: torch.Tensor, positions: torch.Tensor, step: Step) -> torch.Tensor:
         if latents.shape[1] != self._last_tokens:
-            # stateful feature caches hold tensors of another token count (or another image's run): start over
-            self.caches.reset()
+            # stateful feature caches hold tensors of another token count (or another image's run): start over, keeping
+            # step counts within one generation
+            self.caches.reset(within_generation=self._last_tokens is not None)
         self._last_tokens = latents.shape[1]
         self.pipe._current_timestep = step.timestep
         prediction = self._branch("cond", self.text, latents, positions, step)
@@ -400,9 +400,25 @@ class _DiffusersCaches:
     def __init__(self, transformer: Any):
         self.transformer = transformer
 
-    def reset(self) -> None:
-        if hasattr(self.transformer, "_reset_stateful_cache"):
-            self.transformer._reset_stateful_cache()
+    def reset(self, *, within_generation: bool = False) -> None:
+        if not hasattr(self.transformer, "_reset_stateful_cache"):
+            return
+        # PyramidAttentionBroadcast picks the steps it skips by counting forwards over the whole generation; within one,
+        # keep that count as stock runs it and drop only the attention output cached at the old token count (its hook
+        # computes afresh when nothing is cached)
+        counts = [(state, state.iteration) for state in self._attention_broadcast_states()] if within_generation else []
+        self.transformer._reset_stateful_cache()
+        for state, iteration in counts:
+            state.iteration = iteration
+
+    def _attention_broadcast_states(self) -> list[Any]:
+        states = []
+        for module in self.transformer.modules():
+            registry = getattr(module, "_diffusers_hook", None)
+            hook = registry.get_hook("pyramid_attention_broadcast") if registry is not None else None
+            if hook is not None:
+                states.append(hook.state)
+        return states
 
     def scope(self, name: str) -> contextlib.AbstractContextManager[Any]:
         if hasattr(self.transformer, "cache_context"):

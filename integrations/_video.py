@@ -76,9 +76,9 @@ class VideoFrescoRunner(DiffusersFrescoRunner):
         # a pipeline dropped without remove_fresco takes its hook with it, even while its transformer lives on
         weakref.finalize(self, _detach_hook, pipe.transformer.rope, self.rope_hook)
 
-    def close(self) -> None:
+    def close(self, fresco_class: type) -> None:
         _detach_hook(self.pipe.transformer.rope, self.rope_hook)
-        super().close()
+        super().close(fresco_class)
 
     def video_geometry(self, height: int, width: int, num_frames: int, patch: int) -> TokenGeometry:
         pipe = self.pipe

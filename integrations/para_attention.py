@@ -69,9 +69,13 @@ class ParaAttentionCaches:
 
         self._steps_done = 0
 
-    def reset(self) -> None:
-        # fresh buffers, but the step count goes on: a warm-up covers the generation's first steps, not each stage's
-        self._steps_done = max((c.executed_steps for c in self.contexts.values()), default=self._steps_done)
+    def reset(self, *, within_generation: bool = False) -> None:
+        # fresh buffers, but within a generation the step count goes on: a warm-up covers its first steps, not each
+        # stage's
+        if within_generation:
+            self._steps_done = max((c.executed_steps for c in self.contexts.values()), default=self._steps_done)
+        else:
+            self._steps_done = 0
         self.contexts.clear()
 
     @contextlib.contextmanager

@@ -15,7 +15,7 @@ Refused, with the alternative named: xDiT's own pipelines (``xFuserFluxPipeline`
 change inside a generation; CFG parallelism splits the batch of each forward in two, and Fresco calls the
 transformer once per guidance branch.
 
-xfuser cannot be imported without a GPU; :mod:`fresco_plugin.integrations.xdit_cpu` is the shim the tests use.
+xfuser cannot be imported without a GPU; :mod:`fresco_plugin.tools.xdit_cpu` is the shim the tests use.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from fresco_plugin.integrations.tiny import tiny_flux_pipeline
+from fresco_plugin.tools.tiny import tiny_flux_pipeline
 
 collect_ignore = []
 try:

@@ -4,10 +4,10 @@ import json
 
 from PIL import Image
 
-from fresco_plugin.cli import main
-from fresco_plugin.integrations.bench import REGIMES, benchmark_methods
-from fresco_plugin.integrations.shipped_model import SIZE, TEXT_TOKENS, load_scenes_pipeline
-from fresco_plugin.scenes import parse_prompt
+from fresco_plugin.tools.bench import REGIMES, benchmark_methods
+from fresco_plugin.tools.cli import main
+from fresco_plugin.tools.scenes import parse_prompt
+from fresco_plugin.tools.shipped_model import SIZE, TEXT_TOKENS, load_scenes_pipeline
 
 
 def test_the_shipped_model_loads_with_the_stock_from_pretrained():

@@ -15,7 +15,7 @@ from diffusers.hooks import (
 )
 
 from fresco_plugin import FrescoConfig, apply_fresco
-from fresco_plugin.integrations.tiny import tiny_flux_pipeline
+from fresco_plugin.tools.tiny import tiny_flux_pipeline
 
 CONFIG = FrescoConfig(stage_scales=(0.25, 0.5, 1.0), promotion_rounds=1)
 
@@ -68,6 +68,31 @@ def test_skipping_caches_run_across_every_switch(cache):
     assert torch.isfinite(cached).all() and cached.shape == plain.shape
     if not isinstance(cache, PyramidAttentionBroadcastConfig):
         assert len(calls) < 12  # some steps really were served from the cache
+
+
+def _attention_broadcast_counts(pipe) -> list[int]:
+    """PyramidAttentionBroadcast's forward count in one attention block after every step of a generation."""
+    pipe.transformer.enable_cache(PyramidAttentionBroadcastConfig(
+        spatial_attention_block_skip_range=2, spatial_attention_timestep_skip_range=(-1, 1001),
+        current_timestep_callback=lambda: 500))
+    registries = [m._diffusers_hook for m in pipe.transformer.modules() if hasattr(m, "_diffusers_hook")]
+    state = next(r.get_hook("pyramid_attention_broadcast") for r in registries
+                 if r.get_hook("pyramid_attention_broadcast") is not None).state
+    counts = []
+
+    def record(pipe, index, timestep, kwargs):
+        counts.append(state.iteration)
+        return kwargs
+
+    _call(pipe, callback_on_step_end=record)
+    return counts
+
+
+def test_pyramid_attention_broadcast_counts_steps_through_switches_as_stock():
+    """Its skip pattern follows its forward count: a stage switch drops the cached attention, not the count."""
+    fresco = _pipe()
+    apply_fresco(fresco, CONFIG)
+    assert _attention_broadcast_counts(fresco) == _attention_broadcast_counts(_pipe()) == list(range(1, 13))
 
 
 def test_the_reset_is_what_makes_them_run(monkeypatch):

@@ -1,6 +1,7 @@
-"""Property test of the call contract: 300 generated calls of the tiny FLUX pipeline with Fresco on. Each call either
-runs (finite output of the stock pipeline's shape, for the same arguments) or is refused with a ValueError that names
-the argument to change; never another exception, never NaN."""
+"""Property test of the call contract: 300 generated calls of the tiny FLUX pipeline and 100 of each tiny video
+pipeline (HunyuanVideo, Wan) with Fresco on. Each call either runs (finite output of the stock pipeline's shape, for the
+same arguments) or is refused with a ValueError that names the argument to change; never another exception, never
+NaN."""
 
 import warnings
 
@@ -11,7 +12,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from fresco_plugin import FrescoConfig, apply_fresco, remove_fresco
-from fresco_plugin.integrations.tiny import tiny_flux_pipeline
+from fresco_plugin.tools.tiny import tiny_flux_pipeline, tiny_hunyuan_video_pipeline, tiny_wan_pipeline
 
 CONFIGS = {
     "default": FrescoConfig(),
@@ -21,7 +22,8 @@ CONFIGS = {
     "threshold": FrescoConfig(promotion_threshold=0.5),
 }
 ARGUMENTS = ("height", "width", "num_inference_steps", "num_images_per_prompt", "guidance_scale", "true_cfg_scale",
-             "output_type", "max_sequence_length")
+             "output_type", "max_sequence_length", "num_frames", "num_videos_per_prompt", "prompt_embeds",
+             "FrescoConfig")
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +44,9 @@ def _run(pipe, call):
         return pipe(**text, **call, generator=torch.Generator().manual_seed(0)).images
 
 
-def _outcome(pipe, call):
+def _outcome(run, pipe, call):
     try:
-        return _run(pipe, dict(call)), None
+        return run(pipe, dict(call)), None
     except Exception as error:  # noqa: BLE001 - the stock pipeline's own failures are what we compare with
         return None, error
 
@@ -64,15 +66,20 @@ def _outcome(pipe, call):
     output_type=st.sampled_from(["latent", "pt", "np"]),
 )
 def test_every_call_runs_like_stock_or_is_refused_naming_the_argument(pipe, config, **call):
-    stock, stock_error = _outcome(pipe, call)
-    apply_fresco(pipe, CONFIGS[config])
+    _judge(pipe, CONFIGS[config], call, _run)
+
+
+def _judge(pipe, config, call, run):
+    """Fresco's outcome for ``call`` against stock's: the same shape, or a refusal naming an argument."""
+    stock, stock_error = _outcome(run, pipe, call)
+    apply_fresco(pipe, config)
     try:
-        ours, error = _outcome(pipe, call)
+        ours, error = _outcome(run, pipe, call)
     finally:
         remove_fresco(pipe)
     if error is not None:
         if isinstance(error, ValueError):
-            assert any(name in str(error) for name in ARGUMENTS + ("prompt_embeds", "FrescoConfig")), str(error)
+            assert any(name in str(error) for name in ARGUMENTS), str(error)
             event("refused")
             return
         # any other failure only where stock fails too (diffusers does not repeat passed pooled embeds per image)
@@ -87,3 +94,52 @@ def test_every_call_runs_like_stock_or_is_refused_naming_the_argument(pipe, conf
     assert torch.isfinite(ours).all(), call
     if stock is not None:
         assert ours.shape == torch.as_tensor(stock).shape, call
+
+
+def _video_text(name, batch, seed):
+    g = torch.Generator().manual_seed(seed)
+    if name == "wan":
+        return {"prompt_embeds": torch.randn(batch, 6, 32, generator=g)}
+    return {"prompt_embeds": torch.randn(batch, 8, 16, generator=g),
+            "pooled_prompt_embeds": torch.randn(batch, 8, generator=g),
+            "prompt_attention_mask": torch.ones(batch, 8, dtype=torch.long)}
+
+
+def _video_run(name):
+    def run(pipe, call):
+        batch, guided = call.pop("batch"), call.pop("guided")
+        text = _video_text(name, batch, 1)
+        if guided:  # Wan guides with guidance_scale > 1 and a negative prompt, HunyuanVideo with true CFG
+            negative = {f"negative_{k}": v for k, v in _video_text(name, batch, 2).items()}
+            text.update(negative, **({"guidance_scale": 4.0} if name == "wan" else {"true_cfg_scale": 2.0}))
+        elif name == "wan":
+            text["guidance_scale"] = 1.0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return pipe(**text, **call, generator=torch.Generator().manual_seed(0)).frames
+
+    return run
+
+
+VIDEO_PIPELINES = {"hunyuan-video": tiny_hunyuan_video_pipeline, "wan": tiny_wan_pipeline}
+_video_pipes = {}
+
+
+@pytest.mark.parametrize("name", sorted(VIDEO_PIPELINES))
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(
+    config=st.sampled_from(sorted(CONFIGS)),
+    height=st.sampled_from([1, 16, 32, 48, 64]),
+    width=st.sampled_from([16, 32, 40, 48]),
+    num_frames=st.sampled_from([0, 1, 2, 5, 9]),
+    num_inference_steps=st.integers(1, 6),
+    num_videos_per_prompt=st.sampled_from([0, 1, 1, 1, 2]),
+    batch=st.integers(1, 2),
+    guided=st.booleans(),
+    output_type=st.sampled_from(["latent", "np"]),
+)
+def test_every_video_call_runs_like_stock_or_is_refused_naming_the_argument(name, config, **call):
+    if name not in _video_pipes:
+        _video_pipes[name] = VIDEO_PIPELINES[name]()
+        _video_pipes[name].set_progress_bar_config(disable=True)
+    _judge(_video_pipes[name], CONFIGS[config], call, _video_run(name))

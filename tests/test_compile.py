@@ -8,7 +8,7 @@ from conftest import text_inputs
 from torch._dynamo.testing import CompileCounter
 
 from fresco_plugin import FrescoConfig, apply_fresco
-from fresco_plugin.integrations.tiny import tiny_flux_pipeline
+from fresco_plugin.tools.tiny import tiny_flux_pipeline
 
 CONFIG = FrescoConfig(stage_scales=(0.25, 0.5, 1.0), promotion_rounds=1)  # 5 token counts per generation
 BLOCK_CLASSES = 2  # FluxTransformerBlock and FluxSingleTransformerBlock

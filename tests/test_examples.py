@@ -30,7 +30,7 @@ def test_offline_example_runs(command, expected):
 @pytest.mark.parametrize("command", [[], ["flops"], ["plan"], ["demo"], ["bench"]])
 def test_every_fresco_command_explains_itself(command):
     """``--help`` runs without third-party noise and shows each option's default or accepted values."""
-    result = subprocess.run([sys.executable, "-m", "fresco_plugin.cli", *command, "--help"], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "fresco_plugin.tools.cli", *command, "--help"], capture_output=True,
                             text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stderr == ""  # no import warnings from torchao, torch or transformers

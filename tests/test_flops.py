@@ -7,9 +7,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from fresco_plugin import FrescoConfig
-from fresco_plugin.cli import main
 from fresco_plugin.flops import MODELS, TransformerFlops, count_plan_flops, flux_closed_form_flops
-from fresco_plugin.integrations.tiny import tiny_flux_pipeline
+from fresco_plugin.tools.cli import main
+from fresco_plugin.tools.tiny import tiny_flux_pipeline
 
 
 @pytest.mark.parametrize("model", ["flux-dev", "flux-schnell"])

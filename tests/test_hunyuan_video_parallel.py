@@ -15,7 +15,7 @@ from conftest import generate_video_steps, run_ranks
 
 from fresco_plugin import FrescoConfig, apply_fresco
 from fresco_plugin.integrations.hunyuan_video_parallel import interleave_mask
-from fresco_plugin.integrations.tiny import tiny_hunyuan_video_pipeline
+from fresco_plugin.tools.tiny import tiny_hunyuan_video_pipeline
 
 pytestmark = pytest.mark.multiprocess
 

@@ -19,7 +19,7 @@ from quantizers import relative_error as _relative
 from torch._dynamo.testing import CompileCounter
 
 from fresco_plugin import FrescoConfig, apply_fresco
-from fresco_plugin.integrations.tiny import tiny_hunyuan_video_pipeline
+from fresco_plugin.tools.tiny import tiny_hunyuan_video_pipeline
 
 CONFIG = FrescoConfig(stage_scales=(0.5, 1.0), promotion_rounds=1)  # 3 token counts per generation
 WHOLE_STAGES = FrescoConfig(stage_scales=(0.5, 1.0), promotion_rounds=0)

@@ -15,7 +15,7 @@ from quantizers import relative_error as _relative
 
 from fresco_plugin import FrescoConfig, apply_fresco
 from fresco_plugin.integrations.quanto import calibrate_activations
-from fresco_plugin.integrations.tiny import tiny_flux_pipeline
+from fresco_plugin.tools.tiny import tiny_flux_pipeline
 
 WHOLE_STAGES = FrescoConfig(stage_scales=(0.25, 0.5, 1.0), promotion_rounds=0)
 WITH_ROUNDS = FrescoConfig(stage_scales=(0.25, 0.5, 1.0), promotion_rounds=1)

@@ -52,20 +52,24 @@ def test_a_custom_adapter_is_found_by_class():
     class MySubclassedPipeline(MyPipeline):
         pass
 
-    class Runner:
+    class Runner:  # a FrescoRunner
+        last_run = None
+
         def __init__(self, pipe, config):
             self.config = config
+            self.closed_with = None
 
         def __call__(self, *args, **kwargs):
             return "fresco ran"
 
-        def close(self):
-            pass
+        def close(self, fresco_class):
+            self.closed_with = fresco_class
 
     register_adapter("MyPipeline", Runner, replace=True)
     pipe = MySubclassedPipeline()
     apply_fresco(pipe, FrescoConfig())
     assert pipe() == "fresco ran"
     assert isinstance(pipe, MySubclassedPipeline) and type(pipe) is not MySubclassedPipeline
+    fresco_class, runner = type(pipe), pipe._fresco_runner
     fresco_plugin.remove_fresco(pipe)
-    assert type(pipe) is MySubclassedPipeline
+    assert type(pipe) is MySubclassedPipeline and runner.closed_with is fresco_class

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from fresco_plugin.integrations.scene_features import embed_pictures, kid, kid_bootstrap, load_feature_encoder
-from fresco_plugin.scenes import render, sample_scene, scene_for_prompt
+from fresco_plugin.tools.scene_features import embed_pictures, kid, kid_bootstrap, load_feature_encoder
+from fresco_plugin.tools.scenes import render, sample_scene, scene_for_prompt
 
 
 def test_kid_is_unbiased_near_zero_for_one_distribution_and_large_for_another():

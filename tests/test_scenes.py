@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fresco_plugin.scenes import RELATIONS, check_adherence, is_held_out, parse_prompt, render, sample_scene
+from fresco_plugin.tools.scenes import RELATIONS, check_adherence, is_held_out, parse_prompt, render, sample_scene
 
 OPPOSITE = {"above": "below", "below": "above", "left of": "right of", "right of": "left of"}
 

@@ -9,7 +9,7 @@ from diffusers.hooks import FirstBlockCacheConfig, MagCacheConfig
 
 from fresco_plugin import FrescoConfig, apply_fresco, fresco_config_of
 from fresco_plugin.integrations.stack import apply_stack, remove_stack
-from fresco_plugin.integrations.tiny import tiny_flux_pipeline
+from fresco_plugin.tools.tiny import tiny_flux_pipeline
 
 warnings.filterwarnings("ignore", module="torchao")
 import optimum.quanto as quanto  # noqa: E402

@@ -1,9 +1,9 @@
 """Trains the realism yardstick of ``fresco bench``: the scene feature encoder (see
-``fresco_plugin/integrations/scene_features.py``), on true 128-pixel scene renders only.
+``tools/scene_features.py``), on true 128-pixel scene renders only.
 
     python training/train_feature_encoder.py          # a few minutes on 2 CPU cores, fp32, fixed seed
 
-Writes ``fresco_plugin/models/scenes-features`` (``model.safetensors``, ``config.json``, ``training_report.json``).
+Writes ``tools/models/scenes-features`` (``model.safetensors``, ``config.json``, ``training_report.json``).
 The report gives the encoder's accuracy on fresh renders per fact, and the KID floor: the distance between two sets
 of true renders of the same prompts (new placements, backgrounds and textures), which a perfect generator would get.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fresco_plugin.integrations.scene_features import (
+from fresco_plugin.tools.scene_features import (
     FEATURES_DIR,
     HEADS,
     SceneFeatureEncoder,
@@ -27,7 +27,7 @@ from fresco_plugin.integrations.scene_features import (
     kid,
     scene_targets,
 )
-from fresco_plugin.scenes import Scene, render, sample_scene, scene_for_prompt
+from fresco_plugin.tools.scenes import Scene, render, sample_scene, scene_for_prompt
 
 SIZE = 128
 

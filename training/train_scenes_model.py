@@ -2,7 +2,7 @@
 
     python training/train_scenes_model.py            # about 80 minutes on 2 CPU cores, fp32, fixed seed
 
-Writes a diffusers folder (``FluxPipeline.from_pretrained`` loads it) to ``fresco_plugin/models/scenes-flux``, with
+Writes a diffusers folder (``FluxPipeline.from_pretrained`` loads it) to ``tools/models/scenes-flux``, with
 ``training_report.json`` beside the weights. Every random draw comes from the seed and the run is single-process fp32
 with a fixed thread count, so a rerun on the same kind of machine reproduces the weights byte for byte. Components:
 
@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fresco_plugin.scenes import (
+from fresco_plugin.schedule import flux_mu
+from fresco_plugin.tools.scenes import (
     BACKGROUNDS,
     COLORS,
     RELATIONS,
@@ -38,7 +39,6 @@ from fresco_plugin.scenes import (
     render,
     sample_scene,
 )
-from fresco_plugin.schedule import flux_mu
 
 OUTPUT = Path(__file__).resolve().parents[1] / "fresco_plugin" / "models" / "scenes-flux"
 TEXT_TOKENS = 32  # T5 sequence length the model is trained with (pass max_sequence_length=32 to the pipeline)

@@ -13,7 +13,7 @@ import torch.distributed as dist
 from conftest import UNEVEN_SIZE, generate_video_steps, run_ranks, text_inputs
 
 from fresco_plugin import FrescoConfig, apply_fresco, register_score, remove_fresco
-from fresco_plugin.integrations.tiny import tiny_flux_pipeline, tiny_hunyuan_video_pipeline
+from fresco_plugin.tools.tiny import tiny_flux_pipeline, tiny_hunyuan_video_pipeline
 
 CONFIG = FrescoConfig(stage_scales=(0.25, 0.5, 1.0), promotion_rounds=1)
 THRESHOLD = 0.3  # high enough that the tiny random model skips blocks at most steps
@@ -58,6 +58,14 @@ def _count_block_runs(pipe):
 def _cache_worker(rank, world, port, task, out_path):
     from para_attn.first_block_cache.diffusers_adapters import apply_cache_on_pipe
 
+    if task == "two-pipelines":  # ParaAttention patches its pipeline's class; each Fresco pipeline has its own
+        first, second = _pipe(), _pipe()
+        apply_fresco(first, CONFIG)
+        apply_cache_on_pipe(first, residual_diff_threshold=THRESHOLD, warmup_steps=WARMUP)
+        apply_fresco(second, CONFIG)
+        apply_cache_on_pipe(second, residual_diff_threshold=0.0, warmup_steps=WARMUP)
+        torch.save({"batch": _generate(second, batch=2)[0]}, out_path)
+        return
     pipe = _pipe()
     settings = dict(residual_diff_threshold=0.0 if task == "threshold-0" else THRESHOLD,
                     enable_taylorseer=task == "taylorseer", warmup_steps=WARMUP)
@@ -88,11 +96,16 @@ def _cache_worker(rank, world, port, task, out_path):
 def cache_runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cache")
     return {task: run_ranks(_cache_worker, 1, task, tmp, TIMEOUT_S)
-            for task in ("no-cache", "threshold-0", "cache-first", "fresco-first", "taylorseer")}
+            for task in ("no-cache", "threshold-0", "cache-first", "fresco-first", "taylorseer", "two-pipelines")}
 
 
 def test_a_cache_that_never_skips_changes_nothing(cache_runs):
     assert torch.allclose(cache_runs["threshold-0"]["batch"], cache_runs["no-cache"]["batch"], atol=1e-6)
+
+
+def test_a_second_fresco_pipeline_keeps_its_own_cache_settings(cache_runs):
+    """Its threshold of 0 never skips, whatever the first pipeline's wrapper holds."""
+    assert torch.allclose(cache_runs["two-pipelines"]["batch"], cache_runs["no-cache"]["batch"], atol=1e-6)
 
 
 @pytest.mark.parametrize("task", ["cache-first", "fresco-first", "taylorseer"])

@@ -3,7 +3,7 @@
 # yunchang, distvae) and imports triton unconditionally. The environment sits on top of the main one (its torch,
 # diffusers and this project, pinned so nothing is upgraded); it is built beside the checkout on first use
 # (override with FRESCO_XDIT_VENV) and reused after. xfuser needs a GPU to import: the tests go through
-# fresco_plugin.integrations.xdit_cpu.
+# fresco_plugin.tools.xdit_cpu.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 VENV=${FRESCO_XDIT_VENV:-.venv-xdit}

@@ -1,7 +1,7 @@
 """Fresco on xDiT's sequence-parallel runner path, really run across 2 and 4 gloo processes on the CPU.
 
 xfuser 0.7.0 cannot be imported without a GPU; every process imports it through
-``fresco_plugin.integrations.xdit_cpu`` (the documented shim). Runs in its own environment: ``tests/xdit/run.sh``.
+``fresco_plugin.tools.xdit_cpu`` (the documented shim). Runs in its own environment: ``tests/xdit/run.sh``.
 """
 
 import datetime
@@ -23,8 +23,8 @@ from conftest import (
 )
 
 from fresco_plugin import FrescoConfig, apply_fresco
-from fresco_plugin.integrations.tiny import tiny_flux_pipeline, tiny_hunyuan_video_pipeline
-from fresco_plugin.integrations.xdit_cpu import import_xfuser_on_cpu
+from fresco_plugin.tools.tiny import tiny_flux_pipeline, tiny_hunyuan_video_pipeline
+from fresco_plugin.tools.xdit_cpu import import_xfuser_on_cpu
 
 CONFIG = FrescoConfig(stage_scales=(0.25, 0.5, 1.0), promotion_rounds=1)
 VIDEO_CONFIG = FrescoConfig(stage_scales=(0.5, 1.0), promotion_rounds=1)

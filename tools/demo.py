@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from ..config import PRESETS
-from ..scenes import check_adherence, parse_prompt
+from fresco_plugin.config import PRESETS
+
 from .bench import BASELINE_STEPS, REGIMES, Method, _Runner, equal_flops_steps, psnr, ssim
+from .scenes import check_adherence, parse_prompt
 from .shipped_model import SIZE, load_scenes_pipeline, prompt_set
 
 __all__ = ["add_arguments", "main"]

@@ -3,7 +3,7 @@
 ``load_scenes_pipeline()`` loads it with the real ``FluxPipeline.from_pretrained`` from the package folder (no
 network). It was trained by ``training/train_scenes_model.py`` with a 32-token T5 sequence at 128 pixels (and 64);
 call it with ``max_sequence_length=TEXT_TOKENS`` and ``height=width=SIZE``. Prompts follow the grammar of
-:mod:`fresco_plugin.scenes`, whose checker reads a picture back for adherence.
+:mod:`fresco_plugin.tools.scenes`, whose checker reads a picture back for adherence.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..scenes import Scene, is_held_out, sample_scene
+from .scenes import Scene, is_held_out, sample_scene
 
 __all__ = ["GUIDANCE_SCALE", "MODEL_DIR", "SIZE", "TEXT_TOKENS", "ScenePrompt", "load_scenes_pipeline", "prompt_set"]
 
-MODEL_DIR = Path(str(resources.files("fresco_plugin").joinpath("models/scenes-flux")))
+MODEL_DIR = Path(str(resources.files("fresco_plugin.tools").joinpath("models/scenes-flux")))
 TEXT_TOKENS = 32
 SIZE = 128
 # The true classifier-free guidance scale (``true_cfg_scale``, with ``negative_prompt=""``) the model works best at:

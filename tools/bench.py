@@ -6,7 +6,7 @@ for). Per method and regime:
 
 - **realism**: KID (x 1e3) between the method's pictures and true renders of the same prompts, on the features of
   the shipped scene encoder (:mod:`.scene_features`); and the sliced Wasserstein distance of 7x7 pixel patches;
-- **adherence**: the checker (:func:`fresco_plugin.scenes.check_adherence`), whole and per fact (both objects in
+- **adherence**: the checker (:func:`fresco_plugin.tools.scenes.check_adherence`), whole and per fact (both objects in
   their colours, both shapes, the relation), on training and held-out prompts;
 - **fidelity** to the 50-step baseline picture of the same seed and regime (PSNR, SSIM), a secondary figure;
 - **compute**: transformer FLOPs counted from the forwards that ran over the baseline's, and wall time over the
@@ -33,11 +33,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..api import last_fresco_run
-from ..config import PRESETS, FrescoConfig
-from ..flops import ForwardRecorder
-from ..scenes import check_adherence, parse_prompt, render, scene_for_prompt
+from fresco_plugin.api import last_fresco_run
+from fresco_plugin.config import PRESETS, FrescoConfig
+from fresco_plugin.flops import ForwardRecorder
+
 from .scene_features import embed_pictures, kid, kid_bootstrap, load_feature_encoder
+from .scenes import check_adherence, parse_prompt, render, scene_for_prompt
 from .shipped_model import GUIDANCE_SCALE, SIZE, TEXT_TOKENS, ScenePrompt, load_scenes_pipeline, prompt_set
 
 __all__ = ["REGIMES", "Method", "benchmark_methods", "run_benchmark", "main"]
@@ -144,7 +145,7 @@ class _Runner:
         return self.embeddings[prompt]
 
     def __call__(self, method: Method, prompt: ScenePrompt, cfg: float):
-        from .. import apply_fresco, remove_fresco
+        from fresco_plugin import apply_fresco, remove_fresco
 
         embeds, pooled = self.embed(prompt.prompt)
         kwargs: dict[str, Any] = dict(prompt_embeds=embeds, pooled_prompt_embeds=pooled, height=SIZE, width=SIZE,
@@ -337,7 +338,7 @@ def run_benchmark(prompts: list[ScenePrompt], methods: list[Method], *, regimes:
         rows = [_row(m, runs[regime], scored, prompts, truth, truth_features, index) for m in order]
         report_regimes[regime] = dict(true_cfg_scale=REGIMES[regime], methods=rows)
     return dict(
-        model="fresco_plugin/models/scenes-flux", size=SIZE, text_tokens=TEXT_TOKENS, resamples=resamples,
+        model="tools/models/scenes-flux", size=SIZE, text_tokens=TEXT_TOKENS, resamples=resamples,
         prompts=[dict(prompt=p.prompt, seed=p.seed, held_out=p.held_out) for p in prompts],
         equal_flops_steps=matched,
         true_renders=dict(adherence=_interval(floor.facts["whole"].mean(), floor.facts["whole"][index].mean(1)),

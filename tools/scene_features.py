@@ -24,11 +24,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..scenes import BACKGROUNDS, COLORS, SHAPES, Scene
+from .scenes import BACKGROUNDS, COLORS, SHAPES, Scene
 
 __all__ = ["FEATURES_DIR", "SceneFeatureEncoder", "kid", "kid_bootstrap", "load_feature_encoder", "scene_targets"]
 
-FEATURES_DIR = Path(str(resources.files("fresco_plugin").joinpath("models/scenes-features")))
+FEATURES_DIR = Path(str(resources.files("fresco_plugin.tools").joinpath("models/scenes-features")))
 INPUT_SIZE = 128
 # Classification heads: (name, number of classes); regression targets: both centres (x, y), both half sizes, and
 # the texture period.

@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from .config import PRESETS, FrescoConfig
+from fresco_plugin.config import PRESETS, FrescoConfig
 
 __all__ = ["main"]
 
@@ -27,7 +27,7 @@ def _load_config(args: argparse.Namespace) -> FrescoConfig:
 
 
 def _flops(args: argparse.Namespace) -> int:
-    from .flops import count_plan_flops
+    from fresco_plugin.flops import count_plan_flops
 
     if args.recorded:
         return _recorded_flops(args)
@@ -42,7 +42,7 @@ def _flops(args: argparse.Namespace) -> int:
 
 
 def _recorded_flops(args: argparse.Namespace) -> int:
-    from .flops import ForwardRecord, recorded_flops
+    from fresco_plugin.flops import ForwardRecord, recorded_flops
 
     if args.config or args.preset:
         raise SystemExit("fresco flops: --recorded prices a recorded run; drop --preset/--config")
@@ -62,7 +62,7 @@ def _recorded_flops(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from .flops import count_plan_flops
+    from fresco_plugin.flops import count_plan_flops
 
     config = FrescoConfig.for_speedup(args.target, model=args.model, height=args.height, width=args.width,
                                       frames=args.frames, steps_budget=args.steps_budget)
@@ -74,7 +74,7 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .flops import MODELS
+    from fresco_plugin.flops import MODELS
 
     parser = argparse.ArgumentParser(prog="fresco", description="Fresco dynamic-resolution sampling tools")
     parser.add_argument("--verbose", action="store_true",
@@ -172,7 +172,7 @@ def _app(name: str):
 def _app_module(name: str):
     import importlib
 
-    return importlib.import_module(f"fresco_plugin.integrations.{name}")
+    return importlib.import_module(f"fresco_plugin.tools.{name}")
 
 
 def _app_arguments(parser: argparse.ArgumentParser, name: str) -> None:

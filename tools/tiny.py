@@ -99,7 +99,7 @@ def random_flux_pipeline(*, device: str = "cuda", dtype: torch.dtype = torch.bfl
     so decode nothing: use ``output_type="latent"``. About 24 GB in bf16."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
-    from ..flops import MODELS
+    from fresco_plugin.flops import MODELS
 
     config = MODELS["flux-schnell" if schnell else "flux-dev"].config()
     torch.manual_seed(seed)
@@ -132,7 +132,7 @@ def random_hunyuan_video_pipeline(*, device: str = "cuda", dtype: torch.dtype = 
         HunyuanVideoTransformer3DModel,
     )
 
-    from ..flops import MODELS
+    from fresco_plugin.flops import MODELS
 
     torch.manual_seed(seed)
     previous = torch.get_default_dtype()

@@ -1,0 +1,394 @@
+"""The contract every Fresco adapter keeps with its stock diffusers pipeline, in diffusers' style: one table of cases,
+every check parametrised over it. A new adapter is one row in ``CASES`` and gets every check.
+
+Checks: identity (one full-resolution stage is stock, bit for bit, with and without guidance), removal, token counts
+per forward following the plan (guidance branches on one layout), determinism, batching vs single calls, callbacks,
+output types, save/load, pickle, deepcopy, pipelines sharing a transformer, feature caches, quantization, compile."""
+
+from __future__ import annotations
+
+import copy
+import gc
+import pickle
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import diffusers
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from diffusers.hooks import FirstBlockCacheConfig
+from quantizers import QUANTIZERS
+from quantizers import relative_error as _relative
+from torch._dynamo.testing import CompileCounter
+
+from fresco_plugin import FrescoConfig, apply_fresco, fresco_config_of, remove_fresco
+from fresco_plugin.schedule import plan_stages, plan_token_counts
+from fresco_plugin.tools.tiny import tiny_flux_pipeline, tiny_hunyuan_video_pipeline, tiny_wan_pipeline
+
+STEPS = 8
+CONFIG = FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(4, 4), promotion_rounds=1, promotion_ratio=0.3)
+
+
+def _randn(generator: torch.Generator, *shape: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=generator)
+
+
+def _flux_text(batch: int, seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"prompt_embeds": _randn(g, batch, 8, 32), "pooled_prompt_embeds": _randn(g, batch, 32)}
+
+
+def _flux_negative(batch: int, seed: int) -> dict[str, Any]:
+    text = _flux_text(batch, seed + 100)
+    return {"true_cfg_scale": 3.0, "negative_prompt_embeds": text["prompt_embeds"],
+            "negative_pooled_prompt_embeds": text["pooled_prompt_embeds"]}
+
+
+def _hunyuan_text(batch: int, seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(batch, 8, dtype=torch.long)
+    mask[:, 6:] = 0
+    return {"prompt_embeds": _randn(g, batch, 8, 16), "pooled_prompt_embeds": _randn(g, batch, 8),
+            "prompt_attention_mask": mask}
+
+
+def _hunyuan_negative(batch: int, seed: int) -> dict[str, Any]:
+    text = _hunyuan_text(batch, seed + 100)
+    return {"true_cfg_scale": 2.0, "negative_prompt_embeds": text["prompt_embeds"],
+            "negative_pooled_prompt_embeds": text["pooled_prompt_embeds"],
+            "negative_prompt_attention_mask": text["prompt_attention_mask"]}
+
+
+def _wan_text(batch: int, seed: int) -> dict[str, Any]:
+    g = torch.Generator().manual_seed(seed)
+    return {"prompt_embeds": _randn(g, batch, 6, 32), "guidance_scale": 1.0}
+
+
+def _wan_negative(batch: int, seed: int) -> dict[str, Any]:
+    g = torch.Generator().manual_seed(seed + 100)
+    return {"guidance_scale": 5.0, "negative_prompt_embeds": _randn(g, batch, 6, 32)}
+
+
+def _sequence_tokens(kwargs: dict[str, Any]) -> int:
+    return kwargs["hidden_states"].shape[1]
+
+
+def _video_tokens(kwargs: dict[str, Any]) -> int:  # 2x2 patches, one frame per latent frame
+    _, _, frames, height, width = kwargs["hidden_states"].shape
+    return frames * height * width // 4
+
+
+@dataclass(frozen=True)
+class Case:
+    """One adapter: how to build its tiny pipeline and call it, and what stock gives back."""
+
+    name: str
+    stock_class: type
+    build: Callable[[], Any]
+    text: Callable[[int, int], dict[str, Any]]  # (batch, seed) -> conditioning, guidance off
+    guided: Callable[[int, int], dict[str, Any]]  # (batch, seed) -> what turns two-branch guidance on
+    size: dict[str, int]
+    grid: tuple[int, ...]  # full-resolution token grid: rows, cols[, frames]
+    output: str  # the output class's field
+    tokens_in: Callable[[dict[str, Any]], int]  # tokens in one transformer forward, from its keyword arguments
+    output_types: tuple[str, ...] = ("latent", "pt", "np", "pil")
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+CASES = [
+    Case("flux", diffusers.FluxPipeline, tiny_flux_pipeline, _flux_text, _flux_negative,
+         dict(height=64, width=64), (32, 32), "images", _sequence_tokens),
+    # 64x80 pixels, 5 frames: 2 latent frames of 4x5 tokens (an odd side)
+    Case("hunyuan-video", diffusers.HunyuanVideoPipeline, tiny_hunyuan_video_pipeline, _hunyuan_text,
+         _hunyuan_negative, dict(height=64, width=80, num_frames=5), (4, 5, 2), "frames", _video_tokens),
+    # 48x80 pixels, 5 frames: 2 latent frames of 3x5 tokens (odd both ways)
+    Case("wan", diffusers.WanPipeline, tiny_wan_pipeline, _wan_text, _wan_negative,
+         dict(height=48, width=80, num_frames=5), (3, 5, 2), "frames", _video_tokens),
+]
+
+
+@pytest.fixture(params=CASES, ids=[c.name for c in CASES])
+def case(request) -> Case:
+    return request.param
+
+
+def _pipe(case: Case, quantize: Callable[[torch.nn.Module], None] | None = None):
+    pipe = case.build()
+    pipe.set_progress_bar_config(disable=True)
+    if quantize is not None:
+        quantize(pipe.transformer)
+    return pipe
+
+
+def _args(case: Case, batch: int = 1, seed: int = 0, guided: bool = False, **kwargs) -> dict[str, Any]:
+    args = {**case.text(batch, 1), **(case.guided(batch, 1) if guided else {}), **case.size, **case.extra,
+            "num_inference_steps": STEPS, "output_type": "latent",
+            "generator": torch.Generator().manual_seed(seed)}
+    return {**args, **kwargs}
+
+
+def _call(case: Case, pipe, **kwargs) -> Any:
+    return getattr(pipe(**_args(case, **kwargs)), case.output)
+
+
+def _record_tokens(case: Case, pipe) -> tuple[list[int], Any]:
+    seen: list[int] = []
+    handle = pipe.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(case.tokens_in(kwargs)), with_kwargs=True)
+    return seen, handle
+
+
+def _expected_tokens(case: Case, config: FrescoConfig) -> list[int]:
+    return plan_token_counts(config, plan_stages(config, STEPS, min_score_history=2), *case.grid)
+
+
+# ----------------------------------------------------------------------------------------------------- identity
+
+
+@pytest.mark.parametrize("guided", [False, True], ids=["unguided", "guided"])
+def test_one_full_resolution_stage_is_stock_bit_for_bit(case, guided):
+    pipe = _pipe(case)
+    stock = _call(case, pipe, guided=guided)
+    apply_fresco(pipe, FrescoConfig(stage_scales=(1.0,)))
+    assert torch.equal(_call(case, pipe, guided=guided), stock)
+
+
+def test_removal_gives_the_stock_pipeline_back_bit_for_bit(case):
+    pipe = _pipe(case)
+    stock = _call(case, pipe)
+    apply_fresco(pipe, CONFIG)
+    assert not torch.equal(_call(case, pipe), stock)
+    remove_fresco(pipe)
+    assert type(pipe) is case.stock_class and fresco_config_of(pipe) is None
+    assert torch.equal(_call(case, pipe), stock)
+
+
+def test_only_this_instance_changes(case):
+    pipe, other, twin = _pipe(case), _pipe(case), _pipe(case)
+    stock_call = case.stock_class.__call__
+    apply_fresco(pipe, CONFIG)
+    assert case.stock_class.__call__ is stock_call and type(other) is case.stock_class
+    assert isinstance(pipe, case.stock_class) and type(pipe).__name__ == case.stock_class.__name__
+    apply_fresco(twin, CONFIG)
+    assert type(twin) is not type(pipe)  # a class of its own: what a library patches onto it reaches one pipeline
+
+
+# ------------------------------------------------------------------------------------------------ the sampling
+
+
+@pytest.mark.parametrize("guided", [False, True], ids=["unguided", "guided"])
+def test_token_counts_follow_the_plan(case, guided):
+    pipe = _pipe(case)
+    stock_shape = _call(case, pipe, guided=guided).shape
+    apply_fresco(pipe, CONFIG)
+    seen, handle = _record_tokens(case, pipe)
+    out = _call(case, pipe, guided=guided)
+    handle.remove()
+    expected = _expected_tokens(case, CONFIG)
+    if guided:  # the conditional and unconditional branch on one layout
+        assert seen[0::2] == seen[1::2] == expected
+    else:
+        assert seen == expected
+    assert expected[0] < expected[-1] == int(np.prod(case.grid))
+    assert out.shape == stock_shape and torch.isfinite(out).all()
+
+
+def test_same_generator_same_output_other_generator_other_output(case):
+    pipe = _pipe(case)
+    apply_fresco(pipe, CONFIG)
+    first, again, other = _call(case, pipe, seed=1), _call(case, pipe, seed=1), _call(case, pipe, seed=2)
+    assert torch.equal(first, again) and not torch.allclose(first, other)
+
+
+@pytest.mark.parametrize("guided", [False, True], ids=["unguided", "guided"])
+def test_a_batch_equals_its_single_calls(case, guided):
+    """Promotion rounds give each image its own layout; a batch must not mix them."""
+    pipe = _pipe(case)
+    apply_fresco(pipe, CONFIG)
+    seeds = (10, 20)
+    texts = [{**case.text(1, s), **(case.guided(1, s) if guided else {})} for s in (1, 2)]
+    batch = {k: torch.cat([t[k] for t in texts]) if isinstance(v, torch.Tensor) else v for k, v in texts[0].items()}
+    together = getattr(pipe(**batch, **case.size, **case.extra, num_inference_steps=STEPS, output_type="latent",
+                            generator=[torch.Generator().manual_seed(s) for s in seeds]), case.output)
+    for index, (text, seed) in enumerate(zip(texts, seeds)):
+        alone = getattr(pipe(**text, **case.size, **case.extra, num_inference_steps=STEPS, output_type="latent",
+                             generator=torch.Generator().manual_seed(seed)), case.output)
+        assert torch.allclose(together[index], alone[0], atol=1e-5)
+
+
+def test_callbacks_see_every_step_and_can_change_the_latents(case):
+    def record(into):
+        def callback(pipe, step, timestep, kwargs):
+            into.append(step)
+            return {}
+        return callback
+
+    pipe = _pipe(case)
+    stock_steps: list[int] = []
+    _call(case, pipe, callback_on_step_end=record(stock_steps))
+    apply_fresco(pipe, CONFIG)
+    steps: list[int] = []
+    plain = _call(case, pipe, callback_on_step_end=record(steps))
+    assert steps == stock_steps == list(range(STEPS))
+
+    def halve_first(pipe, step, timestep, kwargs):
+        return {"latents": kwargs["latents"] * 0.5} if step == 0 else {}
+
+    halved = _call(case, pipe, callback_on_step_end=halve_first, callback_on_step_end_tensor_inputs=["latents"])
+    assert halved.shape == plain.shape and not torch.equal(halved, plain)
+
+
+def _form(value: Any) -> Any:
+    """What a user can see of an output without its values: types, shapes, sizes."""
+    if isinstance(value, torch.Tensor):
+        return "tensor", tuple(value.shape), value.dtype
+    if isinstance(value, np.ndarray):
+        return "array", value.shape, value.dtype
+    if isinstance(value, PIL.Image.Image):
+        return "pil", value.size, value.mode
+    if isinstance(value, (list, tuple)):
+        return type(value).__name__, len(value), _form(value[0]) if value else None
+    return type(value).__name__
+
+
+def test_every_output_type_has_the_stock_form(case):
+    pipe = _pipe(case)
+    stock = {t: _form(_call(case, pipe, output_type=t)) for t in case.output_types}
+    stock_tuple = _form(pipe(**_args(case), return_dict=False))
+    apply_fresco(pipe, CONFIG)
+    assert {t: _form(_call(case, pipe, output_type=t)) for t in case.output_types} == stock
+    assert _form(pipe(**_args(case), return_dict=False)) == stock_tuple
+
+
+# --------------------------------------------------------------------------------------------- as an object
+
+
+def test_save_and_load_give_a_stock_pipeline_that_takes_fresco_again(case, tmp_path):
+    pipe = _pipe(case)
+    stock = _call(case, pipe)
+    apply_fresco(pipe, CONFIG)
+    fresco = _call(case, pipe)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # diffusers warns about the absent text encoders
+        pipe.save_pretrained(tmp_path)
+        absent = {name: None for name, component in pipe.components.items() if component is None}
+        loaded = case.stock_class.from_pretrained(tmp_path, **absent)
+    loaded.set_progress_bar_config(disable=True)
+    assert type(loaded) is case.stock_class and torch.equal(_call(case, loaded), stock)
+    apply_fresco(loaded, CONFIG)
+    assert torch.equal(_call(case, loaded), fresco)
+
+
+def test_a_fresco_pipeline_pickles_as_stock_plus_config(case):
+    pipe = _pipe(case)
+    stock = _call(case, pipe)
+    apply_fresco(pipe, CONFIG)
+    fresco = _call(case, pipe)
+    restored = pickle.loads(pickle.dumps(pipe))
+    assert fresco_config_of(restored) == CONFIG and type(restored).__name__ == case.stock_class.__name__
+    assert torch.equal(_call(case, restored), fresco)
+    remove_fresco(restored)
+    assert type(restored) is case.stock_class and torch.equal(_call(case, restored), stock)
+    assert torch.equal(_call(case, pipe), fresco)  # the original never noticed
+    plain = pickle.loads(pickle.dumps(remove_fresco(pipe)))  # and a stock one stays stock
+    assert type(plain) is case.stock_class and fresco_config_of(plain) is None
+
+
+def _hook_count(transformer) -> int:
+    """Forward hooks Fresco's adapters may put on the transformer's submodules (the video ones hook the rope)."""
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in transformer.modules())
+
+
+def _hooked_pipe(case: Case) -> tuple[Any, torch.Tensor, torch.Tensor, int, int]:
+    """A Fresco pipeline, its stock and Fresco outputs, and its transformer's hook count without and with Fresco."""
+    pipe = _pipe(case)
+    stock = _call(case, pipe)
+    bare = _hook_count(pipe.transformer)
+    apply_fresco(pipe, CONFIG)
+    return pipe, stock, _call(case, pipe), bare, _hook_count(pipe.transformer)
+
+
+def test_a_deep_copy_owns_its_hooks(case):
+    pipe, stock, fresco, bare, hooked = _hooked_pipe(case)
+    twin = copy.deepcopy(pipe)
+    assert twin.transformer is not pipe.transformer and torch.equal(_call(case, twin), fresco)
+    remove_fresco(twin)  # takes the copy's hooks off the copy's transformer only
+    assert torch.equal(_call(case, twin), stock) and torch.equal(_call(case, pipe), fresco)
+    assert _hook_count(twin.transformer) == bare and _hook_count(pipe.transformer) == hooked
+
+
+def test_pipelines_sharing_a_transformer_each_get_fresco_and_release_it_when_collected(case):
+    first, stock, fresco, bare, hooked = _hooked_pipe(case)
+    second = case.stock_class.from_pipe(first)  # the same transformer, a stock pipeline
+    assert second.transformer is first.transformer and torch.equal(_call(case, second), stock)
+    apply_fresco(second, CONFIG)  # a second Fresco pipeline on that transformer
+    assert torch.equal(_call(case, second), fresco) and torch.equal(_call(case, first), fresco)
+    transformer = first.transformer
+    del first
+    gc.collect()
+    assert _hook_count(transformer) == hooked  # the collected pipeline's hooks went with it
+    assert torch.equal(_call(case, second), fresco)
+    remove_fresco(second)
+    assert torch.equal(_call(case, second), stock) and _hook_count(transformer) == bare
+
+
+def test_the_fresco_class_itself_builds_stock_pipelines(case):
+    pipe = _pipe(case)
+    stock = _call(case, pipe)
+    apply_fresco(pipe, CONFIG)
+    built = type(pipe).from_pipe(pipe)  # a class method of the per-instance class: no Fresco was applied to it
+    assert fresco_config_of(built) is None and torch.equal(_call(case, built), stock)
+
+
+# ---------------------------------------------------------------------------------------- what stacks on it
+
+
+def test_a_cache_that_never_skips_changes_nothing_and_one_that_skips_runs(case):
+    pipe = _pipe(case)
+    apply_fresco(pipe, CONFIG)
+    plain = _call(case, pipe, guided=True)
+    pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.0))
+    assert torch.allclose(_call(case, pipe, guided=True), plain, atol=1e-6)
+    pipe.transformer.disable_cache()
+    pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=1e9))
+    skipped = _call(case, pipe, guided=True)
+    assert skipped.shape == plain.shape and torch.isfinite(skipped).all() and not torch.equal(skipped, plain)
+
+
+def test_quantized_fresco_stays_as_close_as_quantized_stock(case):
+    """Whole stages only: a promotion round's discrete choice may flip for near-tied tokens under quantization."""
+    quantize = QUANTIZERS["torchao-int8-weight-only"]
+    whole_stages = FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(4, 4), promotion_rounds=0)
+
+    def run(quantized, config=None):
+        pipe = _pipe(case, quantize if quantized else None)
+        if config is not None:
+            apply_fresco(pipe, config)
+        return _call(case, pipe)
+
+    stock_error = _relative(run(True), run(False))
+    fresco_error = _relative(run(True, whole_stages), run(False, whole_stages))
+    assert 0 < fresco_error <= 1.5 * stock_error + 1e-3
+
+
+def test_compiling_the_transformer_traces_once_and_changes_nothing(case):
+    """Token counts change at every switch and round; with the sequence dimension dynamic one trace serves them all,
+    and a second generation compiles nothing new (dynamo's counting backend: tracing, no code generation)."""
+    torch._dynamo.reset()
+    try:
+        pipe = _pipe(case)
+        apply_fresco(pipe, CONFIG)
+        eager = _call(case, pipe)
+        counter = CompileCounter()
+        pipe.transformer.compile(backend=counter, dynamic=True)
+        compiled = _call(case, pipe)
+        first = counter.frame_count
+        _call(case, pipe, seed=3)
+        assert first >= 1 and counter.frame_count == first
+        assert torch.allclose(compiled, eager, atol=1e-5)
+    finally:
+        torch._dynamo.reset()
