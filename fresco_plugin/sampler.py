@@ -75,7 +75,7 @@ def sample(
     velocity = torch.zeros_like(x)
     history: list[StepRecord] = []
     tokens_per_step: list[int] = []
-    sigmas_used: list[float] = []
+    sigmas_used: list[torch.Tensor] = []  # read back once at the end: a read per step would wait on the device
     rewound_to: torch.Tensor | None = None  # where a stage switch left the latent, if not where the plan said
     resolution_maps: list[tuple[int, torch.Tensor]] = []
     mapped: TokenLayout | None = None
@@ -97,7 +97,7 @@ def sample(
                     mapped = layout
                 velocity = denoise(x, positions, step)
                 tokens_per_step.append(layout.num_tokens)
-                sigmas_used.append(float(step.sigma))
+                sigmas_used.append(step.sigma)
                 if local < last_round:  # only rounds still ahead in this stage read the history
                     history.append(StepRecord(latents=x, denoised=x - step.sigma * velocity))
                     del history[: -config.score_window]
@@ -142,7 +142,8 @@ def sample(
 
     if layout.coarsest_level != 0:
         raise RuntimeError("the plan ended before every token reached full resolution")
-    return SamplerResult(x, tuple(tokens_per_step), tuple(sigmas_used), tuple(resolution_maps))
+    sigmas_read = tuple(torch.stack(sigmas_used).tolist()) if sigmas_used else ()
+    return SamplerResult(x, tuple(tokens_per_step), sigmas_read, tuple(resolution_maps))
 
 
 def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

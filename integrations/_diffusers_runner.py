@@ -348,6 +348,7 @@ class TransformerDenoiser:
         self.pipe, self.text, self.negative, self.cfg_scale, self.images = pipe, text, negative, cfg_scale, images
         self.caches = para_attention_caches(pipe) or _DiffusersCaches(pipe.transformer)
         self._last_tokens: int | None = None
+        self._layout_groups: tuple[torch.Tensor, list[tuple[str, slice, torch.Tensor]]] | None = None
         self.pad_multiple = 1  # under context parallelism with masked padding: the degree
 
     def for_images(self, index: int) -> TransformerDenoiser:
@@ -355,6 +356,7 @@ class TransformerDenoiser:
         clone.__dict__.update(self.__dict__)
         clone.images = slice(index, index + 1)
         clone._last_tokens = None
+        clone._layout_groups = None
         return clone
 
     def callback_tensors(self) -> dict[str, torch.Tensor]:
@@ -378,16 +380,23 @@ class TransformerDenoiser:
 
     def _branch(self, context: str, text: dict[str, Any], latents: torch.Tensor, positions: torch.Tensor,
                 step: Step) -> torch.Tensor:
-        if bool((positions == positions[:1]).all()):
-            groups = [(context, slice(None))]  # one layout for the whole batch: one forward
-        else:  # each image its own forward, and its own cache state
-            groups = [(f"{context}-image{i}", slice(i, i + 1)) for i in range(latents.shape[0])]
         outputs = []
-        for name, group in groups:
+        for suffix, group, image_positions in self._groups(positions):
             rows = _compose(self.images, group)
-            with self.caches.scope(name):
-                outputs.append(self.forward(text, latents[group], positions[group][0], step, rows))
+            with self.caches.scope(context + suffix):
+                outputs.append(self.forward(text, latents[group], image_positions, step, rows))
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+
+    def _groups(self, positions: torch.Tensor) -> list[tuple[str, slice, torch.Tensor]]:
+        """The forwards one layout needs: (cache-context suffix, images, their positions). Worked out once per layout
+        (the sampler passes the same positions until a switch or round), since comparing them reads the device."""
+        if self._layout_groups is None or self._layout_groups[0] is not positions:
+            if bool((positions == positions[:1]).all()):
+                groups = [("", slice(None), positions[0])]  # one layout for the whole batch: one forward
+            else:  # each image its own forward, and its own cache state
+                groups = [(f"-image{i}", slice(i, i + 1), positions[i]) for i in range(positions.shape[0])]
+            self._layout_groups = (positions, groups)
+        return self._layout_groups[1]
 
     def forward(self, text: dict[str, Any], latents: torch.Tensor, positions: torch.Tensor, step: Step,
                 rows: slice) -> torch.Tensor:

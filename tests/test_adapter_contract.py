@@ -7,11 +7,12 @@ output types, save/load, pickle, deepcopy, pipelines sharing a transformer, feat
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import gc
 import pickle
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -262,6 +263,62 @@ def test_every_output_type_has_the_stock_form(case):
     apply_fresco(pipe, CONFIG)
     assert {t: _form(_call(case, pipe, output_type=t)) for t in case.output_types} == stock
     assert _form(pipe(**_args(case), return_dict=False)) == stock_tuple
+
+
+# Python-level reads of a tensor's values: on a GPU each makes the host wait for the device
+_HOST_READS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__", "nonzero", "numpy", "cpu")
+
+
+@contextlib.contextmanager
+def _counting_host_reads() -> Iterator[list[int]]:
+    count = [0]
+    originals = {name: getattr(torch.Tensor, name) for name in _HOST_READS}
+    original_equal = torch.equal
+
+    def counted(original):
+        def read(*args, **kwargs):
+            count[0] += 1
+            return original(*args, **kwargs)
+        return read
+
+    try:
+        for name, original in originals.items():
+            setattr(torch.Tensor, name, counted(original))
+        torch.equal = counted(original_equal)
+        yield count
+    finally:
+        for name, original in originals.items():
+            setattr(torch.Tensor, name, original)
+        torch.equal = original_equal
+
+
+def test_a_step_reads_nothing_back_from_the_device_that_stock_does_not(case):
+    """Counted on the CPU for 8 and 16 steps of the same plan shape (a switch, a round, guidance): the extra steps
+    may add no more reads than they add to stock (Wan's stock loop reads one value per step; Fresco's loop none).
+    Reads at a switch or round are allowed; a read per step is not."""
+    def reads(steps: int, fresco: bool) -> int:
+        pipe = _pipe(case)
+        if fresco:
+            apply_fresco(pipe, FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(steps // 2, steps // 2),
+                                            promotion_rounds=1, promotion_ratio=0.3))
+        with _counting_host_reads() as count:
+            _call(case, pipe, guided=True, num_inference_steps=steps)
+        return count[0]
+
+    assert reads(16, fresco=True) - reads(8, fresco=True) <= reads(16, fresco=False) - reads(8, fresco=False)
+
+
+def test_the_read_counter_sees_a_read_per_step():
+    """Guard for the test above: a callback that reads a value every step is counted once per step."""
+    case = CASES[0]
+
+    def reads(steps: int) -> int:
+        with _counting_host_reads() as count:
+            _call(case, _pipe(case), num_inference_steps=steps,
+                  callback_on_step_end=lambda pipe, i, t, kwargs: (float(t), {})[1])
+        return count[0]
+
+    assert reads(16) - reads(8) >= 8
 
 
 # --------------------------------------------------------------------------------------------- as an object
