@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks, in one go, on a machine with one CUDA GPU and no network (the device tool's H100/H200).
 # Wheels for what its image lacks (diffusers, importlib_metadata, torchao) are expected in .whl/.
-# Results land in $OUT (default ./gpu_results): gpu_flux_latency.json, float8_dynamic_gpu.json, log.txt.
+# Results land in $OUT (default ./gpu_results): gpu_tests.xml, gpu_flux_latency.json, float8_dynamic_gpu.json,
+# log.txt.
 set -uo pipefail
 OUT=${OUT:-gpu_results}
 mkdir -p "$OUT"
@@ -12,6 +13,10 @@ python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile
 export PYTHONPATH=/tmp/site
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, torch.cuda.get_device_name())"
+# -P: the installed fresco_plugin (with its integrations and tools), not the source folder in the working directory
+echo "== host synchronisations per step, stock vs Fresco, every adapter (CUDA sync debug mode)"
+timeout 240 python3 -P -m pytest -q -p no:cacheprovider -m gpu -rA tests/test_adapter_contract.py \
+    --junitxml "$OUT/gpu_tests.xml"
 echo "== multi-GPU example, one rank (nccl, real FLUX.1-dev size, random weights)"
 timeout 240 torchrun --standalone --nproc_per_node 1 examples/flux_multi_gpu.py --random-weights --preset flux-dev-10x
 echo "== torchao float8 dynamic activations with Fresco"

@@ -22,8 +22,6 @@ import PIL.Image
 import pytest
 import torch
 from diffusers.hooks import FirstBlockCacheConfig
-from quantizers import QUANTIZERS
-from quantizers import relative_error as _relative
 from torch._dynamo.testing import CompileCounter
 
 from fresco_plugin import FrescoConfig, apply_fresco, fresco_config_of, remove_fresco
@@ -308,6 +306,31 @@ def test_a_step_reads_nothing_back_from_the_device_that_stock_does_not(case):
     assert reads(16, fresco=True) - reads(8, fresco=True) <= reads(16, fresco=False) - reads(8, fresco=False)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (benchmarks/gpu_session.sh runs it)")
+def test_on_a_gpu_a_step_synchronises_no_more_than_stock(case):
+    """The same count as above, by CUDA itself: every synchronising call warns under sync debug mode."""
+    def syncs(steps: int, fresco: bool) -> int:
+        pipe = _pipe(case).to("cuda")
+        if fresco:
+            apply_fresco(pipe, FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(steps // 2, steps // 2),
+                                            promotion_rounds=1, promotion_ratio=0.3))
+        args = {k: v.to("cuda") if isinstance(v, torch.Tensor) else v
+                for k, v in _args(case, guided=True, num_inference_steps=steps).items()}
+        pipe(**args, generator=torch.Generator("cuda").manual_seed(0))  # first-call set-up stays out of the count
+        torch.cuda.synchronize()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                pipe(**args, generator=torch.Generator("cuda").manual_seed(0))
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        return sum("synchroniz" in str(w.message) for w in caught)
+
+    assert syncs(16, fresco=True) - syncs(8, fresco=True) <= syncs(16, fresco=False) - syncs(8, fresco=False)
+
+
 def test_the_read_counter_sees_a_read_per_step():
     """Guard for the test above: a callback that reads a value every step is counted once per step."""
     case = CASES[0]
@@ -418,6 +441,9 @@ def test_a_cache_that_never_skips_changes_nothing_and_one_that_skips_runs(case):
 
 def test_quantized_fresco_stays_as_close_as_quantized_stock(case):
     """Whole stages only: a promotion round's discrete choice may flip for near-tied tokens under quantization."""
+    from quantizers import QUANTIZERS  # torchao and optimum-quanto: not on every machine the GPU checks run on
+    from quantizers import relative_error as _relative
+
     quantize = QUANTIZERS["torchao-int8-weight-only"]
     whole_stages = FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(4, 4), promotion_rounds=0)
 
