@@ -31,6 +31,17 @@ VARIANTS = {
     "hash field": dict(noise_source="hash"),
     "anchor positions": dict(position_mode="anchor"),
 }
+SKETCH_SHIFT = 1.65  # the scenes scheduler's shift at 64 tokens (e^base_shift): what the half-resolution sketch gets
+# a full-resolution stage that restarts higher than its own schedule, so it revises the sketch more
+RESTART_VARIANTS = {
+    "preset": {},
+    "full stage at shift 6": dict(stage_shifts=(SKETCH_SHIFT, 6.0)),
+    "full stage at shift 12": dict(stage_shifts=(SKETCH_SHIFT, 12.0)),
+    "2-step sketch, full stage at shift 6": dict(stage_steps=(2, 4), promotion_rounds=0,
+                                                 stage_shifts=(SKETCH_SHIFT, 6.0)),
+}
+SETS = {"plan": VARIANTS, "restart": RESTART_VARIANTS}
+BUDGET_PRESETS = {"3x": "flux-dev-3x", "5x": "flux-dev-5x", "10x": "flux-dev-10x"}
 
 
 def main() -> None:
@@ -38,17 +49,31 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--held-out", type=int, default=16)
     parser.add_argument("--seed", type=int, default=7, help="prompt-set seed (the bench uses 2026)")
-    parser.add_argument("--regime", default="unguided", choices=["unguided", "guided"])
+    parser.add_argument("--regime", default="unguided", choices=["unguided", "guided", "both"])
+    parser.add_argument("--set", default="plan", choices=[*sorted(SETS), "presets"],
+                        help="which variants: plan (the first sweep), restart (higher full-resolution restarts), or "
+                        "presets (each budget's preset with and without --restart-shift-scale, against its steps@)")
+    parser.add_argument("--restart-shift-scale", type=float, default=2.0)
     parser.add_argument("--out", default="unguided_sweep.json")
     args = parser.parse_args()
-    methods = [Method("baseline", "baseline", steps=BASELINE_STEPS), Method("steps@10x", "fewer steps", budget="10x")]
-    for name, overrides in VARIANTS.items():
-        config = replace(TEN, **overrides)
-        speedup = count_plan_flops(config, "flux-dev").speedup
-        methods.append(Method(f"{name} ({speedup:.1f}x)", "Fresco 10x variants", config=config, budget="10x"))
+    methods = [Method("baseline", "baseline", steps=BASELINE_STEPS)]
+    if args.set == "presets":
+        for budget, preset in BUDGET_PRESETS.items():
+            scaled = replace(PRESETS[preset], restart_shift_scale=args.restart_shift_scale)
+            methods += [Method(f"steps@{budget}", "fewer steps", budget=budget),
+                        Method(f"fresco@{budget}", "Fresco", config=PRESETS[preset], budget=budget),
+                        Method(f"fresco-restart-{args.restart_shift_scale:g}@{budget}", "Fresco, higher restart",
+                               config=scaled, budget=budget)]
+    else:
+        methods.append(Method("steps@10x", "fewer steps", budget="10x"))
+        for name, overrides in SETS[args.set].items():
+            config = replace(TEN, **overrides)
+            speedup = count_plan_flops(config, "flux-dev").speedup
+            methods.append(Method(f"{name} ({speedup:.1f}x)", "Fresco 10x variants", config=config, budget="10x"))
+    regimes = ("unguided", "guided") if args.regime == "both" else (args.regime,)
     start = time.perf_counter()
-    report = run_benchmark(prompt_set(args.prompts, args.held_out, seed=args.seed), methods, regimes=(args.regime,),
-                           label="unguided sweep")
+    report = run_benchmark(prompt_set(args.prompts, args.held_out, seed=args.seed), methods, regimes=regimes,
+                           label="sweep")
     report = {k: v for k, v in report.items() if not k.startswith("_")}
     report["seconds"] = time.perf_counter() - start
     report["size"], report["text_tokens"] = SIZE, TEXT_TOKENS
@@ -57,12 +82,14 @@ def main() -> None:
     def figure(entry: dict) -> str:
         return f"{entry['value']:9.1f} [{entry['ci'][0]:9.1f}, {entry['ci'][1]:9.1f}]"
 
-    for row in report["regimes"][args.regime]["methods"]:
+    for regime in regimes:
+      for row in report["regimes"][regime]["methods"]:
         versus = row["versus_fewer_steps"]
-        print(f"{row['method']:42s} FLOPs {row['flops_ratio']:5.2f}  KID {figure(row['kid'])}  adherence "
+        print(f"{regime:9s} {row['method']:42s} FLOPs {row['flops_ratio']:5.2f}  KID {figure(row['kid'])}  adherence "
               f"{row['adherence']['whole']['value']:.2f}" + ("" if versus is None else
-                                                            f"  KID - steps@10x {figure(versus['kid'])}  adherence - "
-                                                            f"steps@10x {versus['adherence']['value']:+.2f}"))
+                                                            f"  KID - {versus['method']} {figure(versus['kid'])}  "
+                                                            f"adherence - it {versus['adherence']['value']:+.2f} "
+                                                            f"{versus['adherence']['ci']}"))
 
 if __name__ == "__main__":
     main()

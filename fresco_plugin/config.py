@@ -112,6 +112,12 @@ class FrescoConfig:
     """Keep every step's image-token count a multiple of this (promotion counts round to fit), in [1, 65536].
     Context parallelism raises it to its degree by itself; set it to reproduce a parallel run's plan on one
     process."""
+    restart_shift_scale: float = 1.0
+    """Multiplies the sigma shift of every stage after the first, in [0.01, 100] (1: each stage's own shift, as its
+    resolution or ``stage_shifts`` gives it). Above 1, a stage restarts at a higher noise level and stays higher, so
+    it redraws the coarse stage's picture instead of inheriting its artefacts. Without guidance on the scenes model, a
+    full-resolution shift 1.9x its own cut the 10x plan's realism cost against five stock steps from +24180 to +4313
+    KID (BENCHMARKS.md); the presets keep 1 until that holds on the bench in both regimes."""
 
     def __post_init__(self) -> None:
         # Normalise what a user may reasonably pass (lists, numpy numbers, whole-number floats for counts) and
@@ -120,6 +126,7 @@ class FrescoConfig:
         object.__setattr__(self, "stage_steps", _counts("stage_steps", self.stage_steps, optional=True))
         for name in ("stage_fractions", "stage_shifts"):
             object.__setattr__(self, name, _numbers(name, getattr(self, name), optional=True))
+        object.__setattr__(self, "restart_shift_scale", _number("restart_shift_scale", self.restart_shift_scale))
         for name in ("promotion_rounds", "token_multiple", "score_window"):
             object.__setattr__(self, name, _count(name, getattr(self, name)))
         object.__setattr__(self, "promotion_ratio", _number("promotion_ratio", self.promotion_ratio))
@@ -171,6 +178,9 @@ class FrescoConfig:
         if self.stage_shifts is not None and not all(low <= s <= high for s in self.stage_shifts):
             raise ValueError(f"FrescoConfig.stage_shifts={self.stage_shifts}: every shift must be in [{low}, {high}] "
                              "(1 is no shift; FLUX's resolution shifts are 1.6-3.2, HunyuanVideo's 7-17)")
+        if not 1e-2 <= self.restart_shift_scale <= 1e2:
+            raise ValueError(f"FrescoConfig.restart_shift_scale={self.restart_shift_scale}: give a finite factor in "
+                             "[0.01, 100] (1 keeps each stage's own shift)")
         if not 0 <= self.promotion_rounds <= MAX_STEPS:
             raise ValueError(f"FrescoConfig.promotion_rounds={self.promotion_rounds}: use a whole number in "
                              f"[0, {MAX_STEPS}] (and fewer than the steps of each non-final stage)")

@@ -25,6 +25,7 @@ class StagePlan:
     num_steps: int
     promotion_after: tuple[int, ...]  # local step counts (1-based: after that many steps of the stage)
     shift: float | None  # explicit shift, or None for the resolution-dependent default
+    shift_scale: float = 1.0  # multiplies whichever shift the stage gets (FrescoConfig.restart_shift_scale)
 
     @property
     def last_step(self) -> int:
@@ -77,7 +78,8 @@ def plan_stages(config: FrescoConfig, num_inference_steps: int | None, *, min_sc
                 f"the first round and one step after the last); give that stage more steps or lower promotion_rounds"
             )
         shift = config.stage_shifts[index] if config.stage_shifts is not None else None
-        plans.append(StagePlan(index, level, first, n, after, shift))
+        plans.append(StagePlan(index, level, first, n, after, shift,
+                               config.restart_shift_scale if index > 0 else 1.0))
         first += n
     return plans
 
@@ -180,7 +182,8 @@ def static_schedules(stages: Sequence[StagePlan], *, shift: float = 1.0,
     schedules = []
     for stage in stages:
         base = np.array(stage_base_sigmas(stage, total), dtype=np.float32)
-        shifted = torch.from_numpy(np.asarray(shift_sigmas(base, shift=stage.shift or shift), dtype=np.float32))
+        stage_shift = (stage.shift or shift) * stage.shift_scale
+        shifted = torch.from_numpy(np.asarray(shift_sigmas(base, shift=stage_shift), dtype=np.float32))
         sigmas = torch.cat([shifted, torch.zeros(1)])[: stage.num_steps + 1]
         schedules.append(StageSchedule(sigmas, shifted[: stage.num_steps] * timestep_scale, timestep_scale))
     return schedules

@@ -155,7 +155,8 @@ class DiffusersFrescoRunner:
         ``base`` is the unshifted sigmas the stock call passes to ``set_timesteps`` (``None`` for pipelines that pass
         only a step count: their stock schedule is then sliced as it is). A scheduler with dynamic shifting gets each
         stage's own ``mu`` (from its token count); a static shift applies to every stage alike, unless
-        ``stage_shifts`` sets one per stage.
+        ``stage_shifts`` sets one per stage. ``restart_shift_scale`` multiplies the shift of every stage after the
+        first, whichever it is.
         """
         scheduler = self.pipe.scheduler
         scale = float(scheduler.config.num_train_timesteps)
@@ -166,11 +167,20 @@ class DiffusersFrescoRunner:
             stock = scheduler.sigmas.clone(), scheduler.timesteps.clone()
             base = np.linspace(1.0, 1.0 / total, total)  # unshifted, for explicit stage shifts
         out = []
+        dynamic = mu_of_tokens is not None and scheduler.config.get("use_dynamic_shifting", False)
         for stage in stages:
             end = stage.last_step + 1 if stage.last_step < total else stage.last_step
             piece = base[stage.first_step:end]
-            if stage.shift is not None:
-                shifted = np.asarray(shift_sigmas(np.asarray(piece, dtype=np.float32), shift=stage.shift),
+            rows, cols = geometry.grid(stage.level)
+            mu = mu_of_tokens(rows * cols * geometry.num_frames) if dynamic else None
+            shift = stage.shift
+            if stage.shift_scale != 1:  # scale the shift this stage would get, then apply it as an explicit one
+                if shift is None:
+                    exponential = scheduler.config.get("time_shift_type", "exponential") == "exponential"
+                    shift = (math.exp(mu) if exponential else mu) if mu is not None else scheduler.config.shift
+                shift *= stage.shift_scale
+            if shift is not None:
+                shifted = np.asarray(shift_sigmas(np.asarray(piece, dtype=np.float32), shift=shift),
                                      dtype=np.float32)
                 sigmas = torch.cat([torch.from_numpy(shifted), torch.zeros(1)]).to(device)
                 timesteps = sigmas[:-1] * scale
@@ -178,10 +188,6 @@ class DiffusersFrescoRunner:
                 sigmas = stock[0][stage.first_step:stage.last_step + 1]
                 timesteps = stock[1][stage.first_step:stage.last_step]
             else:
-                mu = None
-                if mu_of_tokens is not None and scheduler.config.get("use_dynamic_shifting", False):
-                    rows, cols = geometry.grid(stage.level)
-                    mu = mu_of_tokens(rows * cols * geometry.num_frames)
                 kwargs = {"mu": mu} if mu is not None else {}
                 timesteps, _ = retrieve_timesteps(scheduler, None, device, sigmas=piece, **kwargs)
                 sigmas = scheduler.sigmas

@@ -42,6 +42,7 @@ field_values = {
     "noise_source": st.one_of(st.sampled_from(["generator", "hash"]), weird),
     "position_mode": st.one_of(st.sampled_from(["center", "anchor"]), weird),
     "token_multiple": count,
+    "restart_shift_scale": number,
 }
 plausible_values = {
     "stage_scales": st.sampled_from([(1.0,), (0.5, 1.0), (0.25, 0.5, 1.0)]),
@@ -60,6 +61,7 @@ plausible_values = {
     "noise_source": st.sampled_from(["generator", "hash"]),
     "position_mode": st.sampled_from(["center", "anchor"]),
     "token_multiple": st.integers(1, 4),
+    "restart_shift_scale": st.floats(0.01, 100),
 }
 configs = st.one_of(st.fixed_dictionaries({}, optional=plausible_values),  # mostly valid: exercises sampling
                     st.fixed_dictionaries({}, optional=field_values))  # anything: exercises the refusals

@@ -1,9 +1,11 @@
 """Fresco on a stock diffusers FluxPipeline (tiny random weights built from configs)."""
 
+import math
 import re
 import warnings
 
 import diffusers
+import numpy as np
 import pytest
 import torch
 from conftest import text_inputs
@@ -238,3 +240,24 @@ def test_mismatched_negative_embeds_are_refused_in_the_stock_words(flux_pipe):
             _call(flux_pipe, **negative)
         messages.append(str(refused.value))
     assert messages[0] == messages[1] and "must have the same shape" in messages[0]
+
+
+def test_restart_shift_scale_multiplies_the_later_stages_shift(flux_pipe):
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    from fresco_plugin import last_fresco_run
+    from fresco_plugin.schedule import shift_sigmas
+
+    def sigmas(scale):
+        remove_fresco(flux_pipe)
+        apply_fresco(flux_pipe, FrescoConfig(stage_steps=(3, 4), promotion_rounds=0, restart_shift_scale=scale))
+        _call(flux_pipe)
+        return np.array(last_fresco_run(flux_pipe).sigmas_used)
+
+    plain, scaled = sigmas(1.0), sigmas(2.0)
+    config = flux_pipe.scheduler.config
+    mu = calculate_shift(1024, config.base_image_seq_len, config.max_image_seq_len, config.base_shift,
+                         config.max_shift)
+    expected = shift_sigmas(np.linspace(1.0, 1 / 7, 7)[3:].astype(np.float32), shift=2 * math.exp(mu))
+    assert np.array_equal(scaled[:3], plain[:3])  # the sketch keeps its own shift
+    assert np.allclose(scaled[3:], expected, atol=1e-6) and (scaled[3:] > plain[3:]).all()
