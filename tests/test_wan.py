@@ -1,6 +1,7 @@
 """Fresco on a stock diffusers WanPipeline (tiny random weights built from configs, Euler flow scheduler)."""
 
 import diffusers
+import numpy as np
 import pytest
 import torch
 
@@ -51,3 +52,21 @@ def test_unsupported_wan_settings_are_refused(wan_pipe):
     wan_pipe.scheduler = diffusers.UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True)
     with pytest.raises(ValueError, match="needs a FlowMatchEulerDiscreteScheduler"):
         apply_fresco(wan_pipe, FrescoConfig())
+
+
+def test_restart_shift_scale_multiplies_the_static_shift_of_later_stages():
+    """The static-shift path (Wan's scheduler, shift 3): the sketch keeps it, the full stage gets twice it."""
+    from fresco_plugin import last_fresco_run
+    from fresco_plugin.schedule import shift_sigmas
+
+    def sigmas(scale):
+        pipe = tiny_wan_pipeline()
+        pipe.set_progress_bar_config(disable=True)
+        apply_fresco(pipe, FrescoConfig(stage_steps=(3, 4), promotion_rounds=0, restart_shift_scale=scale))
+        _call(pipe)
+        return np.array(last_fresco_run(pipe).sigmas_used)
+
+    plain, scaled = sigmas(1.0), sigmas(2.0)
+    expected = shift_sigmas(np.linspace(1.0, 1 / 7, 7)[3:].astype(np.float32), shift=6.0)
+    assert np.array_equal(scaled[:3], plain[:3])
+    assert np.allclose(scaled[3:], expected, atol=1e-6) and (scaled[3:] > plain[3:]).all()
