@@ -14,11 +14,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from fresco_plugin import PRESETS, FrescoConfig, apply_fresco
+from fresco_plugin import PRESETS, FrescoConfig, apply_fresco, last_fresco_run
 
 COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=10)  # a rank that dies must not leave the others waiting forever
 
@@ -31,7 +32,7 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=1024)
     parser.add_argument("--width", type=int, default=1024)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="fresco_multi_gpu.png")
+    parser.add_argument("--out", default="fresco-out/flux_multi_gpu.png", help="the picture rank 0 writes")
     parser.add_argument("--tiny", action="store_true", help="CPU run with gloo on a tiny random-weight pipeline")
     parser.add_argument("--random-weights", action="store_true",
                         help="GPU run on FLUX.1-dev's architecture with random weights (no download; latents only)")
@@ -79,12 +80,13 @@ def main() -> None:
     if dist.get_rank() != 0:
         pipe.set_progress_bar_config(disable=True)
     output = pipe(**call, generator=torch.Generator().manual_seed(args.seed)).images
-    tokens = list(pipe._fresco_runner.last_run.tokens_per_step)
+    tokens = list(last_fresco_run(pipe).tokens_per_step)
     if dist.get_rank() == 0:
         print(f"{dist.get_world_size()} ranks, image tokens per step {tokens} (each split evenly across the ranks)")
         if not (args.tiny or args.random_weights):
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             output[0].save(args.out)
-            print(f"wrote {args.out}")
+            print(f"wrote {Path(args.out).resolve()}")
     dist.destroy_process_group()
 
 

@@ -19,6 +19,7 @@ import argparse
 import datetime
 import os
 import sys
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -43,7 +44,7 @@ def main() -> None:
     )
     from xfuser.model_executor.models.transformers.transformer_flux import xFuserFlux1Transformer2DWrapper
 
-    from fresco_plugin import apply_fresco
+    from fresco_plugin import apply_fresco, last_fresco_run
     from fresco_plugin.integrations.xdit import FrescoXFuserArgs
 
     parser = FlexibleArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -89,11 +90,13 @@ def main() -> None:
     output = pipe(**call, generator=torch.Generator(device).manual_seed(input_config.seed)).images
     if rank == 0:
         if fresco is not None:
-            tokens = list(pipe._fresco_runner.last_run.tokens_per_step)
+            tokens = list(last_fresco_run(pipe).tokens_per_step)
             print(f"{dist.get_world_size()} ranks, Fresco {engine_args.fresco_preset}, image tokens per step {tokens}")
         if not tiny and input_config.output_type == "pil":
-            output[0].save("fresco_xdit.png")
-            print("wrote fresco_xdit.png")
+            out = Path("fresco-out/flux_xdit.png")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            output[0].save(out)
+            print(f"wrote {out.resolve()}")
     dist.destroy_process_group()
 
 

@@ -15,11 +15,12 @@ import argparse
 import datetime
 import os
 import time
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from fresco_plugin import PRESETS, FrescoConfig, apply_fresco
+from fresco_plugin import PRESETS, FrescoConfig, apply_fresco, last_fresco_run
 
 COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=10)  # a rank that dies must not leave the others waiting forever
 
@@ -33,7 +34,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--frames", type=int, default=61)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="fresco_video_multi_gpu.mp4")
+    parser.add_argument("--out", default="fresco-out/hunyuan_video_multi_gpu.mp4", help="the video rank 0 writes")
     parser.add_argument("--tiny", action="store_true", help="CPU run with gloo on a tiny random-weight pipeline")
     parser.add_argument("--random-weights", action="store_true",
                         help="GPU run on HunyuanVideo's architecture with random weights (no download; latents only)")
@@ -87,15 +88,16 @@ def main() -> None:
     start = time.perf_counter()
     output = pipe(**call, generator=torch.Generator().manual_seed(args.seed)).frames
     seconds = time.perf_counter() - start
-    tokens = sorted(set(pipe._fresco_runner.last_run.tokens_per_step))
+    tokens = sorted(set(last_fresco_run(pipe).tokens_per_step))
     if dist.get_rank() == 0:
         print(f"{dist.get_world_size()} ranks, image tokens per step {tokens} (each split evenly across the ranks), "
               f"{seconds:.1f} s")
         if not (args.tiny or args.random_weights):
             from diffusers.utils import export_to_video
 
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             export_to_video(output[0], args.out, fps=15)
-            print(f"wrote {args.out}")
+            print(f"wrote {Path(args.out).resolve()}")
     dist.destroy_process_group()
 
 
