@@ -358,6 +358,11 @@ def test_save_and_load_give_a_stock_pipeline_that_takes_fresco_again(case, tmp_p
         absent = {name: None for name, component in pipe.components.items() if component is None}
         loaded = case.stock_class.from_pretrained(tmp_path, **absent)
     loaded.set_progress_bar_config(disable=True)
+    # safetensors 0.8 maps weights at unaligned offsets, where CPU kernels take other vector paths and differ from
+    # the original's by an ulp; fresh copies of the same values take the original's path
+    for component in loaded.components.values():
+        for tensor in [*component.parameters(), *component.buffers()] if isinstance(component, torch.nn.Module) else []:
+            tensor.data = tensor.data.clone()
     assert type(loaded) is case.stock_class and torch.equal(_call(case, loaded), stock)
     apply_fresco(loaded, CONFIG)
     assert torch.equal(_call(case, loaded), fresco)
