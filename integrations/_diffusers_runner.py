@@ -25,12 +25,13 @@ from fresco_plugin.layout import TokenGeometry, TokenLayout
 from fresco_plugin.noise import FreshNoise, NoiseField, seeds_from_generators
 from fresco_plugin.registry import get_strategy
 from fresco_plugin.sampler import SamplerResult, Step, min_score_history, sample
-from fresco_plugin.schedule import StagePlan, StageSchedule, fit_plan, plan_stages, plan_token_counts, shift_sigmas
+from fresco_plugin.schedule import StagePlan, StageSchedule, fit_plan, plan_stages, shift_sigmas
 
+from ._context_parallel import context_parallel_of
 from .diffusers_caches import check_cache
-from .para_attention import para_attention_caches, para_attention_mesh, rewrap_pipeline_class
+from .para_attention import para_attention_caches, rewrap_pipeline_class
 
-__all__ = ["DiffusersFrescoRunner", "TransformerDenoiser", "rows_for"]
+__all__ = ["DiffusersFrescoRunner", "GuidanceCombine", "TransformerDenoiser", "classifier_free_guidance", "rows_for"]
 
 
 class DiffusersFrescoRunner:
@@ -69,7 +70,7 @@ class DiffusersFrescoRunner:
         if config.stage_steps is not None:
             plan_stages(config, None, min_score_history=self.min_history)  # fail at apply time, not mid-call
         self._signature = inspect.signature(type(pipe).__call__)
-        _ContextParallel.of(pipe.transformer)  # refuse a parallel setup Fresco cannot follow now, not at the call
+        context_parallel_of(pipe.transformer)  # refuse a parallel setup Fresco cannot follow now, not at the call
 
     def close(self, fresco_class: type) -> None:
         """Fresco was removed; ``fresco_class`` is the class the pipeline had while it ran."""
@@ -97,6 +98,14 @@ class DiffusersFrescoRunner:
         raise NotImplementedError
 
     # ------------------------------------------------------------------------------------------------ shared steps
+    def start_call(self, **state: Any) -> None:
+        """The pipeline state a stock call sets before its loop (its properties read it: ``pipe.guidance_scale``,
+        ``pipe.interrupt``, ...): each ``name=value`` as ``pipe._name``, and no timestep or interrupt yet."""
+        for name, value in state.items():
+            setattr(self.pipe, f"_{name}", value)
+        self.pipe._current_timestep = None
+        self.pipe._interrupt = False
+
     def plan(self, a: dict[str, Any], explicit: set[str]) -> list[StagePlan]:
         steps = a["num_inference_steps"] if "num_inference_steps" in explicit else None
         if steps is None and self.config.stage_steps is None:
@@ -203,7 +212,7 @@ class DiffusersFrescoRunner:
         pipe, config = self.pipe, self.config
         check_cache(getattr(pipe.transformer, "_cache_config", None), images=images,
                     promotion_rounds=config.promotion_rounds)
-        parallel = _ContextParallel.of(pipe.transformer)
+        parallel = context_parallel_of(pipe.transformer)
         agree = None
         if parallel is not None:
             if a["generator"] is None and a["latents"] is None:
@@ -250,88 +259,12 @@ class DiffusersFrescoRunner:
         return latents
 
 
-class _ContextParallel:
-    """Context parallelism (diffusers' ``transformer.enable_parallelism``, ParaAttention's ``parallelize_pipe`` or
-    xDiT's runner-path sequence parallelism) as Fresco sees it.
-
-    The transformer splits the image and text sequences across ranks in every forward and gathers its output, so
-    each forward's image sequence must divide the degree: promotion counts round to keep it so, and a stage grid that
-    cannot is padded with tokens masked out of every key where the model and engine allow it (Ulysses attention:
-    FLUX under diffusers or ParaAttention, HunyuanVideo through our plan for diffusers), refused elsewhere. Every
-    rank must take the same promotion decision: rank 0's is broadcast, so no rank can drift even where floating point
-    differs.
-    """
-
-    def __init__(self, ulysses: int, ring: int, group: Any, masks_pads: bool = False):
-        self.ulysses, self.ring, self.group = ulysses, ring, group
-        self.degree = ulysses * ring
-        # diffusers' and ParaAttention's Ulysses attention take a whole-sequence key mask, so pad tokens can be
-        # masked out; ring attention and xDiT's attention have no such path
-        self.masks_pads = masks_pads
-
-    @classmethod
-    def of(cls, transformer: Any) -> _ContextParallel | None:
-        if type(transformer).__module__.startswith("xfuser."):
-            from .xdit import xdit_sequence_parallel
-
-            split = xdit_sequence_parallel(transformer)
-            return None if split is None else cls(*split)
-        para_attention = para_attention_mesh(transformer)
-        if para_attention is not None:
-            mesh, sequence_mesh = para_attention
-            if mesh["batch"].size() > 1:
-                raise ValueError(f"ParaAttention splits the batch over {mesh['batch'].size()} ranks; Fresco's token "
-                                 "layouts can differ per image, so parallelize the sequence only "
-                                 "(init_context_parallel_mesh without max_batch_dim_size)")
-            ring, ulysses = mesh["ring"].size(), mesh["ulysses"].size()
-            if ring * ulysses == 1:
-                return None
-            return cls(ulysses, ring, sequence_mesh.get_group(), masks_pads=ring == 1)
-        parallel = getattr(transformer, "_parallel_config", None)
-        config = getattr(parallel, "context_parallel_config", None)
-        if config is None or config.ulysses_degree * config.ring_degree == 1:
-            return None
-        flattened = getattr(config, "_flattened_mesh", None)
-        return cls(config.ulysses_degree, config.ring_degree, flattened.get_group() if flattened is not None else None,
-                   masks_pads=config.ring_degree == 1)
-
-    def check(self, transformer: Any, config: FrescoConfig, stages: list[StagePlan], geometry: TokenGeometry,
-              text_tokens: int, can_pad: bool = False) -> None:
-        heads = transformer.config.num_attention_heads
-        if heads % self.ulysses:
-            raise ValueError(f"the transformer has {heads} attention heads, which Ulysses degree {self.ulysses} does "
-                             "not divide; use a degree that divides the head count")
-        if text_tokens % self.degree:
-            raise ValueError(f"{text_tokens} text tokens do not split over context-parallel degree {self.degree}; "
-                             f"use a max_sequence_length that is a multiple of {self.degree}")
-        # with a threshold the counts depend on the image, but they round the same way; the grids are what can fail
-        counts = plan_token_counts(replace(config, promotion_threshold=None), stages, geometry.rows, geometry.cols,
-                                   geometry.num_frames)
-        uneven = sorted({n for n in counts if n % self.degree})
-        if uneven and not can_pad:
-            raise ValueError(f"Fresco's stages would hold {uneven} image tokens, which context-parallel degree "
-                             f"{self.degree} does not divide; choose a height and width whose token grid at every "
-                             "stage scale is a multiple of the degree (Ulysses attention without ring pads such "
-                             "stages with masked tokens for FLUX under diffusers or ParaAttention and for "
-                             "HunyuanVideo under diffusers)")
-
-    def rank0_decides(self, promote: torch.Tensor) -> torch.Tensor:
-        import torch.distributed as dist
-
-        decision = promote.to(torch.uint8)
-        source = dist.get_global_rank(self.group, 0) if self.group is not None else 0
-        dist.broadcast(decision, src=source, group=self.group)
-        return decision.bool()
+GuidanceCombine = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 
 
-def ulysses_padding_mask(text_tokens: int, image_tokens: int, padded_tokens: int, degree: int,
-                         device: torch.device) -> torch.Tensor:
-    """The key mask that hides ``padded_tokens - image_tokens`` pad tokens appended to the image sequence, in the
-    order Ulysses attention assembles the joint sequence: rank after rank, each rank's text shard then its image
-    shard. Shape ``(1, 1, 1, text + padded)``, True where a key may be attended to."""
-    image = (torch.arange(padded_tokens, device=device) < image_tokens).view(degree, padded_tokens // degree)
-    text = torch.ones(degree, text_tokens // degree, dtype=torch.bool, device=device)
-    return torch.cat([text, image], dim=1).view(1, 1, 1, -1)
+def classifier_free_guidance(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
+    """True CFG as FLUX, Wan and HunyuanVideo's pipelines combine it: ``uncond + scale * (cond - uncond)``."""
+    return uncond + scale * (cond - uncond)
 
 
 def rows_for(values: torch.Tensor | None, images: slice) -> torch.Tensor | None:
@@ -346,12 +279,14 @@ class TransformerDenoiser:
     """A pipeline's transformer as Fresco's ``denoise(latents, positions, step)``, with true CFG when asked.
 
     Images whose token layouts coincide share one forward; otherwise each image gets its own. Subclasses implement
-    ``forward(context, text, latents, positions, step, images)`` for one group.
+    ``forward(context, text, latents, positions, step, images)`` for one group. ``combine`` merges the two guidance
+    branches (default: :func:`classifier_free_guidance`); a model whose pipeline rescales them passes its own rule.
     """
 
     def __init__(self, pipe: Any, text: dict[str, Any], negative: dict[str, Any] | None, cfg_scale: float,
-                 images: slice = slice(None)):
+                 images: slice = slice(None), combine: GuidanceCombine | None = None):
         self.pipe, self.text, self.negative, self.cfg_scale, self.images = pipe, text, negative, cfg_scale, images
+        self.combine = combine or classifier_free_guidance
         self.caches = para_attention_caches(pipe) or _DiffusersCaches(pipe.transformer)
         self._last_tokens: int | None = None
         self._layout_groups: tuple[torch.Tensor, list[tuple[str, slice, torch.Tensor]]] | None = None
@@ -381,7 +316,7 @@ class TransformerDenoiser:
         prediction = self._branch("cond", self.text, latents, positions, step)
         if self.negative is not None:
             negative = self._branch("uncond", self.negative, latents, positions, step)
-            prediction = negative + self.cfg_scale * (prediction - negative)
+            prediction = self.combine(prediction, negative, self.cfg_scale)
         return prediction
 
     def _branch(self, context: str, text: dict[str, Any], latents: torch.Tensor, positions: torch.Tensor,

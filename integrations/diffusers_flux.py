@@ -22,7 +22,8 @@ except ImportError:
 from fresco_plugin.layout import TokenGeometry, unpack
 from fresco_plugin.sampler import Step
 
-from ._diffusers_runner import DiffusersFrescoRunner, TransformerDenoiser, rows_for, ulysses_padding_mask
+from ._context_parallel import ulysses_padding_mask
+from ._diffusers_runner import DiffusersFrescoRunner, TransformerDenoiser, rows_for
 
 __all__ = ["FluxFrescoRunner"]
 
@@ -55,10 +56,7 @@ class FluxFrescoRunner(DiffusersFrescoRunner):
         geometry = self._geometry(height, width)
         stages = self.plan(a, explicit)
 
-        pipe._guidance_scale = a["guidance_scale"]
-        pipe._joint_attention_kwargs = a["joint_attention_kwargs"] or {}
-        pipe._current_timestep = None
-        pipe._interrupt = False
+        self.start_call(guidance_scale=a["guidance_scale"], joint_attention_kwargs=a["joint_attention_kwargs"] or {})
 
         prompt = a["prompt"]
         batch_size = (1 if isinstance(prompt, str) else len(prompt) if prompt is not None

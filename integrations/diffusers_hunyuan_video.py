@@ -73,10 +73,7 @@ class HunyuanVideoFrescoRunner(VideoFrescoRunner):
         true_cfg = a["true_cfg_scale"] > 1 and (a["negative_prompt"] is not None or (
             a["negative_prompt_embeds"] is not None and a["negative_pooled_prompt_embeds"] is not None))
 
-        pipe._guidance_scale = a["guidance_scale"]
-        pipe._attention_kwargs = a["attention_kwargs"]
-        pipe._current_timestep = None
-        pipe._interrupt = False
+        self.start_call(guidance_scale=a["guidance_scale"], attention_kwargs=a["attention_kwargs"])
         device = pipe._execution_device
         prompt = a["prompt"]
         batch_size = (1 if isinstance(prompt, str) else len(prompt) if prompt is not None

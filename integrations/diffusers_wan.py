@@ -71,11 +71,8 @@ class WanFrescoRunner(VideoFrescoRunner):
         num_frames = max(num_frames, 1) if isinstance(num_frames, int) else num_frames
         geometry = self.video_geometry(height, width, num_frames, tuple(pipe.transformer.config.patch_size)[-1])
         stages = self.plan(a, explicit)
-        pipe._guidance_scale = a["guidance_scale"]
-        pipe._guidance_scale_2 = None
-        pipe._attention_kwargs = a["attention_kwargs"]
-        pipe._current_timestep = None
-        pipe._interrupt = False
+        self.start_call(guidance_scale=a["guidance_scale"], guidance_scale_2=None,
+                        attention_kwargs=a["attention_kwargs"])
         device = pipe._execution_device
         prompt = a["prompt"]
         batch_size = (1 if isinstance(prompt, str) else len(prompt) if prompt is not None

@@ -11,8 +11,8 @@ may never run. Fresco reads the settings back from the wrapper (or from the cont
 contexts itself: one per guidance branch and per image whose token layout differs from the batch's (so no image is
 handed another's cached residual), all restarted whenever the token count changes (a stale residual, or TaylorSeer's
 derivatives, belong to the old token set). Under context parallelism the image sequence must split evenly at every
-stage and every rank must take the same promotion decision; :class:`fresco_plugin.integrations._diffusers_runner.
-_ContextParallel` does that, with the mesh read from ParaAttention's transformer wrapper.
+stage and every rank must take the same promotion decision: :func:`context_parallel` is ParaAttention's probe for
+:mod:`fresco_plugin.integrations._context_parallel`, with the mesh read from its transformer wrapper.
 """
 
 from __future__ import annotations
@@ -23,7 +23,10 @@ import inspect
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["ParaAttentionCaches", "para_attention_caches", "para_attention_mesh", "rewrap_pipeline_class"]
+from ._context_parallel import ContextParallel
+
+__all__ = ["ParaAttentionCaches", "context_parallel", "para_attention_caches", "para_attention_mesh",
+           "rewrap_pipeline_class"]
 
 # CacheContext fields that hold a run's state rather than its settings
 _STATE_FIELDS = {"taylorseer", "alter_taylorseer", "buffers", "incremental_name_counters", "executed_steps",
@@ -124,6 +127,23 @@ def para_attention_mesh(transformer: Any) -> tuple[Any, Any] | None:
         "pipe.transformer is marked parallel by ParaAttention but its mesh was not found; parallelize it with "
         "para_attn.context_parallel.diffusers_adapters.parallelize_pipe (para-attn 0.3.38)"
     )
+
+
+def context_parallel(transformer: Any) -> ContextParallel | None:
+    """The sequence split ``parallelize_pipe`` applied to this transformer (its context-parallel probe)."""
+    found = para_attention_mesh(transformer)
+    if found is None:
+        return None
+    mesh, sequence_mesh = found
+    if mesh["batch"].size() > 1:
+        raise ValueError(f"ParaAttention splits the batch over {mesh['batch'].size()} ranks; Fresco's token layouts "
+                         "can differ per image, so parallelize the sequence only (init_context_parallel_mesh without "
+                         "max_batch_dim_size)")
+    ring, ulysses = mesh["ring"].size(), mesh["ulysses"].size()
+    if ring * ulysses == 1:
+        return None
+    # its Ulysses attention takes a whole-sequence key mask; its ring attention does not
+    return ContextParallel(ulysses, ring, sequence_mesh.get_group(), masks_pads=ring == 1)
 
 
 def rewrap_pipeline_class(pipe: Any, fresco_class: type) -> None:

@@ -27,7 +27,9 @@ from xfuser import xFuserArgs
 
 from fresco_plugin.config import PRESETS, FrescoConfig
 
-__all__ = ["FrescoXFuserArgs", "refuse_xdit_pipeline", "xdit_sequence_parallel"]
+from ._context_parallel import ContextParallel
+
+__all__ = ["FrescoXFuserArgs", "context_parallel", "refuse_xdit_pipeline", "xdit_sequence_parallel"]
 
 _RUNNER_PATH_ALTERNATIVE = (
     "build the stock diffusers pipeline with xDiT's runner-path transformer wrapper (xFuserFlux1Transformer2DWrapper "
@@ -65,6 +67,13 @@ def xdit_sequence_parallel(transformer: Any) -> tuple[int, int, Any] | None:
     if get_sequence_parallel_world_size() == 1:
         return None
     return get_ulysses_parallel_world_size(), get_ring_parallel_world_size(), get_sp_group().device_group
+
+
+def context_parallel(transformer: Any) -> ContextParallel | None:
+    """xDiT's context-parallel probe: its split, Ulysses and ring over the sequence-parallel group (attention there
+    takes no key mask, so uneven stages are refused rather than padded)."""
+    split = xdit_sequence_parallel(transformer)
+    return None if split is None else ContextParallel(*split)
 
 
 def refuse_xdit_pipeline(pipe: Any, config: FrescoConfig) -> Any:

@@ -19,7 +19,7 @@ from conftest import (
 )
 
 from fresco_plugin import FrescoConfig, apply_fresco
-from fresco_plugin.integrations._diffusers_runner import ulysses_padding_mask
+from fresco_plugin.integrations._context_parallel import ulysses_padding_mask
 from fresco_plugin.tools.tiny import tiny_flux_pipeline
 
 pytestmark = pytest.mark.multiprocess

@@ -73,3 +73,60 @@ def test_a_custom_adapter_is_found_by_class():
     fresco_class, runner = type(pipe), pipe._fresco_runner
     fresco_plugin.remove_fresco(pipe)
     assert type(pipe) is MySubclassedPipeline and runner.closed_with is fresco_class
+
+
+def test_a_new_parallel_engine_registers_its_probe(flux_pipe, monkeypatch):
+    """An engine the runner has never heard of: its probe's refusal comes at apply time, and the split it reports is
+    the one the call follows (here a Ulysses degree the tiny model's 2 heads cannot take)."""
+    from fresco_plugin.integrations import _context_parallel as parallel
+
+    monkeypatch.setattr(parallel, "_PROBES", list(parallel._PROBES))  # the registration ends with the test
+
+    def toy_engine(transformer):
+        degree = getattr(transformer, "_toy_engine_degree", None)
+        if degree == "refuse":
+            raise ValueError("the toy engine splits the batch; split the sequence instead")
+        return None if degree is None else parallel.ContextParallel(ulysses=degree, ring=1, group=None)
+
+    parallel.register_context_parallel_probe("toy engine", toy_engine)
+    call = dict(**text_inputs(), height=64, width=64, num_inference_steps=6, output_type="latent",
+                generator=torch.Generator().manual_seed(0))
+    apply_fresco(flux_pipe, FrescoConfig())
+    flux_pipe(**call)  # the toy engine finds no split: an ordinary run
+    fresco_plugin.remove_fresco(flux_pipe)
+
+    flux_pipe.transformer._toy_engine_degree = "refuse"
+    with pytest.raises(ValueError, match="the toy engine splits the batch"):
+        apply_fresco(flux_pipe, FrescoConfig())
+    flux_pipe.transformer._toy_engine_degree = 3
+    apply_fresco(flux_pipe, FrescoConfig())
+    with pytest.raises(ValueError, match="Ulysses degree 3 does not divide"):
+        flux_pipe(**call)
+    with pytest.raises(ValueError, match="give a callable or 'module:function'"):
+        parallel.register_context_parallel_probe("toy engine", "no colon")
+
+
+def test_a_guidance_rule_replaces_the_cfg_combine():
+    """The denoiser merges the two guidance branches with the rule it is built with: the stock formula by default,
+    a model's own (Qwen-Image rescales by norms) when given."""
+    from types import SimpleNamespace
+
+    from fresco_plugin.integrations._diffusers_runner import TransformerDenoiser
+    from fresco_plugin.sampler import Step
+
+    class BranchDenoiser(TransformerDenoiser):
+        def forward(self, text, latents, positions, step, rows):
+            return torch.full_like(latents, text["value"])
+
+    pipe = SimpleNamespace(transformer=torch.nn.Identity())
+    latents, positions = torch.zeros(2, 4, 3), torch.zeros(2, 4, 3)
+    step = Step(index=0, stage=0, sigma=torch.tensor(1.0), timestep=torch.tensor(1000.0))
+    cond, uncond = {"value": 3.0}, {"value": 1.0}
+    stock = BranchDenoiser(pipe, cond, uncond, cfg_scale=2.0)(latents, positions, step)
+    assert torch.equal(stock, torch.full_like(latents, 1.0 + 2.0 * (3.0 - 1.0)))
+
+    def rescaled(c, u, scale):
+        return (u + scale * (c - u)) * c.norm() / (u + scale * (c - u)).norm() * 0.5
+
+    custom = BranchDenoiser(pipe, cond, uncond, cfg_scale=2.0, combine=rescaled)(latents, positions, step)
+    assert torch.allclose(custom, torch.full_like(latents, 1.5))
