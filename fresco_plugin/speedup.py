@@ -2,9 +2,9 @@
 
 A plan here has the shape the preset sweep measured best on the shipped scenes model (``benchmarks/preset_sweep.py``,
 BENCHMARKS.md): a short half-resolution sketch with one promotion round, then the rest of the budget at full
-resolution, restarting at twice that stage's own shift. For a target, the sketch is fixed by the budget's band and the full-resolution stage gets the most steps
-that still reach the target on the named architecture and size, counted exactly as ``fresco flops`` counts (so the
-FLUX.1-dev presets are points of this function, a test).
+resolution, restarting at twice that stage's own shift. For a target, the sketch is fixed by the budget's band and the
+full-resolution stage gets the most steps that still reach the target on the named architecture and size, counted
+exactly as ``fresco flops`` counts (so the FLUX.1-dev presets are points of this function, a test).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from .config import FrescoConfig
 
-__all__ = ["SketchShape", "plan_for_speedup"]
+__all__ = ["SketchShape", "most_full_steps", "plan_for_speedup"]
 
 
 @dataclass(frozen=True)
@@ -45,29 +45,40 @@ def plan_for_speedup(target: float, *, model: str = "flux-dev", height: int | No
     """The plan of the measured shape with the most full-resolution steps whose transformer-FLOPs speedup over
     ``model``'s ``baseline_steps``-step full-resolution run is at least ``target``. Raises ``ValueError`` with the
     reachable range when no plan of that shape gets there."""
-    from .flops import count_plan_flops
-
     if isinstance(target, bool) or not isinstance(target, (int, float)) or not math.isfinite(target) or target <= 0:
         raise ValueError(f"target={target!r}: give a FLOPs speedup above 0 (for example 5 for 5x)")
     band = next(shape for low, shape in reversed(BANDS) if target >= low)
-
-    def speedup(shape: SketchShape, full_steps: int) -> float:
-        return count_plan_flops(shape.config(full_steps), model, height=height, width=width, frames=frames,
-                                baseline_steps=baseline_steps).speedup
-
     best = 0.0
     for shape in (band, *FALLBACKS):
-        low, high = 1, baseline_steps  # speedup falls as full-resolution steps rise: bisect the last that reaches it
-        if speedup(shape, low) < target:
-            best = max(best, speedup(shape, low))
-            continue
-        while low < high:
-            middle = (low + high + 1) // 2
-            if speedup(shape, middle) >= target:
-                low = middle
-            else:
-                high = middle - 1
-        return shape.config(low)
+        full_steps, reachable = most_full_steps(shape, target, model=model, height=height, width=width,
+                                                frames=frames, baseline_steps=baseline_steps)
+        if full_steps is not None:
+            return shape.config(full_steps)
+        best = max(best, reachable)
     raise ValueError(f"target={target:g}x is out of reach for {model} at this size: plans of this shape reach at most "
                      f"{best:.2f}x (1 half-resolution step and 1 full-resolution step); ask for {math.floor(best):g}x "
                      "or less")
+
+
+def most_full_steps(shape: SketchShape, target: float, *, model: str = "flux-dev", height: int | None = None,
+                    width: int | None = None, frames: int | None = None,
+                    baseline_steps: int = 50) -> tuple[int | None, float]:
+    """The most full-resolution steps after ``shape``'s sketch that still reach ``target`` (``None`` if even one
+    does not), and the speedup with one full-resolution step (the most this sketch can reach)."""
+    from .flops import count_plan_flops
+
+    def speedup(full_steps: int) -> float:
+        return count_plan_flops(shape.config(full_steps), model, height=height, width=width, frames=frames,
+                                baseline_steps=baseline_steps).speedup
+
+    low, high = 1, baseline_steps  # speedup falls as full-resolution steps rise: bisect the last that reaches it
+    fastest = speedup(low)
+    if fastest < target:
+        return None, fastest
+    while low < high:
+        middle = (low + high + 1) // 2
+        if speedup(middle) >= target:
+            low = middle
+        else:
+            high = middle - 1
+    return low, fastest
