@@ -31,7 +31,48 @@ from ._context_parallel import context_parallel_of
 from .diffusers_caches import check_cache
 from .para_attention import para_attention_caches, rewrap_pipeline_class
 
-__all__ = ["DiffusersFrescoRunner", "GuidanceCombine", "TransformerDenoiser", "classifier_free_guidance", "rows_for"]
+__all__ = ["CallArguments", "DiffusersFrescoRunner", "GuidanceCombine", "TransformerDenoiser",
+           "classifier_free_guidance", "rows_for"]
+
+
+class CallArguments:
+    """One ``pipe(...)`` call's arguments, bound to the pipeline's own ``__call__`` signature with its defaults.
+
+    Every parameter of that signature reads as an attribute (``call.height``; the common ones are typed below, the
+    rest are whatever the pipeline takes); ``call.given(name)`` says whether the caller passed it. A name the
+    signature lacks raises ``AttributeError`` naming the pipeline, so an adapter's typo fails at its first test.
+    """
+
+    prompt: str | list[str] | None
+    negative_prompt: str | list[str] | None
+    prompt_embeds: torch.Tensor | None
+    negative_prompt_embeds: torch.Tensor | None
+    height: int | None
+    width: int | None
+    num_inference_steps: int
+    guidance_scale: float
+    generator: torch.Generator | list[torch.Generator] | None
+    latents: torch.Tensor | None
+    output_type: str | None
+    return_dict: bool
+    callback_on_step_end: Callable[..., dict[str, Any]] | None
+    callback_on_step_end_tensor_inputs: list[str]
+    max_sequence_length: int
+
+    def __init__(self, pipeline: str, values: dict[str, Any], given: set[str]):
+        self._pipeline, self._values, self._given = pipeline, values, frozenset(given)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(f"{self._pipeline}.__call__ takes no argument {name!r}") from None
+
+    def given(self, name: str) -> bool:
+        """Whether the caller passed ``name`` (rather than leaving the pipeline's default)."""
+        return name in self._given
 
 
 class DiffusersFrescoRunner:
@@ -92,9 +133,9 @@ class DiffusersFrescoRunner:
             count = arguments.get(name)
             if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
                 raise ValueError(f"{name}={count!r}: give a whole number >= 1")
-        return self.run(arguments, explicit)
+        return self.run(CallArguments(type(self.pipe).__name__, arguments, explicit))
 
-    def run(self, a: dict[str, Any], explicit: set[str]) -> Any:
+    def run(self, call: CallArguments) -> Any:
         raise NotImplementedError
 
     # ------------------------------------------------------------------------------------------------ shared steps
@@ -106,10 +147,10 @@ class DiffusersFrescoRunner:
         self.pipe._current_timestep = None
         self.pipe._interrupt = False
 
-    def plan(self, a: dict[str, Any], explicit: set[str]) -> list[StagePlan]:
-        steps = a["num_inference_steps"] if "num_inference_steps" in explicit else None
+    def plan(self, call: CallArguments) -> list[StagePlan]:
+        steps = call.num_inference_steps if call.given("num_inference_steps") else None
         if steps is None and self.config.stage_steps is None:
-            steps = a["num_inference_steps"]  # the pipeline's own default
+            steps = call.num_inference_steps  # the pipeline's own default
         stages, notes = fit_plan(self.config, steps, min_score_history=self.min_history)
         note = "; ".join(notes)
         if note and note not in self._warned:  # once per pipeline, not at every call of a loop
@@ -117,7 +158,7 @@ class DiffusersFrescoRunner:
             warnings.warn(f"Fresco: {note}", UserWarning, stacklevel=4)
         return stages
 
-    def noise(self, a: dict[str, Any], images: int, geometry: TokenGeometry, expected_latents: tuple[int, ...],
+    def noise(self, call: CallArguments, images: int, geometry: TokenGeometry, expected_latents: tuple[int, ...],
               stock_noise: Callable[[], torch.Tensor], dtype: torch.dtype,
               device: torch.device) -> tuple[NoiseField, FreshNoise | None]:
         """The coordinate-bound field: the user's latents, the pipeline's own initial noise, or the hash.
@@ -125,7 +166,7 @@ class DiffusersFrescoRunner:
         The field covers the coarsest stage's grid; where that grid rounds up (odd sizes), the pipeline's noise is
         extended with hash noise seeded from the generator.
         """
-        generator, latents = a["generator"], a["latents"]
+        generator, latents = call.generator, call.latents
         coarsest = max(self.config.stage_levels)
         rows, cols = geometry.grid(coarsest)
         padded = (rows << coarsest) * geometry.patch, (cols << coarsest) * geometry.patch
@@ -207,7 +248,7 @@ class DiffusersFrescoRunner:
 
     def sample(self, denoiser: TransformerDenoiser, field: NoiseField, fresh: FreshNoise | None,
                stages: list[StagePlan], schedules: list[StageSchedule], geometry: TokenGeometry, images: int,
-               a: dict[str, Any], device: torch.device) -> torch.Tensor:
+               call: CallArguments, device: torch.device) -> torch.Tensor:
         """Run the sampler with the pipeline's progress bar and ``callback_on_step_end``; full-resolution tokens."""
         pipe, config = self.pipe, self.config
         check_cache(getattr(pipe.transformer, "_cache_config", None), images=images,
@@ -215,7 +256,7 @@ class DiffusersFrescoRunner:
         parallel = context_parallel_of(pipe.transformer)
         agree = None
         if parallel is not None:
-            if a["generator"] is None and a["latents"] is None:
+            if call.generator is None and call.latents is None:
                 raise ValueError("under context parallelism every rank must start from the same noise: pass "
                                  "generator=torch.Generator().manual_seed(...) (the same seed on every rank)")
             config = replace(config, token_multiple=math.lcm(config.token_multiple, parallel.degree))
@@ -224,7 +265,7 @@ class DiffusersFrescoRunner:
                            can_pad=can_pad)
             denoiser.pad_multiple = parallel.degree if can_pad else 1
             agree = parallel.rank0_decides
-        callback, tensor_inputs = a["callback_on_step_end"], a["callback_on_step_end_tensor_inputs"]
+        callback, tensor_inputs = call.callback_on_step_end, call.callback_on_step_end_tensor_inputs
         tensor_inputs = getattr(callback, "tensor_inputs", tensor_inputs)  # PipelineCallback objects name their own
         with pipe.progress_bar(total=stages[-1].last_step) as progress_bar:
 

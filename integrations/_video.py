@@ -17,7 +17,7 @@ from fresco_plugin.config import FrescoConfig
 from fresco_plugin.layout import TokenGeometry, pack, unpack
 from fresco_plugin.sampler import Step
 
-from ._diffusers_runner import DiffusersFrescoRunner, TransformerDenoiser
+from ._diffusers_runner import CallArguments, DiffusersFrescoRunner, TransformerDenoiser
 
 __all__ = ["RopeAtPositions", "StripDenoiser", "VideoFrescoRunner"]
 
@@ -93,29 +93,29 @@ class VideoFrescoRunner(DiffusersFrescoRunner):
         return TokenGeometry(pipe.transformer.config.in_channels, patch, int(height) // spatial // patch,
                              int(width) // spatial // patch, frames=(num_frames - 1) // temporal + 1)
 
-    def video_noise(self, a: dict[str, Any], videos: int, geometry: TokenGeometry, height: int, width: int,
+    def video_noise(self, call: CallArguments, videos: int, geometry: TokenGeometry, height: int, width: int,
                     num_frames: int, device: torch.device) -> tuple[Any, Any]:
         """The noise field from the stock pipeline's float32 5-D initial latents (or the user's, or the hash)."""
         pipe = self.pipe
         channels = pipe.transformer.config.in_channels
         return self.noise(
-            a, videos, geometry,
+            call, videos, geometry,
             (videos, channels, geometry.num_frames, geometry.rows * geometry.patch, geometry.cols * geometry.patch),
             lambda: pipe.prepare_latents(videos, channels, height, width, num_frames, torch.float32, device,
-                                         a["generator"]),
+                                         call.generator),
             torch.float32, device,
         )
 
-    def finish(self, latents: torch.Tensor, geometry: TokenGeometry, a: dict[str, Any],
+    def finish(self, latents: torch.Tensor, geometry: TokenGeometry, call: CallArguments,
                decode: Callable[[torch.Tensor], torch.Tensor], output: type) -> Any:
         """Full-resolution tokens -> the stock call's return value (latents, or the decoded video)."""
         latents = unpack(latents, geometry.rows, geometry.cols, geometry.patch, frames=geometry.num_frames)
-        if a["output_type"] == "latent":
+        if call.output_type == "latent":
             video = latents
         else:
-            video = self.pipe.video_processor.postprocess_video(decode(latents), output_type=a["output_type"])
+            video = self.pipe.video_processor.postprocess_video(decode(latents), output_type=call.output_type)
         self.pipe.maybe_free_model_hooks()
-        return (video,) if not a["return_dict"] else output(frames=video)
+        return (video,) if not call.return_dict else output(frames=video)
 
 
 class StripDenoiser(TransformerDenoiser):

@@ -23,7 +23,7 @@ from fresco_plugin.layout import TokenGeometry, unpack
 from fresco_plugin.sampler import Step
 
 from ._context_parallel import ulysses_padding_mask
-from ._diffusers_runner import DiffusersFrescoRunner, TransformerDenoiser, rows_for
+from ._diffusers_runner import CallArguments, DiffusersFrescoRunner, TransformerDenoiser, rows_for
 
 __all__ = ["FluxFrescoRunner"]
 
@@ -37,61 +37,61 @@ class FluxFrescoRunner(DiffusersFrescoRunner):
     pipeline_class = FluxPipeline
     pads_masked = True
 
-    def run(self, a: dict[str, Any], explicit: set[str]) -> Any:
+    def run(self, call: CallArguments) -> Any:
         pipe = self.pipe
         for name in _IP_ADAPTER_ARGUMENTS:
-            if a[name] is not None:
+            if getattr(call, name) is not None:
                 raise ValueError(f"Fresco does not support IP-Adapter yet ({name}); call remove_fresco(pipe) to use it")
-        height = a["height"] or pipe.default_sample_size * pipe.vae_scale_factor
-        width = a["width"] or pipe.default_sample_size * pipe.vae_scale_factor
+        height = call.height or pipe.default_sample_size * pipe.vae_scale_factor
+        width = call.width or pipe.default_sample_size * pipe.vae_scale_factor
         pipe.check_inputs(
-            a["prompt"], a["prompt_2"], height, width,
-            negative_prompt=a["negative_prompt"], negative_prompt_2=a["negative_prompt_2"],
-            prompt_embeds=a["prompt_embeds"], negative_prompt_embeds=a["negative_prompt_embeds"],
-            pooled_prompt_embeds=a["pooled_prompt_embeds"],
-            negative_pooled_prompt_embeds=a["negative_pooled_prompt_embeds"],
-            callback_on_step_end_tensor_inputs=a["callback_on_step_end_tensor_inputs"],
-            max_sequence_length=a["max_sequence_length"],
+            call.prompt, call.prompt_2, height, width,
+            negative_prompt=call.negative_prompt, negative_prompt_2=call.negative_prompt_2,
+            prompt_embeds=call.prompt_embeds, negative_prompt_embeds=call.negative_prompt_embeds,
+            pooled_prompt_embeds=call.pooled_prompt_embeds,
+            negative_pooled_prompt_embeds=call.negative_pooled_prompt_embeds,
+            callback_on_step_end_tensor_inputs=call.callback_on_step_end_tensor_inputs,
+            max_sequence_length=call.max_sequence_length,
         )
         geometry = self._geometry(height, width)
-        stages = self.plan(a, explicit)
+        stages = self.plan(call)
 
-        self.start_call(guidance_scale=a["guidance_scale"], joint_attention_kwargs=a["joint_attention_kwargs"] or {})
+        self.start_call(guidance_scale=call.guidance_scale, joint_attention_kwargs=call.joint_attention_kwargs or {})
 
-        prompt = a["prompt"]
+        prompt = call.prompt
         batch_size = (1 if isinstance(prompt, str) else len(prompt) if prompt is not None
-                      else a["prompt_embeds"].shape[0])
+                      else call.prompt_embeds.shape[0])
         device = pipe._execution_device
-        num_images = a["num_images_per_prompt"]
+        num_images = call.num_images_per_prompt
         lora_scale = pipe._joint_attention_kwargs.get("scale", None)
-        has_negative = a["negative_prompt"] is not None or (
-            a["negative_prompt_embeds"] is not None and a["negative_pooled_prompt_embeds"] is not None
+        has_negative = call.negative_prompt is not None or (
+            call.negative_prompt_embeds is not None and call.negative_pooled_prompt_embeds is not None
         )
-        true_cfg = a["true_cfg_scale"] > 1 and has_negative
-        if true_cfg and a["prompt_embeds"] is not None and a["negative_prompt_embeds"] is not None:
-            if a["prompt_embeds"].shape != a["negative_prompt_embeds"].shape:  # stock checks inline, same words
+        true_cfg = call.true_cfg_scale > 1 and has_negative
+        if true_cfg and call.prompt_embeds is not None and call.negative_prompt_embeds is not None:
+            if call.prompt_embeds.shape != call.negative_prompt_embeds.shape:  # stock checks inline, same words
                 raise ValueError(
                     "`prompt_embeds` and `negative_prompt_embeds` must have the same shape when passed directly, but"
-                    f" got: `prompt_embeds` {a['prompt_embeds'].shape} != `negative_prompt_embeds`"
-                    f" {a['negative_prompt_embeds'].shape}."
+                    f" got: `prompt_embeds` {call.prompt_embeds.shape} != `negative_prompt_embeds`"
+                    f" {call.negative_prompt_embeds.shape}."
                 )
 
         def encode(prompt, prompt_2, embeds, pooled):
             return dict(zip(("prompt_embeds", "pooled", "text_ids"), pipe.encode_prompt(
                 prompt=prompt, prompt_2=prompt_2, prompt_embeds=embeds, pooled_prompt_embeds=pooled, device=device,
-                num_images_per_prompt=num_images, max_sequence_length=a["max_sequence_length"], lora_scale=lora_scale,
+                num_images_per_prompt=num_images, max_sequence_length=call.max_sequence_length, lora_scale=lora_scale,
             )))
 
-        text = encode(prompt, a["prompt_2"], a["prompt_embeds"], a["pooled_prompt_embeds"])
+        text = encode(prompt, call.prompt_2, call.prompt_embeds, call.pooled_prompt_embeds)
         negative = None
         if true_cfg:
-            negative = encode(a["negative_prompt"], a["negative_prompt_2"], a["negative_prompt_embeds"],
-                              a["negative_pooled_prompt_embeds"])
+            negative = encode(call.negative_prompt, call.negative_prompt_2, call.negative_prompt_embeds,
+                              call.negative_pooled_prompt_embeds)
         images = batch_size * num_images
         dtype = text["prompt_embeds"].dtype
         field, fresh = self.noise(
-            a, images, geometry, (images, geometry.num_tokens, geometry.token_dim),
-            lambda: pipe.prepare_latents(images, geometry.channels, height, width, dtype, device, a["generator"])[0],
+            call, images, geometry, (images, geometry.num_tokens, geometry.token_dim),
+            lambda: pipe.prepare_latents(images, geometry.channels, height, width, dtype, device, call.generator)[0],
             dtype, device,
         )
         total = stages[-1].last_step
@@ -103,12 +103,12 @@ class FluxFrescoRunner(DiffusersFrescoRunner):
         schedules = self.schedules(stages, np.linspace(1.0, 1 / total, total), geometry, mu, device)
         guidance = None
         if pipe.transformer.config.guidance_embeds:
-            guidance = torch.full([1], a["guidance_scale"], device=device, dtype=torch.float32).expand(images)
-        denoiser = _FluxDenoiser(pipe, text, negative, a["true_cfg_scale"])
+            guidance = torch.full([1], call.guidance_scale, device=device, dtype=torch.float32).expand(images)
+        denoiser = _FluxDenoiser(pipe, text, negative, call.true_cfg_scale)
         denoiser.guidance = guidance
-        latents = self.sample(denoiser, field, fresh, stages, schedules, geometry, images, a, device)
+        latents = self.sample(denoiser, field, fresh, stages, schedules, geometry, images, call, device)
 
-        if a["output_type"] == "latent":
+        if call.output_type == "latent":
             image = latents
         else:
             latents = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
@@ -116,9 +116,9 @@ class FluxFrescoRunner(DiffusersFrescoRunner):
             if get_module_execution_device is not None:
                 latents = latents.to(get_module_execution_device(pipe.vae))
             image = pipe.vae.decode(latents, return_dict=False)[0]
-            image = pipe.image_processor.postprocess(image, output_type=a["output_type"])
+            image = pipe.image_processor.postprocess(image, output_type=call.output_type)
         pipe.maybe_free_model_hooks()
-        if not a["return_dict"]:
+        if not call.return_dict:
             return (image,)
         return FluxPipelineOutput(images=image)
 

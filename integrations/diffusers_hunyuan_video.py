@@ -21,7 +21,7 @@ from diffusers.pipelines.hunyuan_video.pipeline_output import HunyuanVideoPipeli
 from fresco_plugin.config import FrescoConfig
 from fresco_plugin.sampler import Step
 
-from ._diffusers_runner import rows_for
+from ._diffusers_runner import CallArguments, rows_for
 from ._video import StripDenoiser, VideoFrescoRunner
 from .para_attention import para_attention_mesh
 
@@ -62,53 +62,53 @@ class HunyuanVideoFrescoRunner(VideoFrescoRunner):
         _refuse_para_attention_parallelism(transformer)
         super().__init__(pipe, config)
 
-    def run(self, a: dict[str, Any], explicit: set[str]) -> Any:
+    def run(self, call: CallArguments) -> Any:
         pipe = self.pipe
         _refuse_para_attention_parallelism(pipe.transformer)  # parallelized after apply_fresco
-        height, width, num_frames = a["height"], a["width"], a["num_frames"]
-        pipe.check_inputs(a["prompt"], a["prompt_2"], height, width, a["prompt_embeds"],
-                          a["callback_on_step_end_tensor_inputs"], a["prompt_template"])
+        height, width, num_frames = call.height, call.width, call.num_frames
+        pipe.check_inputs(call.prompt, call.prompt_2, height, width, call.prompt_embeds,
+                          call.callback_on_step_end_tensor_inputs, call.prompt_template)
         geometry = self.video_geometry(height, width, num_frames, pipe.transformer.config.patch_size)
-        stages = self.plan(a, explicit)
-        true_cfg = a["true_cfg_scale"] > 1 and (a["negative_prompt"] is not None or (
-            a["negative_prompt_embeds"] is not None and a["negative_pooled_prompt_embeds"] is not None))
+        stages = self.plan(call)
+        true_cfg = call.true_cfg_scale > 1 and (call.negative_prompt is not None or (
+            call.negative_prompt_embeds is not None and call.negative_pooled_prompt_embeds is not None))
 
-        self.start_call(guidance_scale=a["guidance_scale"], attention_kwargs=a["attention_kwargs"])
+        self.start_call(guidance_scale=call.guidance_scale, attention_kwargs=call.attention_kwargs)
         device = pipe._execution_device
-        prompt = a["prompt"]
+        prompt = call.prompt
         batch_size = (1 if isinstance(prompt, str) else len(prompt) if prompt is not None
-                      else a["prompt_embeds"].shape[0])
+                      else call.prompt_embeds.shape[0])
         transformer_dtype = pipe.transformer.dtype
 
         def encode(prompt, prompt_2, embeds, pooled, mask):
             embeds, pooled, mask = pipe.encode_prompt(
-                prompt=prompt, prompt_2=prompt_2, prompt_template=a["prompt_template"],
-                num_videos_per_prompt=a["num_videos_per_prompt"], prompt_embeds=embeds, pooled_prompt_embeds=pooled,
-                prompt_attention_mask=mask, device=device, max_sequence_length=a["max_sequence_length"],
+                prompt=prompt, prompt_2=prompt_2, prompt_template=call.prompt_template,
+                num_videos_per_prompt=call.num_videos_per_prompt, prompt_embeds=embeds, pooled_prompt_embeds=pooled,
+                prompt_attention_mask=mask, device=device, max_sequence_length=call.max_sequence_length,
             )
             return {"prompt_embeds": embeds.to(transformer_dtype), "pooled": pooled.to(transformer_dtype),
                     "mask": mask.to(transformer_dtype)}
 
-        text = encode(prompt, a["prompt_2"], a["prompt_embeds"], a["pooled_prompt_embeds"], a["prompt_attention_mask"])
+        text = encode(prompt, call.prompt_2, call.prompt_embeds, call.pooled_prompt_embeds, call.prompt_attention_mask)
         negative = None
         if true_cfg:
-            negative = encode(a["negative_prompt"], a["negative_prompt_2"], a["negative_prompt_embeds"],
-                              a["negative_pooled_prompt_embeds"], a["negative_prompt_attention_mask"])
-        videos = batch_size * a["num_videos_per_prompt"]
-        field, fresh = self.video_noise(a, videos, geometry, height, width, num_frames, device)
+            negative = encode(call.negative_prompt, call.negative_prompt_2, call.negative_prompt_embeds,
+                              call.negative_pooled_prompt_embeds, call.negative_prompt_attention_mask)
+        videos = batch_size * call.num_videos_per_prompt
+        field, fresh = self.video_noise(call, videos, geometry, height, width, num_frames, device)
         total = stages[-1].last_step
         schedules = self.schedules(stages, np.linspace(1.0, 0.0, total + 1)[:-1], geometry, None, device)
-        denoiser = _HunyuanVideoDenoiser(pipe, text, negative, a["true_cfg_scale"])
-        denoiser.guidance = torch.tensor([a["guidance_scale"]] * videos, dtype=transformer_dtype,
+        denoiser = _HunyuanVideoDenoiser(pipe, text, negative, call.true_cfg_scale)
+        denoiser.guidance = torch.tensor([call.guidance_scale] * videos, dtype=transformer_dtype,
                                          device=device) * 1000.0
-        denoiser.attention_kwargs = a["attention_kwargs"]
+        denoiser.attention_kwargs = call.attention_kwargs
         denoiser.rope_hook, denoiser.patch = self.rope_hook, geometry.patch
-        latents = self.sample(denoiser, field, fresh, stages, schedules, geometry, videos, a, device)
+        latents = self.sample(denoiser, field, fresh, stages, schedules, geometry, videos, call, device)
 
         def decode(latents: torch.Tensor) -> torch.Tensor:
             return pipe.vae.decode(latents.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor, return_dict=False)[0]
 
-        return self.finish(latents, geometry, a, decode, HunyuanVideoPipelineOutput)
+        return self.finish(latents, geometry, call, decode, HunyuanVideoPipelineOutput)
 
 
 class _HunyuanVideoDenoiser(StripDenoiser):

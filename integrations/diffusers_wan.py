@@ -21,7 +21,7 @@ from diffusers.utils.torch_utils import get_module_execution_device
 from fresco_plugin.config import FrescoConfig
 from fresco_plugin.sampler import Step
 
-from ._diffusers_runner import rows_for
+from ._diffusers_runner import CallArguments, rows_for
 from ._video import StripDenoiser, VideoFrescoRunner
 
 __all__ = ["WanFrescoRunner", "wan_rope_at_positions"]
@@ -57,11 +57,11 @@ class WanFrescoRunner(VideoFrescoRunner):
             raise ValueError("Fresco changes spatial resolution only and needs a temporal patch size of 1")
         super().__init__(pipe, config)
 
-    def run(self, a: dict[str, Any], explicit: set[str]) -> Any:
+    def run(self, call: CallArguments) -> Any:
         pipe = self.pipe
-        height, width, num_frames = a["height"], a["width"], a["num_frames"]
-        pipe.check_inputs(a["prompt"], a["negative_prompt"], height, width, a["prompt_embeds"],
-                          a["negative_prompt_embeds"], a["callback_on_step_end_tensor_inputs"], a["guidance_scale_2"])
+        height, width, num_frames = call.height, call.width, call.num_frames
+        pipe.check_inputs(call.prompt, call.negative_prompt, height, width, call.prompt_embeds,
+                          call.negative_prompt_embeds, call.callback_on_step_end_tensor_inputs, call.guidance_scale_2)
         temporal = pipe.vae_scale_factor_temporal
         if isinstance(num_frames, int) and num_frames % temporal != 1:  # the stock pipeline rounds the same way
             warnings.warn(f"num_frames={num_frames}: Wan makes {temporal}k + 1 frames; rounding to "
@@ -70,30 +70,30 @@ class WanFrescoRunner(VideoFrescoRunner):
             num_frames = num_frames // temporal * temporal + 1
         num_frames = max(num_frames, 1) if isinstance(num_frames, int) else num_frames
         geometry = self.video_geometry(height, width, num_frames, tuple(pipe.transformer.config.patch_size)[-1])
-        stages = self.plan(a, explicit)
-        self.start_call(guidance_scale=a["guidance_scale"], guidance_scale_2=None,
-                        attention_kwargs=a["attention_kwargs"])
+        stages = self.plan(call)
+        self.start_call(guidance_scale=call.guidance_scale, guidance_scale_2=None,
+                        attention_kwargs=call.attention_kwargs)
         device = pipe._execution_device
-        prompt = a["prompt"]
+        prompt = call.prompt
         batch_size = (1 if isinstance(prompt, str) else len(prompt) if prompt is not None
-                      else a["prompt_embeds"].shape[0])
+                      else call.prompt_embeds.shape[0])
         cfg = pipe.do_classifier_free_guidance
         embeds, negative_embeds = pipe.encode_prompt(
-            prompt=prompt, negative_prompt=a["negative_prompt"], do_classifier_free_guidance=cfg,
-            num_videos_per_prompt=a["num_videos_per_prompt"], prompt_embeds=a["prompt_embeds"],
-            negative_prompt_embeds=a["negative_prompt_embeds"], max_sequence_length=a["max_sequence_length"],
+            prompt=prompt, negative_prompt=call.negative_prompt, do_classifier_free_guidance=cfg,
+            num_videos_per_prompt=call.num_videos_per_prompt, prompt_embeds=call.prompt_embeds,
+            negative_prompt_embeds=call.negative_prompt_embeds, max_sequence_length=call.max_sequence_length,
             device=device,
         )
         dtype = pipe.transformer.dtype
         text = {"prompt_embeds": embeds.to(dtype)}
         negative = {"prompt_embeds": negative_embeds.to(dtype)} if cfg else None
-        videos = batch_size * a["num_videos_per_prompt"]
-        field, fresh = self.video_noise(a, videos, geometry, height, width, num_frames, device)
+        videos = batch_size * call.num_videos_per_prompt
+        field, fresh = self.video_noise(call, videos, geometry, height, width, num_frames, device)
         schedules = self.schedules(stages, None, geometry, None, device)
-        denoiser = _WanDenoiser(pipe, text, negative, a["guidance_scale"])
-        denoiser.attention_kwargs = a["attention_kwargs"]
+        denoiser = _WanDenoiser(pipe, text, negative, call.guidance_scale)
+        denoiser.attention_kwargs = call.attention_kwargs
         denoiser.rope_hook, denoiser.patch = self.rope_hook, geometry.patch
-        latents = self.sample(denoiser, field, fresh, stages, schedules, geometry, videos, a, device)
+        latents = self.sample(denoiser, field, fresh, stages, schedules, geometry, videos, call, device)
 
         def decode(latents: torch.Tensor) -> torch.Tensor:
             vae = pipe.vae
@@ -102,7 +102,7 @@ class WanFrescoRunner(VideoFrescoRunner):
             inverse_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(latents)
             return vae.decode(latents / inverse_std + mean, return_dict=False)[0]
 
-        return self.finish(latents, geometry, a, decode, WanPipelineOutput)
+        return self.finish(latents, geometry, call, decode, WanPipelineOutput)
 
 
 class _WanDenoiser(StripDenoiser):

@@ -130,3 +130,12 @@ def test_a_guidance_rule_replaces_the_cfg_combine():
 
     custom = BranchDenoiser(pipe, cond, uncond, cfg_scale=2.0, combine=rescaled)(latents, positions, step)
     assert torch.allclose(custom, torch.full_like(latents, 1.5))
+
+
+def test_an_adapter_reads_the_call_by_name_and_a_typo_names_the_pipeline():
+    from fresco_plugin.integrations._diffusers_runner import CallArguments
+
+    call = CallArguments("FluxPipeline", {"height": 64, "num_inference_steps": 28}, given={"height"})
+    assert call.height == 64 and call.given("height") and not call.given("num_inference_steps")
+    with pytest.raises(AttributeError, match="FluxPipeline.__call__ takes no argument 'heigth'"):
+        call.heigth  # noqa: B018
