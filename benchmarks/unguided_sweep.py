@@ -15,6 +15,7 @@ from dataclasses import replace
 
 from fresco_plugin.config import PRESETS
 from fresco_plugin.flops import count_plan_flops
+from fresco_plugin.speedup import BANDS, SketchShape, most_full_steps
 from fresco_plugin.tools.bench import BASELINE_STEPS, Method, _json_safe, run_benchmark
 from fresco_plugin.tools.shipped_model import SIZE, TEXT_TOKENS, prompt_set
 
@@ -41,6 +42,10 @@ RESTART_VARIANTS = {
                                                  stage_shifts=(SKETCH_SHIFT, 6.0)),
 }
 SETS = {"plan": VARIANTS, "restart": RESTART_VARIANTS}
+# sketch lengths re-measured once the full-resolution stage restarts higher (the presets' 3 was chosen by fidelity
+# before it): each with the most full-resolution steps that still reach the budget on FLUX.1-dev, as for_speedup plans
+SHAPE_BUDGETS = {"5x": 5.0, "10x": 10.0}
+SHAPE_SKETCH_STEPS = (1, 2, 3, 4)
 BUDGET_PRESETS = {"3x": "flux-dev-3x", "5x": "flux-dev-5x", "10x": "flux-dev-10x"}
 
 
@@ -50,14 +55,26 @@ def main() -> None:
     parser.add_argument("--held-out", type=int, default=16)
     parser.add_argument("--seed", type=int, default=7, help="prompt-set seed (the bench uses 2026)")
     parser.add_argument("--regime", default="unguided", choices=["unguided", "guided", "both"])
-    parser.add_argument("--set", default="plan", choices=[*sorted(SETS), "presets"],
-                        help="which variants: plan (the first sweep), restart (higher full-resolution restarts), or "
-                        "presets (each budget's preset with and without --restart-shift-scale, against its steps@)")
+    parser.add_argument("--set", default="plan", choices=[*sorted(SETS), "presets", "shapes"],
+                        help="which variants: plan (the first sweep), restart (higher full-resolution restarts), "
+                        "presets (each budget's preset with and without --restart-shift-scale, against its steps@), or "
+                        "shapes (sketch lengths at 5x and 10x with the presets' restart, against steps@)")
     parser.add_argument("--restart-shift-scale", type=float, default=2.0)
     parser.add_argument("--out", default="unguided_sweep.json")
     args = parser.parse_args()
     methods = [Method("baseline", "baseline", steps=BASELINE_STEPS)]
-    if args.set == "presets":
+    if args.set == "shapes":
+        for budget, target in SHAPE_BUDGETS.items():
+            methods.append(Method(f"steps@{budget}", "fewer steps", budget=budget))
+            ratio = next(shape for low, shape in reversed(BANDS) if target >= low).promotion_ratio
+            for sketch in SHAPE_SKETCH_STEPS:
+                shape = SketchShape(sketch, ratio)
+                full, _ = most_full_steps(shape, target)
+                if full is not None:
+                    rounds = "one round" if sketch >= 3 else "no round"
+                    methods.append(Method(f"{sketch}+{full} steps, {rounds}@{budget}", f"Fresco {budget} shapes",
+                                          config=shape.config(full), budget=budget))
+    elif args.set == "presets":
         for budget, preset in BUDGET_PRESETS.items():
             scaled = replace(PRESETS[preset], restart_shift_scale=args.restart_shift_scale)
             methods += [Method(f"steps@{budget}", "fewer steps", budget=budget),
@@ -83,13 +100,12 @@ def main() -> None:
         return f"{entry['value']:9.1f} [{entry['ci'][0]:9.1f}, {entry['ci'][1]:9.1f}]"
 
     for regime in regimes:
-      for row in report["regimes"][regime]["methods"]:
-        versus = row["versus_fewer_steps"]
-        print(f"{regime:9s} {row['method']:42s} FLOPs {row['flops_ratio']:5.2f}  KID {figure(row['kid'])}  adherence "
-              f"{row['adherence']['whole']['value']:.2f}" + ("" if versus is None else
-                                                            f"  KID - {versus['method']} {figure(versus['kid'])}  "
-                                                            f"adherence - it {versus['adherence']['value']:+.2f} "
-                                                            f"{versus['adherence']['ci']}"))
+        for row in report["regimes"][regime]["methods"]:
+            versus = row["versus_fewer_steps"]
+            print(f"{regime:9s} {row['method']:42s} FLOPs {row['flops_ratio']:5.2f}  KID {figure(row['kid'])}  "
+                  f"adherence {row['adherence']['whole']['value']:.2f}" + (
+                      "" if versus is None else f"  KID - {versus['method']} {figure(versus['kid'])}  adherence - it "
+                                                f"{versus['adherence']['value']:+.2f} {versus['adherence']['ci']}"))
 
 if __name__ == "__main__":
     main()
