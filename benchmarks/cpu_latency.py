@@ -18,11 +18,11 @@ import time
 import torch
 
 from fresco_plugin import FrescoConfig, apply_fresco, remove_fresco
-from fresco_plugin.flops import TransformerFlops
 from fresco_plugin.layout import TokenGeometry, TokenLayout
 from fresco_plugin.noise import NoiseField
 from fresco_plugin.sampler import min_score_history, sample
 from fresco_plugin.schedule import plan_stages, plan_token_counts, static_schedules
+from fresco_plugin.tools.flops_trace import TransformerFlops
 
 MID_CONFIG = dict(patch_size=1, in_channels=64, num_layers=4, num_single_layers=8, attention_head_dim=64,
                   num_attention_heads=8, joint_attention_dim=512, pooled_projection_dim=256,

@@ -1,14 +1,17 @@
 """Compute accounting on the real architectures (meta device, torch's FLOP counter)."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+import fresco_plugin
 from fresco_plugin import FrescoConfig
-from fresco_plugin.flops import MODELS, TransformerFlops, count_plan_flops, flux_closed_form_flops
+from fresco_plugin.flops import FORWARD_FLOPS_FILE, MODELS, count_plan_flops, forward_flops
 from fresco_plugin.tools.cli import main
+from fresco_plugin.tools.flops_trace import TransformerFlops, derive_forward_flops, flux_closed_form_flops
 from fresco_plugin.tools.tiny import tiny_flux_pipeline
 
 
@@ -25,6 +28,22 @@ def test_counter_matches_the_closed_form_flux_count(model, tokens):
 def test_the_quadratic_fit_predicts_a_direct_trace(model, tokens):
     counter = TransformerFlops.for_model(model)
     assert counter(tokens) == counter.trace(tokens)
+
+
+@pytest.mark.parametrize("model", ["flux-dev", "flux-schnell", "hunyuan-video"])
+def test_the_stored_forward_costs_are_the_traced_architecture(model):
+    """The core prices plans from stored coefficients; they are what tracing the architecture derives today, and
+    they give a direct trace at a size and text length no fit used."""
+    stored = json.loads((Path(fresco_plugin.__file__).parent / FORWARD_FLOPS_FILE).read_text())[model]
+    assert stored == derive_forward_flops(model)
+    assert forward_flops(model, 3000, 200) == TransformerFlops(MODELS[model].family, MODELS[model].config(),
+                                                                   200).trace(3000)
+
+
+@pytest.mark.slow
+def test_the_stored_forward_costs_hold_for_wan():
+    stored = json.loads((Path(fresco_plugin.__file__).parent / FORWARD_FLOPS_FILE).read_text())["wan2.1-t2v-14b"]
+    assert stored == derive_forward_flops("wan2.1-t2v-14b")
 
 
 @pytest.mark.slow
@@ -106,7 +125,7 @@ def _tiny_recorded_run(cache=None):
     from conftest import text_inputs
 
     from fresco_plugin import apply_fresco
-    from fresco_plugin.flops import ForwardRecorder
+    from fresco_plugin.tools.flops_trace import ForwardRecorder
 
     pipe = tiny_flux_pipeline()
     pipe.set_progress_bar_config(disable=True)

@@ -35,7 +35,7 @@ import torch
 
 from fresco_plugin.api import last_fresco_run
 from fresco_plugin.config import PRESETS, FrescoConfig
-from fresco_plugin.flops import ForwardRecorder
+from fresco_plugin.tools.flops_trace import ForwardRecorder
 
 from .scene_features import embed_pictures, kid, kid_bootstrap, load_feature_encoder
 from .scenes import check_adherence, parse_prompt, render, scene_for_prompt

@@ -42,7 +42,7 @@ def _flops(args: argparse.Namespace) -> int:
 
 
 def _recorded_flops(args: argparse.Namespace) -> int:
-    from fresco_plugin.flops import ForwardRecord, recorded_flops
+    from fresco_plugin.tools.flops_trace import ForwardRecord, recorded_flops
 
     if args.config or args.preset:
         raise SystemExit("fresco flops: --recorded prices a recorded run; drop --preset/--config")
