@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -32,6 +33,7 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=1024)
     parser.add_argument("--width", type=int, default=1024)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--baseline-steps", type=int, default=50, help="steps of the stock run beside it")
     parser.add_argument("--out", default="fresco-out/flux_multi_gpu.png", help="the picture rank 0 writes")
     parser.add_argument("--tiny", action="store_true", help="CPU run with gloo on a tiny random-weight pipeline")
     parser.add_argument("--random-weights", action="store_true",
@@ -76,13 +78,25 @@ def main() -> None:
         pipe.transformer.enable_parallelism(config=ContextParallelConfig(ulysses_degree=dist.get_world_size()))
     elif dist.get_rank() == 0:  # diffusers refuses a context-parallel degree of 1
         print("one rank: context parallelism stays off, the rest of the path runs as with several")
-    apply_fresco(pipe, config)
     if dist.get_rank() != 0:
         pipe.set_progress_bar_config(disable=True)
-    output = pipe(**call, generator=torch.Generator().manual_seed(args.seed)).images
+
+    def timed(**extra):
+        start = time.perf_counter()
+        images = pipe(**call, **extra, generator=torch.Generator().manual_seed(args.seed)).images
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return images, time.perf_counter() - start
+
+    stock_steps = call.get("num_inference_steps", args.baseline_steps)
+    _, stock_seconds = timed(**({} if "num_inference_steps" in call else {"num_inference_steps": stock_steps}))
+    apply_fresco(pipe, config)
+    output, seconds = timed()
     tokens = list(last_fresco_run(pipe).tokens_per_step)
     if dist.get_rank() == 0:
-        print(f"{dist.get_world_size()} ranks, image tokens per step {tokens} (each split evenly across the ranks)")
+        print(f"stock: {stock_steps} steps, {stock_seconds:.1f} s (first, so it also carries one-time start-up costs)")
+        print(f"{dist.get_world_size()} ranks, image tokens per step {tokens} (each split evenly across the ranks), "
+              f"{seconds:.1f} s: wall-time ratio {stock_seconds / seconds:.2f}x")
         if not (args.tiny or args.random_weights):
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             output[0].save(args.out)
