@@ -24,6 +24,7 @@ __all__ = ["FORWARD_FLOPS_FILE", "ModelSpec", "MODELS", "FlopsReport", "count_pl
 
 FORWARD_FLOPS_FILE = "model_configs/forward_flops.json"
 
+
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
@@ -65,8 +66,6 @@ MODELS: dict[str, ModelSpec] = {
     "hunyuan-video": ModelSpec("hunyuan-video", "hunyuan-video", 256, False, "hunyuan-video", (720, 1280, 125)),
     "wan2.1-t2v-14b": ModelSpec("wan2.1-t2v-14b", "wan", 512, True, "wan2.1-t2v-14b", (720, 1280, 81)),
 }
-
-
 
 
 def model_spec(name: str) -> ModelSpec:
