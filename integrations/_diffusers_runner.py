@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import replace
@@ -32,7 +33,7 @@ from .diffusers_caches import check_cache
 from .para_attention import para_attention_caches, rewrap_pipeline_class
 
 __all__ = ["CallArguments", "DiffusersFrescoRunner", "GuidanceCombine", "TransformerDenoiser",
-           "classifier_free_guidance", "rows_for"]
+           "classifier_free_guidance", "rows_for", "warn_caller"]
 
 
 class CallArguments:
@@ -74,11 +75,25 @@ class CallArguments:
         """Whether the caller passed ``name`` (rather than leaving the pipeline's default)."""
         return name in self._given
 
+    def resolved(self, **values: Any) -> CallArguments:
+        """A copy with ``values`` in place of the caller's (the sizes stock derives from its defaults or rounds);
+        ``given`` still answers for what the caller passed."""
+        for name in values:
+            getattr(self, name)  # only the pipeline's own arguments
+        return CallArguments(self._pipeline, {**self._values, **values}, set(self._given))
+
 
 class DiffusersFrescoRunner:
-    """Base of the per-pipeline runners; one instance per pipeline with Fresco applied."""
+    """Base of the per-pipeline runners; one instance per pipeline with Fresco applied.
+
+    ``run`` is the same for every model: it hosts the stock call's job in the stock order and asks the adapter only
+    for the pieces that differ (the methods under "per-model pieces", and the class attributes below).
+    """
 
     pipeline_class: ClassVar[type]
+    output_class: ClassVar[type]  # the stock call's return type (``FluxPipelineOutput``, ...)
+    output_field: ClassVar[str] = "images"  # its field ("frames" for video)
+    per_prompt_argument: ClassVar[str] = "num_images_per_prompt"  # outputs per prompt ("num_videos_per_prompt")
     # whether this model's denoiser can pad an uneven image sequence with masked tokens under Ulysses attention
     pads_masked: ClassVar[bool] = False
 
@@ -136,9 +151,77 @@ class DiffusersFrescoRunner:
         return self.run(CallArguments(type(self.pipe).__name__, arguments, explicit))
 
     def run(self, call: CallArguments) -> Any:
+        """The stock call's job with Fresco's stages, in the stock order."""
+        call = self.check(call)
+        geometry = self.geometry(call)
+        stages = self.plan(call)
+        self.start_call(**self.call_state(call))
+        device = self.pipe._execution_device
+        text, negative = self.encode(call, device)
+        count = self.batch_size(call)
+        field, fresh = self.initial_noise(call, count, geometry, text, device)
+        schedules = self.schedules(stages, geometry, device)
+        denoiser = self.denoiser(call, text, negative, count, geometry, device)
+        latents = self.sample(denoiser, field, fresh, stages, schedules, geometry, count, call, device)
+        output = self.decode(latents, geometry, call)
+        self.pipe.maybe_free_model_hooks()
+        return self.output_class(**{self.output_field: output}) if call.return_dict else (output,)
+
+    # ------------------------------------------------------------------------------------------ per-model pieces
+    def check(self, call: CallArguments) -> CallArguments:
+        """Refuse what Fresco cannot follow yet (naming the argument and the way out), run the pipeline's own
+        ``check_inputs``, and return the call with the sizes stock would use (its defaults, its rounding)."""
+        raise NotImplementedError
+
+    def geometry(self, call: CallArguments) -> TokenGeometry:
+        """The full-resolution token grid of this call."""
+        raise NotImplementedError
+
+    def call_state(self, call: CallArguments) -> dict[str, Any]:
+        """The private pipeline state stock sets before its loop, as ``start_call`` keywords."""
+        return {"guidance_scale": call.guidance_scale}
+
+    def encode(self, call: CallArguments, device: torch.device) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """The prompt's and (under true guidance) the negative prompt's conditioning, from the pipeline's own
+        ``encode_prompt``: what the denoiser passes to the transformer."""
+        raise NotImplementedError
+
+    def initial_noise(self, call: CallArguments, count: int, geometry: TokenGeometry, text: dict[str, Any],
+                      device: torch.device) -> tuple[NoiseField, FreshNoise | None]:
+        """The noise field, from the stock ``prepare_latents`` through :meth:`noise`."""
+        raise NotImplementedError
+
+    def base_sigmas(self, steps: int) -> np.ndarray | None:
+        """The unshifted sigmas the stock call passes to ``set_timesteps``; ``None`` where it passes only a step
+        count."""
+        return None
+
+    def mu(self, tokens: int) -> float | None:
+        """The scheduler's dynamic shift for ``tokens`` image tokens, where stock computes one (``None``: none)."""
+        return None
+
+    def denoiser(self, call: CallArguments, text: dict[str, Any], negative: dict[str, Any] | None, count: int,
+                 geometry: TokenGeometry, device: torch.device) -> TransformerDenoiser:
+        """The model's transformer as Fresco's denoiser for this call."""
+        raise NotImplementedError
+
+    def decode(self, latents: torch.Tensor, geometry: TokenGeometry, call: CallArguments) -> Any:
+        """Full-resolution tokens -> what stock returns for ``call.output_type`` (its latent layout for
+        ``"latent"``)."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------------------------------------ shared steps
+    def batch_size(self, call: CallArguments) -> int:
+        """Outputs of this call: prompts (or rows of ``prompt_embeds``) times outputs per prompt."""
+        prompt = call.prompt
+        prompts = 1 if isinstance(prompt, str) else len(prompt) if prompt is not None else call.prompt_embeds.shape[0]
+        return prompts * getattr(call, self.per_prompt_argument)
+
+    def has_negative(self, call: CallArguments, *pooled: str) -> bool:
+        """Whether the call gives a negative prompt (or its embeddings, with the ``pooled`` ones it needs)."""
+        return call.negative_prompt is not None or (
+            call.negative_prompt_embeds is not None and all(getattr(call, name) is not None for name in pooled))
+
     def start_call(self, **state: Any) -> None:
         """The pipeline state a stock call sets before its loop (its properties read it: ``pipe.guidance_scale``,
         ``pipe.interrupt``, ...): each ``name=value`` as ``pipe._name``, and no timestep or interrupt yet."""
@@ -155,7 +238,7 @@ class DiffusersFrescoRunner:
         note = "; ".join(notes)
         if note and note not in self._warned:  # once per pipeline, not at every call of a loop
             self._warned.add(note)
-            warnings.warn(f"Fresco: {note}", UserWarning, stacklevel=4)
+            warn_caller(f"Fresco: {note}")
         return stages
 
     def noise(self, call: CallArguments, images: int, geometry: TokenGeometry, expected_latents: tuple[int, ...],
@@ -198,31 +281,31 @@ class DiffusersFrescoRunner:
         """The pipeline's latent layout -> latent pixels ``(B, C, [F,] H, W)`` (identity for unpacked latents)."""
         return latents
 
-    def schedules(self, stages: list[StagePlan], base: np.ndarray | None, geometry: TokenGeometry,
-                  mu_of_tokens: Callable[[int], float] | None, device: torch.device) -> list[StageSchedule]:
+    def schedules(self, stages: list[StagePlan], geometry: TokenGeometry, device: torch.device) -> list[StageSchedule]:
         """Each stage's slice of the pipeline's schedule, shifted by the scheduler as for a stock run.
 
-        ``base`` is the unshifted sigmas the stock call passes to ``set_timesteps`` (``None`` for pipelines that pass
-        only a step count: their stock schedule is then sliced as it is). A scheduler with dynamic shifting gets each
-        stage's own ``mu`` (from its token count); a static shift applies to every stage alike, unless
+        The stock schedule is :meth:`base_sigmas` (where it is ``None`` the stock one for the total step count is
+        sliced as it is). A scheduler with dynamic shifting gets each stage's own :meth:`mu` (from its token
+        count); a static shift applies to every stage alike, unless
         ``stage_shifts`` sets one per stage. ``restart_shift_scale`` multiplies the shift of every stage after the
         first, whichever it is.
         """
         scheduler = self.pipe.scheduler
         scale = float(scheduler.config.num_train_timesteps)
         total = stages[-1].last_step
+        base = self.base_sigmas(total)
         stock = None
         if base is None:
             scheduler.set_timesteps(total, device=device)
             stock = scheduler.sigmas.clone(), scheduler.timesteps.clone()
             base = np.linspace(1.0, 1.0 / total, total)  # unshifted, for explicit stage shifts
         out = []
-        dynamic = mu_of_tokens is not None and scheduler.config.get("use_dynamic_shifting", False)
+        dynamic = scheduler.config.get("use_dynamic_shifting", False)
         for stage in stages:
             end = stage.last_step + 1 if stage.last_step < total else stage.last_step
             piece = base[stage.first_step:end]
             rows, cols = geometry.grid(stage.level)
-            mu = mu_of_tokens(rows * cols * geometry.num_frames) if dynamic else None
+            mu = self.mu(rows * cols * geometry.num_frames) if dynamic else None
             shift = stage.shift
             if stage.shift_scale != 1:  # scale the shift this stage would get, then apply it as an explicit one
                 if shift is None:
@@ -298,6 +381,15 @@ class DiffusersFrescoRunner:
                 latents = self.last_run.latents
         pipe._current_timestep = None
         return latents
+
+
+def warn_caller(message: str) -> None:
+    """A ``UserWarning`` pointing at the line that called the pipeline: the first frame outside Fresco and torch's
+    ``no_grad`` wrapper, however deep in the runner the warning comes from."""
+    frame, level = sys._getframe(0), 1
+    while frame is not None and frame.f_globals.get("__name__", "").startswith(("fresco_plugin", "torch")):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, UserWarning, stacklevel=level)
 
 
 GuidanceCombine = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]

@@ -20,6 +20,7 @@ except ImportError:
     get_module_execution_device = None
 
 from fresco_plugin.layout import TokenGeometry, unpack
+from fresco_plugin.noise import FreshNoise, NoiseField
 from fresco_plugin.sampler import Step
 
 from ._context_parallel import ulysses_padding_mask
@@ -32,20 +33,22 @@ _IP_ADAPTER_ARGUMENTS = ("ip_adapter_image", "ip_adapter_image_embeds", "negativ
 
 
 class FluxFrescoRunner(DiffusersFrescoRunner):
-    """Runs ``FluxPipeline.__call__``'s job with Fresco's stages."""
+    """Runs ``FluxPipeline.__call__``'s job with Fresco's stages. FLUX reads positions from ``img_ids``, so Fresco's
+    positions go straight in (no position hook)."""
 
     pipeline_class = FluxPipeline
+    output_class = FluxPipelineOutput
     pads_masked = True
 
-    def run(self, call: CallArguments) -> Any:
+    def check(self, call: CallArguments) -> CallArguments:
         pipe = self.pipe
         for name in _IP_ADAPTER_ARGUMENTS:
             if getattr(call, name) is not None:
                 raise ValueError(f"Fresco does not support IP-Adapter yet ({name}); call remove_fresco(pipe) to use it")
-        height = call.height or pipe.default_sample_size * pipe.vae_scale_factor
-        width = call.width or pipe.default_sample_size * pipe.vae_scale_factor
+        call = call.resolved(height=call.height or pipe.default_sample_size * pipe.vae_scale_factor,
+                             width=call.width or pipe.default_sample_size * pipe.vae_scale_factor)
         pipe.check_inputs(
-            call.prompt, call.prompt_2, height, width,
+            call.prompt, call.prompt_2, call.height, call.width,
             negative_prompt=call.negative_prompt, negative_prompt_2=call.negative_prompt_2,
             prompt_embeds=call.prompt_embeds, negative_prompt_embeds=call.negative_prompt_embeds,
             pooled_prompt_embeds=call.pooled_prompt_embeds,
@@ -53,80 +56,10 @@ class FluxFrescoRunner(DiffusersFrescoRunner):
             callback_on_step_end_tensor_inputs=call.callback_on_step_end_tensor_inputs,
             max_sequence_length=call.max_sequence_length,
         )
-        geometry = self._geometry(height, width)
-        stages = self.plan(call)
+        return call
 
-        self.start_call(guidance_scale=call.guidance_scale, joint_attention_kwargs=call.joint_attention_kwargs or {})
-
-        prompt = call.prompt
-        batch_size = (1 if isinstance(prompt, str) else len(prompt) if prompt is not None
-                      else call.prompt_embeds.shape[0])
-        device = pipe._execution_device
-        num_images = call.num_images_per_prompt
-        lora_scale = pipe._joint_attention_kwargs.get("scale", None)
-        has_negative = call.negative_prompt is not None or (
-            call.negative_prompt_embeds is not None and call.negative_pooled_prompt_embeds is not None
-        )
-        true_cfg = call.true_cfg_scale > 1 and has_negative
-        if true_cfg and call.prompt_embeds is not None and call.negative_prompt_embeds is not None:
-            if call.prompt_embeds.shape != call.negative_prompt_embeds.shape:  # stock checks inline, same words
-                raise ValueError(
-                    "`prompt_embeds` and `negative_prompt_embeds` must have the same shape when passed directly, but"
-                    f" got: `prompt_embeds` {call.prompt_embeds.shape} != `negative_prompt_embeds`"
-                    f" {call.negative_prompt_embeds.shape}."
-                )
-
-        def encode(prompt, prompt_2, embeds, pooled):
-            return dict(zip(("prompt_embeds", "pooled", "text_ids"), pipe.encode_prompt(
-                prompt=prompt, prompt_2=prompt_2, prompt_embeds=embeds, pooled_prompt_embeds=pooled, device=device,
-                num_images_per_prompt=num_images, max_sequence_length=call.max_sequence_length, lora_scale=lora_scale,
-            )))
-
-        text = encode(prompt, call.prompt_2, call.prompt_embeds, call.pooled_prompt_embeds)
-        negative = None
-        if true_cfg:
-            negative = encode(call.negative_prompt, call.negative_prompt_2, call.negative_prompt_embeds,
-                              call.negative_pooled_prompt_embeds)
-        images = batch_size * num_images
-        dtype = text["prompt_embeds"].dtype
-        field, fresh = self.noise(
-            call, images, geometry, (images, geometry.num_tokens, geometry.token_dim),
-            lambda: pipe.prepare_latents(images, geometry.channels, height, width, dtype, device, call.generator)[0],
-            dtype, device,
-        )
-        total = stages[-1].last_step
-        config = pipe.scheduler.config
-        mu = lambda tokens: calculate_shift(  # noqa: E731
-            tokens, config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096),
-            config.get("base_shift", 0.5), config.get("max_shift", 1.15),
-        )
-        schedules = self.schedules(stages, np.linspace(1.0, 1 / total, total), geometry, mu, device)
-        guidance = None
-        if pipe.transformer.config.guidance_embeds:
-            guidance = torch.full([1], call.guidance_scale, device=device, dtype=torch.float32).expand(images)
-        denoiser = _FluxDenoiser(pipe, text, negative, call.true_cfg_scale)
-        denoiser.guidance = guidance
-        latents = self.sample(denoiser, field, fresh, stages, schedules, geometry, images, call, device)
-
-        if call.output_type == "latent":
-            image = latents
-        else:
-            latents = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
-            latents = (latents / pipe.vae.config.scaling_factor) + pipe.vae.config.shift_factor
-            if get_module_execution_device is not None:
-                latents = latents.to(get_module_execution_device(pipe.vae))
-            image = pipe.vae.decode(latents, return_dict=False)[0]
-            image = pipe.image_processor.postprocess(image, output_type=call.output_type)
-        pipe.maybe_free_model_hooks()
-        if not call.return_dict:
-            return (image,)
-        return FluxPipelineOutput(images=image)
-
-    def latent_pixels(self, latents: torch.Tensor, geometry: TokenGeometry) -> torch.Tensor:
-        return unpack(latents, geometry.rows, geometry.cols, geometry.patch)
-
-    def _geometry(self, height: int, width: int) -> TokenGeometry:
-        pipe = self.pipe
+    def geometry(self, call: CallArguments) -> TokenGeometry:
+        pipe, height, width = self.pipe, call.height, call.width
         unit = pipe.vae_scale_factor * 2
         geometry = TokenGeometry(pipe.transformer.config.in_channels // 4, 2, int(height) // unit, int(width) // unit)
         coarsest = max(self.config.stage_levels)
@@ -140,6 +73,74 @@ class FluxFrescoRunner(DiffusersFrescoRunner):
                 f"{max(multiple, width // multiple * multiple)}), or drop that stage from FrescoConfig.stage_scales"
             )
         return geometry
+
+    def call_state(self, call: CallArguments) -> dict[str, Any]:
+        return {"guidance_scale": call.guidance_scale, "joint_attention_kwargs": call.joint_attention_kwargs or {}}
+
+    def encode(self, call: CallArguments, device: torch.device) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        pipe = self.pipe
+        true_cfg = call.true_cfg_scale > 1 and self.has_negative(call, "negative_pooled_prompt_embeds")
+        if true_cfg and call.prompt_embeds is not None and call.negative_prompt_embeds is not None:
+            if call.prompt_embeds.shape != call.negative_prompt_embeds.shape:  # stock checks inline, same words
+                raise ValueError(
+                    "`prompt_embeds` and `negative_prompt_embeds` must have the same shape when passed directly, but"
+                    f" got: `prompt_embeds` {call.prompt_embeds.shape} != `negative_prompt_embeds`"
+                    f" {call.negative_prompt_embeds.shape}."
+                )
+        lora_scale = pipe._joint_attention_kwargs.get("scale", None)
+
+        def encode(prompt, prompt_2, embeds, pooled):
+            return dict(zip(("prompt_embeds", "pooled", "text_ids"), pipe.encode_prompt(
+                prompt=prompt, prompt_2=prompt_2, prompt_embeds=embeds, pooled_prompt_embeds=pooled, device=device,
+                num_images_per_prompt=call.num_images_per_prompt, max_sequence_length=call.max_sequence_length,
+                lora_scale=lora_scale,
+            )))
+
+        text = encode(call.prompt, call.prompt_2, call.prompt_embeds, call.pooled_prompt_embeds)
+        negative = None
+        if true_cfg:
+            negative = encode(call.negative_prompt, call.negative_prompt_2, call.negative_prompt_embeds,
+                              call.negative_pooled_prompt_embeds)
+        return text, negative
+
+    def initial_noise(self, call: CallArguments, count: int, geometry: TokenGeometry, text: dict[str, Any],
+                      device: torch.device) -> tuple[NoiseField, FreshNoise | None]:
+        dtype = text["prompt_embeds"].dtype
+        return self.noise(
+            call, count, geometry, (count, geometry.num_tokens, geometry.token_dim),
+            lambda: self.pipe.prepare_latents(count, geometry.channels, call.height, call.width, dtype, device,
+                                              call.generator)[0],
+            dtype, device,
+        )
+
+    def latent_pixels(self, latents: torch.Tensor, geometry: TokenGeometry) -> torch.Tensor:
+        return unpack(latents, geometry.rows, geometry.cols, geometry.patch)
+
+    def base_sigmas(self, steps: int) -> np.ndarray:
+        return np.linspace(1.0, 1 / steps, steps)
+
+    def mu(self, tokens: int) -> float:
+        config = self.pipe.scheduler.config
+        return calculate_shift(tokens, config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096),
+                               config.get("base_shift", 0.5), config.get("max_shift", 1.15))
+
+    def denoiser(self, call: CallArguments, text: dict[str, Any], negative: dict[str, Any] | None, count: int,
+                 geometry: TokenGeometry, device: torch.device) -> TransformerDenoiser:
+        denoiser = _FluxDenoiser(self.pipe, text, negative, call.true_cfg_scale)
+        if self.pipe.transformer.config.guidance_embeds:
+            denoiser.guidance = torch.full([1], call.guidance_scale, device=device, dtype=torch.float32).expand(count)
+        return denoiser
+
+    def decode(self, latents: torch.Tensor, geometry: TokenGeometry, call: CallArguments) -> Any:
+        if call.output_type == "latent":
+            return latents
+        pipe = self.pipe
+        latents = pipe._unpack_latents(latents, call.height, call.width, pipe.vae_scale_factor)
+        latents = (latents / pipe.vae.config.scaling_factor) + pipe.vae.config.shift_factor
+        if get_module_execution_device is not None:
+            latents = latents.to(get_module_execution_device(pipe.vae))
+        image = pipe.vae.decode(latents, return_dict=False)[0]
+        return pipe.image_processor.postprocess(image, output_type=call.output_type)
 
 
 class _FluxDenoiser(TransformerDenoiser):

@@ -19,13 +19,16 @@ from diffusers.models.embeddings import get_1d_rotary_pos_embed
 from diffusers.pipelines.hunyuan_video.pipeline_output import HunyuanVideoPipelineOutput
 
 from fresco_plugin.config import FrescoConfig
+from fresco_plugin.layout import TokenGeometry
 from fresco_plugin.sampler import Step
 
 from ._diffusers_runner import CallArguments, rows_for
-from ._video import StripDenoiser, VideoFrescoRunner
+from ._positions import StripDenoiser
+from ._video import VideoFrescoRunner
 from .para_attention import para_attention_mesh
 
 __all__ = ["HunyuanVideoFrescoRunner", "rope_at_positions"]
+
 
 def rope_at_positions(rope: torch.nn.Module, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """HunyuanVideo's rotary embedding for tokens at ``positions`` ``(N, 3)`` (frame, row, col; may be fractional),
@@ -49,8 +52,9 @@ class HunyuanVideoFrescoRunner(VideoFrescoRunner):
     """Runs ``HunyuanVideoPipeline.__call__``'s job with Fresco's stages."""
 
     pipeline_class = HunyuanVideoPipeline
+    output_class = HunyuanVideoPipelineOutput
     pads_masked = True  # under our context-parallel plan (hunyuan_video_parallel), which can mask pad tokens
-    rope_fn = staticmethod(rope_at_positions)
+    positions_at = staticmethod(rope_at_positions)
 
     def __init__(self, pipe: Any, config: FrescoConfig):
         transformer = pipe.transformer
@@ -62,53 +66,48 @@ class HunyuanVideoFrescoRunner(VideoFrescoRunner):
         _refuse_para_attention_parallelism(transformer)
         super().__init__(pipe, config)
 
-    def run(self, call: CallArguments) -> Any:
-        pipe = self.pipe
-        _refuse_para_attention_parallelism(pipe.transformer)  # parallelized after apply_fresco
-        height, width, num_frames = call.height, call.width, call.num_frames
-        pipe.check_inputs(call.prompt, call.prompt_2, height, width, call.prompt_embeds,
-                          call.callback_on_step_end_tensor_inputs, call.prompt_template)
-        geometry = self.video_geometry(height, width, num_frames, pipe.transformer.config.patch_size)
-        stages = self.plan(call)
-        true_cfg = call.true_cfg_scale > 1 and (call.negative_prompt is not None or (
-            call.negative_prompt_embeds is not None and call.negative_pooled_prompt_embeds is not None))
+    def check(self, call: CallArguments) -> CallArguments:
+        _refuse_para_attention_parallelism(self.pipe.transformer)  # parallelized after apply_fresco
+        self.pipe.check_inputs(call.prompt, call.prompt_2, call.height, call.width, call.prompt_embeds,
+                               call.callback_on_step_end_tensor_inputs, call.prompt_template)
+        return call
 
-        self.start_call(guidance_scale=call.guidance_scale, attention_kwargs=call.attention_kwargs)
-        device = pipe._execution_device
-        prompt = call.prompt
-        batch_size = (1 if isinstance(prompt, str) else len(prompt) if prompt is not None
-                      else call.prompt_embeds.shape[0])
-        transformer_dtype = pipe.transformer.dtype
+    def call_state(self, call: CallArguments) -> dict[str, Any]:
+        return {"guidance_scale": call.guidance_scale, "attention_kwargs": call.attention_kwargs}
+
+    def encode(self, call: CallArguments, device: torch.device) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        dtype = self.pipe.transformer.dtype
 
         def encode(prompt, prompt_2, embeds, pooled, mask):
-            embeds, pooled, mask = pipe.encode_prompt(
+            embeds, pooled, mask = self.pipe.encode_prompt(
                 prompt=prompt, prompt_2=prompt_2, prompt_template=call.prompt_template,
                 num_videos_per_prompt=call.num_videos_per_prompt, prompt_embeds=embeds, pooled_prompt_embeds=pooled,
                 prompt_attention_mask=mask, device=device, max_sequence_length=call.max_sequence_length,
             )
-            return {"prompt_embeds": embeds.to(transformer_dtype), "pooled": pooled.to(transformer_dtype),
-                    "mask": mask.to(transformer_dtype)}
+            return {"prompt_embeds": embeds.to(dtype), "pooled": pooled.to(dtype), "mask": mask.to(dtype)}
 
-        text = encode(prompt, call.prompt_2, call.prompt_embeds, call.pooled_prompt_embeds, call.prompt_attention_mask)
+        text = encode(call.prompt, call.prompt_2, call.prompt_embeds, call.pooled_prompt_embeds,
+                      call.prompt_attention_mask)
         negative = None
-        if true_cfg:
+        if call.true_cfg_scale > 1 and self.has_negative(call, "negative_pooled_prompt_embeds"):
             negative = encode(call.negative_prompt, call.negative_prompt_2, call.negative_prompt_embeds,
                               call.negative_pooled_prompt_embeds, call.negative_prompt_attention_mask)
-        videos = batch_size * call.num_videos_per_prompt
-        field, fresh = self.video_noise(call, videos, geometry, height, width, num_frames, device)
-        total = stages[-1].last_step
-        schedules = self.schedules(stages, np.linspace(1.0, 0.0, total + 1)[:-1], geometry, None, device)
-        denoiser = _HunyuanVideoDenoiser(pipe, text, negative, call.true_cfg_scale)
-        denoiser.guidance = torch.tensor([call.guidance_scale] * videos, dtype=transformer_dtype,
+        return text, negative
+
+    def base_sigmas(self, steps: int) -> np.ndarray:
+        return np.linspace(1.0, 0.0, steps + 1)[:-1]
+
+    def denoiser(self, call: CallArguments, text: dict[str, Any], negative: dict[str, Any] | None, count: int,
+                 geometry: TokenGeometry, device: torch.device) -> StripDenoiser:
+        denoiser = _HunyuanVideoDenoiser(self.pipe, text, negative, call.true_cfg_scale)
+        denoiser.guidance = torch.tensor([call.guidance_scale] * count, dtype=self.pipe.transformer.dtype,
                                          device=device) * 1000.0
         denoiser.attention_kwargs = call.attention_kwargs
-        denoiser.rope_hook, denoiser.patch = self.rope_hook, geometry.patch
-        latents = self.sample(denoiser, field, fresh, stages, schedules, geometry, videos, call, device)
+        return self.placed(denoiser, geometry)
 
-        def decode(latents: torch.Tensor) -> torch.Tensor:
-            return pipe.vae.decode(latents.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor, return_dict=False)[0]
-
-        return self.finish(latents, geometry, call, decode, HunyuanVideoPipelineOutput)
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        vae = self.pipe.vae
+        return vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
 
 
 class _HunyuanVideoDenoiser(StripDenoiser):

@@ -9,7 +9,6 @@ free guidance (two forwards per step when ``guidance_scale > 1``). Wan2.2's two-
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
@@ -19,10 +18,12 @@ from diffusers.pipelines.wan.pipeline_output import WanPipelineOutput
 from diffusers.utils.torch_utils import get_module_execution_device
 
 from fresco_plugin.config import FrescoConfig
+from fresco_plugin.layout import TokenGeometry
 from fresco_plugin.sampler import Step
 
-from ._diffusers_runner import CallArguments, rows_for
-from ._video import StripDenoiser, VideoFrescoRunner
+from ._diffusers_runner import CallArguments, rows_for, warn_caller
+from ._positions import StripDenoiser
+from ._video import VideoFrescoRunner
 
 __all__ = ["WanFrescoRunner", "wan_rope_at_positions"]
 
@@ -45,7 +46,8 @@ class WanFrescoRunner(VideoFrescoRunner):
     """Runs ``WanPipeline.__call__``'s job with Fresco's stages."""
 
     pipeline_class = WanPipeline
-    rope_fn = staticmethod(wan_rope_at_positions)
+    output_class = WanPipelineOutput
+    positions_at = staticmethod(wan_rope_at_positions)
 
     def __init__(self, pipe: Any, config: FrescoConfig):
         if pipe.transformer_2 is not None or pipe.config.boundary_ratio is not None or pipe.config.expand_timesteps:
@@ -57,52 +59,44 @@ class WanFrescoRunner(VideoFrescoRunner):
             raise ValueError("Fresco changes spatial resolution only and needs a temporal patch size of 1")
         super().__init__(pipe, config)
 
-    def run(self, call: CallArguments) -> Any:
-        pipe = self.pipe
-        height, width, num_frames = call.height, call.width, call.num_frames
-        pipe.check_inputs(call.prompt, call.negative_prompt, height, width, call.prompt_embeds,
-                          call.negative_prompt_embeds, call.callback_on_step_end_tensor_inputs, call.guidance_scale_2)
-        temporal = pipe.vae_scale_factor_temporal
+    def check(self, call: CallArguments) -> CallArguments:
+        self.pipe.check_inputs(call.prompt, call.negative_prompt, call.height, call.width, call.prompt_embeds,
+                               call.negative_prompt_embeds, call.callback_on_step_end_tensor_inputs,
+                               call.guidance_scale_2)
+        num_frames, temporal = call.num_frames, self.pipe.vae_scale_factor_temporal
         if isinstance(num_frames, int) and num_frames % temporal != 1:  # the stock pipeline rounds the same way
-            warnings.warn(f"num_frames={num_frames}: Wan makes {temporal}k + 1 frames; rounding to "
-                          f"{max(num_frames // temporal * temporal + 1, 1)} as the stock pipeline does", UserWarning,
-                          stacklevel=3)
+            warn_caller(f"num_frames={num_frames}: Wan makes {temporal}k + 1 frames; rounding to "
+                        f"{max(num_frames // temporal * temporal + 1, 1)} as the stock pipeline does")
             num_frames = num_frames // temporal * temporal + 1
-        num_frames = max(num_frames, 1) if isinstance(num_frames, int) else num_frames
-        geometry = self.video_geometry(height, width, num_frames, tuple(pipe.transformer.config.patch_size)[-1])
-        stages = self.plan(call)
-        self.start_call(guidance_scale=call.guidance_scale, guidance_scale_2=None,
-                        attention_kwargs=call.attention_kwargs)
-        device = pipe._execution_device
-        prompt = call.prompt
-        batch_size = (1 if isinstance(prompt, str) else len(prompt) if prompt is not None
-                      else call.prompt_embeds.shape[0])
-        cfg = pipe.do_classifier_free_guidance
-        embeds, negative_embeds = pipe.encode_prompt(
-            prompt=prompt, negative_prompt=call.negative_prompt, do_classifier_free_guidance=cfg,
+        return call.resolved(num_frames=max(num_frames, 1) if isinstance(num_frames, int) else num_frames)
+
+    def call_state(self, call: CallArguments) -> dict[str, Any]:
+        return {"guidance_scale": call.guidance_scale, "guidance_scale_2": None,
+                "attention_kwargs": call.attention_kwargs}
+
+    def encode(self, call: CallArguments, device: torch.device) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        cfg = self.pipe.do_classifier_free_guidance
+        embeds, negative_embeds = self.pipe.encode_prompt(
+            prompt=call.prompt, negative_prompt=call.negative_prompt, do_classifier_free_guidance=cfg,
             num_videos_per_prompt=call.num_videos_per_prompt, prompt_embeds=call.prompt_embeds,
             negative_prompt_embeds=call.negative_prompt_embeds, max_sequence_length=call.max_sequence_length,
             device=device,
         )
-        dtype = pipe.transformer.dtype
-        text = {"prompt_embeds": embeds.to(dtype)}
-        negative = {"prompt_embeds": negative_embeds.to(dtype)} if cfg else None
-        videos = batch_size * call.num_videos_per_prompt
-        field, fresh = self.video_noise(call, videos, geometry, height, width, num_frames, device)
-        schedules = self.schedules(stages, None, geometry, None, device)
-        denoiser = _WanDenoiser(pipe, text, negative, call.guidance_scale)
+        dtype = self.pipe.transformer.dtype
+        return {"prompt_embeds": embeds.to(dtype)}, ({"prompt_embeds": negative_embeds.to(dtype)} if cfg else None)
+
+    def denoiser(self, call: CallArguments, text: dict[str, Any], negative: dict[str, Any] | None, count: int,
+                 geometry: TokenGeometry, device: torch.device) -> StripDenoiser:
+        denoiser = _WanDenoiser(self.pipe, text, negative, call.guidance_scale)
         denoiser.attention_kwargs = call.attention_kwargs
-        denoiser.rope_hook, denoiser.patch = self.rope_hook, geometry.patch
-        latents = self.sample(denoiser, field, fresh, stages, schedules, geometry, videos, call, device)
+        return self.placed(denoiser, geometry)
 
-        def decode(latents: torch.Tensor) -> torch.Tensor:
-            vae = pipe.vae
-            latents = latents.to(get_module_execution_device(vae), dtype=vae.dtype)
-            mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(latents)
-            inverse_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(latents)
-            return vae.decode(latents / inverse_std + mean, return_dict=False)[0]
-
-        return self.finish(latents, geometry, call, decode, WanPipelineOutput)
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        vae = self.pipe.vae
+        latents = latents.to(get_module_execution_device(vae), dtype=vae.dtype)
+        mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(latents)
+        inverse_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(latents)
+        return vae.decode(latents / inverse_std + mean, return_dict=False)[0]
 
 
 class _WanDenoiser(StripDenoiser):

@@ -99,9 +99,9 @@ def test_mixed_token_path_equals_the_grid_path(video_pipe):
     denoiser = _HunyuanVideoDenoiser(video_pipe, {"prompt_embeds": text["prompt_embeds"],
                                                   "pooled": text["pooled_prompt_embeds"],
                                                   "mask": text["prompt_attention_mask"].float()}, None, 1.0)
-    denoiser.guidance, denoiser.attention_kwargs, denoiser.rope_hook = torch.tensor([6000.0]), None, runner.rope_hook
-    denoiser.patch = 2
+    denoiser.guidance, denoiser.attention_kwargs = torch.tensor([6000.0]), None
     geometry = TokenGeometry(4, 2, ROWS, COLS, frames=FRAMES)
+    runner.placed(denoiser, geometry)
     positions = TokenLayout.uniform(1, geometry, 0, torch.device("cpu")).positions(0)
     latents = torch.randn(1, geometry.num_tokens, geometry.token_dim)
     step = Step(0, 0, torch.tensor(0.5), torch.tensor(500.0))

@@ -35,8 +35,9 @@ def _call(pipe, seed=0, **kwargs):
 def test_frame_counts_stock_rounds_are_rounded_the_same_way(wan_pipe, num_frames):
     stock = _call(wan_pipe, num_frames=num_frames, num_inference_steps=2)
     apply_fresco(wan_pipe, FrescoConfig(stage_scales=(1.0,)))
-    with pytest.warns(UserWarning, match=f"num_frames={num_frames}: Wan makes 4k"):
+    with pytest.warns(UserWarning, match=f"num_frames={num_frames}: Wan makes 4k") as caught:
         assert torch.equal(_call(wan_pipe, num_frames=num_frames, num_inference_steps=2), stock)
+    assert [w.filename for w in caught if "Wan makes" in str(w.message)] == [__file__]  # the caller's line
 
 
 def test_wan_rope_at_positions_matches_the_stock_table(wan_pipe):
