@@ -33,7 +33,7 @@ from .diffusers_caches import check_cache
 from .para_attention import para_attention_caches, rewrap_pipeline_class
 
 __all__ = ["CallArguments", "DiffusersFrescoRunner", "GuidanceCombine", "TransformerDenoiser",
-           "classifier_free_guidance", "rows_for", "warn_caller"]
+           "classifier_free_guidance", "pipeline_transformers", "rows_for", "warn_caller"]
 
 
 class CallArguments:
@@ -117,7 +117,8 @@ class DiffusersFrescoRunner:
                 "Fresco runs the deterministic Euler flow step; the scheduler's stochastic_sampling / invert_sigmas "
                 "must be False"
             )
-        check_cache(getattr(pipe.transformer, "_cache_config", None), promotion_rounds=config.promotion_rounds)
+        for transformer in pipeline_transformers(pipe):
+            check_cache(getattr(transformer, "_cache_config", None), promotion_rounds=config.promotion_rounds)
         self.pipe = pipe
         self.config = config
         self.min_history = min_score_history(config)
@@ -127,6 +128,10 @@ class DiffusersFrescoRunner:
             plan_stages(config, None, min_score_history=self.min_history)  # fail at apply time, not mid-call
         self._signature = inspect.signature(type(pipe).__call__)
         context_parallel_of(pipe.transformer)  # refuse a parallel setup Fresco cannot follow now, not at the call
+        for expert in pipeline_transformers(pipe)[1:]:
+            if context_parallel_of(expert) is not None:
+                raise ValueError("Fresco follows context parallelism on pipe.transformer only; this pipeline's second "
+                                 "expert is parallelized too, which Fresco does not handle yet")
 
     def close(self, fresco_class: type) -> None:
         """Fresco was removed; ``fresco_class`` is the class the pipeline had while it ran."""
@@ -334,8 +339,9 @@ class DiffusersFrescoRunner:
                call: CallArguments, device: torch.device) -> torch.Tensor:
         """Run the sampler with the pipeline's progress bar and ``callback_on_step_end``; full-resolution tokens."""
         pipe, config = self.pipe, self.config
-        check_cache(getattr(pipe.transformer, "_cache_config", None), images=images,
-                    promotion_rounds=config.promotion_rounds)
+        for transformer in pipeline_transformers(pipe):
+            check_cache(getattr(transformer, "_cache_config", None), images=images,
+                        promotion_rounds=config.promotion_rounds)
         parallel = context_parallel_of(pipe.transformer)
         agree = None
         if parallel is not None:
@@ -420,7 +426,7 @@ class TransformerDenoiser:
                  images: slice = slice(None), combine: GuidanceCombine | None = None):
         self.pipe, self.text, self.negative, self.cfg_scale, self.images = pipe, text, negative, cfg_scale, images
         self.combine = combine or classifier_free_guidance
-        self.caches = para_attention_caches(pipe) or _DiffusersCaches(pipe.transformer)
+        self.caches = para_attention_caches(pipe) or _DiffusersCaches(pipeline_transformers(pipe))
         self._last_tokens: int | None = None
         self._layout_groups: tuple[torch.Tensor, list[tuple[str, slice, torch.Tensor]]] | None = None
         self.pad_multiple = 1  # under context parallelism with masked padding: the degree
@@ -449,8 +455,12 @@ class TransformerDenoiser:
         prediction = self._branch("cond", self.text, latents, positions, step)
         if self.negative is not None:
             negative = self._branch("uncond", self.negative, latents, positions, step)
-            prediction = self.combine(prediction, negative, self.cfg_scale)
+            prediction = self.combine(prediction, negative, self.guidance_scale(step))
         return prediction
+
+    def guidance_scale(self, step: Step) -> float:
+        """The guidance scale at ``step`` (one per call, unless a model changes it along the schedule)."""
+        return self.cfg_scale
 
     def _branch(self, context: str, text: dict[str, Any], latents: torch.Tensor, positions: torch.Tensor,
                 step: Step) -> torch.Tensor:
@@ -478,35 +488,46 @@ class TransformerDenoiser:
 
 
 class _DiffusersCaches:
-    """diffusers' own cache state (``CacheMixin``): a cache context per name, reset by the model."""
+    """diffusers' own cache state (``CacheMixin``) of the pipeline's transformers: a cache context per name, reset by
+    each model."""
 
-    def __init__(self, transformer: Any):
-        self.transformer = transformer
+    def __init__(self, transformers: list[Any]):
+        self.transformers = transformers
 
     def reset(self, *, within_generation: bool = False) -> None:
-        if not hasattr(self.transformer, "_reset_stateful_cache"):
-            return
-        # PyramidAttentionBroadcast picks the steps it skips by counting forwards over the whole generation; within one,
-        # keep that count as stock runs it and drop only the attention output cached at the old token count (its hook
-        # computes afresh when nothing is cached)
-        counts = [(state, state.iteration) for state in self._attention_broadcast_states()] if within_generation else []
-        self.transformer._reset_stateful_cache()
-        for state, iteration in counts:
-            state.iteration = iteration
-
-    def _attention_broadcast_states(self) -> list[Any]:
-        states = []
-        for module in self.transformer.modules():
-            registry = getattr(module, "_diffusers_hook", None)
-            hook = registry.get_hook("pyramid_attention_broadcast") if registry is not None else None
-            if hook is not None:
-                states.append(hook.state)
-        return states
+        for transformer in self.transformers:
+            if not hasattr(transformer, "_reset_stateful_cache"):
+                continue
+            # PyramidAttentionBroadcast picks the steps it skips by counting forwards over the whole generation;
+            # within one, keep that count as stock runs it and drop only the attention output cached at the old
+            # token count (its hook computes afresh when nothing is cached)
+            counts = ([(state, state.iteration) for state in _attention_broadcast_states(transformer)]
+                      if within_generation else [])
+            transformer._reset_stateful_cache()
+            for state, iteration in counts:
+                state.iteration = iteration
 
     def scope(self, name: str) -> contextlib.AbstractContextManager[Any]:
-        if hasattr(self.transformer, "cache_context"):
-            return self.transformer.cache_context(name)
-        return contextlib.nullcontext()  # diffusers before cache contexts (0.34, which ParaAttention needs)
+        stack = contextlib.ExitStack()
+        for transformer in self.transformers:
+            if hasattr(transformer, "cache_context"):  # not in diffusers 0.34, which ParaAttention needs
+                stack.enter_context(transformer.cache_context(name))
+        return stack
+
+
+def _attention_broadcast_states(transformer: Any) -> list[Any]:
+    states = []
+    for module in transformer.modules():
+        registry = getattr(module, "_diffusers_hook", None)
+        hook = registry.get_hook("pyramid_attention_broadcast") if registry is not None else None
+        if hook is not None:
+            states.append(hook.state)
+    return states
+
+
+def pipeline_transformers(pipe: Any) -> list[Any]:
+    """The pipeline's denoising transformers: ``transformer``, then a second expert (Wan2.2's ``transformer_2``)."""
+    return [pipe.transformer] + [t for t in (getattr(pipe, "transformer_2", None),) if t is not None]
 
 
 def _compose(images: slice, group: slice) -> slice:

@@ -21,7 +21,7 @@ from fresco_plugin.config import FrescoConfig
 from fresco_plugin.layout import TokenGeometry, pack, unpack
 from fresco_plugin.sampler import Step
 
-from ._diffusers_runner import DiffusersFrescoRunner, TransformerDenoiser
+from ._diffusers_runner import DiffusersFrescoRunner, TransformerDenoiser, pipeline_transformers
 
 __all__ = ["GridPositionsRunner", "PositionHook", "PositionsAt", "StripDenoiser"]
 
@@ -56,16 +56,14 @@ class PositionHook:
         return self.positions_at(module, self.positions.to(args[0].device))
 
 
-def _attach(module: torch.nn.Module, positions_at: PositionsAt, owner: Any) -> PositionHook:
-    """A new :class:`PositionHook` for ``owner`` on ``module``, after dropping hooks whose runner is gone; it leaves
-    with ``owner`` if that is dropped without ``remove_fresco``, even while the transformer lives on."""
-    for hook in list(module._forward_hooks.values()):
-        if isinstance(hook, PositionHook) and hook.stale:
-            _detach(module, hook)
-    hook = PositionHook(positions_at, owner)
+def _attach(module: torch.nn.Module, hook: PositionHook) -> None:
+    """Put ``hook`` on ``module`` after dropping hooks whose runner is gone; it leaves with its runner if that is
+    dropped without ``remove_fresco``, even while the transformer lives on."""
+    for registered in list(module._forward_hooks.values()):
+        if isinstance(registered, PositionHook) and registered.stale:
+            _detach(module, registered)
     module.register_forward_hook(hook)
-    weakref.finalize(owner, _detach, module, hook)
-    return hook
+    weakref.finalize(hook._owner(), _detach, module, hook)
 
 
 def _detach(module: torch.nn.Module, hook: PositionHook) -> None:
@@ -75,20 +73,27 @@ def _detach(module: torch.nn.Module, hook: PositionHook) -> None:
 
 
 class GridPositionsRunner(DiffusersFrescoRunner):
-    """A runner for a transformer that builds its positions from the latent grid: a :class:`PositionHook` on its
-    ``positions_module`` for as long as Fresco is applied, answering with ``positions_at(module, positions)``, which
-    must equal the stock output at integer positions (each adapter has a test that says so)."""
+    """A runner for a transformer that builds its positions from the latent grid: one :class:`PositionHook` on the
+    ``positions_module`` of each of the pipeline's transformers (two for Wan2.2's experts) for as long as Fresco is
+    applied, answering with ``positions_at(module, positions)``, which must equal the stock output at integer
+    positions (each adapter has a test that says so)."""
 
     positions_module: ClassVar[str] = "rope"
     positions_at: ClassVar[staticmethod]
 
     def __init__(self, pipe: Any, config: FrescoConfig):
         super().__init__(pipe, config)
-        self.position_hook = _attach(getattr(pipe.transformer, self.positions_module), type(self).positions_at, self)
+        self.position_hook = PositionHook(type(self).positions_at, self)
+        for module in self._position_modules():
+            _attach(module, self.position_hook)
 
     def close(self, fresco_class: type) -> None:
-        _detach(getattr(self.pipe.transformer, self.positions_module), self.position_hook)
+        for module in self._position_modules():
+            _detach(module, self.position_hook)
         super().close(fresco_class)
+
+    def _position_modules(self) -> list[torch.nn.Module]:
+        return [getattr(transformer, self.positions_module) for transformer in pipeline_transformers(self.pipe)]
 
     def placed(self, denoiser: StripDenoiser, geometry: TokenGeometry) -> StripDenoiser:
         """``denoiser`` wired to this runner's hook and the call's token layout."""

@@ -1,10 +1,13 @@
-"""Fresco for diffusers' WanPipeline (Wan2.1 text-to-video), the same way as HunyuanVideo.
+"""Fresco for diffusers' WanPipeline (Wan2.1 and Wan2.2 text-to-video), the same way as HunyuanVideo.
 
 Uniform stages reach the stock transformer as a latent grid; mixed coarse/fine sets travel as a one-row strip while a
 hook on ``transformer.rope`` answers with Wan's rotary embedding at the tokens' real positions. Wan runs classifier-
-free guidance (two forwards per step when ``guidance_scale > 1``). Wan2.2's two-expert pipelines (``transformer_2`` /
-``boundary_ratio``) and ``expand_timesteps`` are refused. Fresco runs the Euler flow step, so the pipeline needs a
-``FlowMatchEulerDiscreteScheduler`` (Wan's repositories ship UniPC; swap it with the model's ``flow_shift``).
+free guidance (two forwards per step when ``guidance_scale > 1``). Wan2.2's two experts run as stock runs them: the
+step's timestep picks ``transformer`` (at or above ``boundary_ratio * num_train_timesteps``) or ``transformer_2``
+(with ``guidance_scale_2``), so each expert sees the noise levels it was trained for whatever the stage;
+``expand_timesteps`` (Wan2.2 TI2V) gives every token of a forward the step's timestep, as stock does for text-to-video.
+Fresco runs the Euler flow step, so the pipeline needs a ``FlowMatchEulerDiscreteScheduler`` (Wan's repositories ship
+UniPC; swap it with the model's ``flow_shift``).
 """
 
 from __future__ import annotations
@@ -50,28 +53,41 @@ class WanFrescoRunner(VideoFrescoRunner):
     positions_at = staticmethod(wan_rope_at_positions)
 
     def __init__(self, pipe: Any, config: FrescoConfig):
-        if pipe.transformer_2 is not None or pipe.config.boundary_ratio is not None or pipe.config.expand_timesteps:
-            raise ValueError(
-                "Fresco supports single-transformer Wan pipelines (Wan2.1); this one has a second transformer "
-                "(boundary_ratio) or expand_timesteps (Wan2.2), which Fresco does not handle yet"
-            )
-        if tuple(pipe.transformer.config.patch_size)[0] != 1:
-            raise ValueError("Fresco changes spatial resolution only and needs a temporal patch size of 1")
+        if pipe.transformer is None:
+            raise ValueError("Fresco needs pipe.transformer (the high-noise expert); this Wan pipeline has only "
+                             "transformer_2")
+        if pipe.transformer_2 is not None and pipe.config.boundary_ratio is None:
+            raise ValueError("this Wan pipeline has a transformer_2 but no boundary_ratio, so stock never runs it; "
+                             "set boundary_ratio or drop transformer_2")
+        for transformer in (pipe.transformer, pipe.transformer_2):
+            if transformer is not None and tuple(transformer.config.patch_size)[0] != 1:
+                raise ValueError("Fresco changes spatial resolution only and needs a temporal patch size of 1")
         super().__init__(pipe, config)
 
     def check(self, call: CallArguments) -> CallArguments:
-        self.pipe.check_inputs(call.prompt, call.negative_prompt, call.height, call.width, call.prompt_embeds,
-                               call.negative_prompt_embeds, call.callback_on_step_end_tensor_inputs,
-                               call.guidance_scale_2)
-        num_frames, temporal = call.num_frames, self.pipe.vae_scale_factor_temporal
+        pipe = self.pipe
+        pipe.check_inputs(call.prompt, call.negative_prompt, call.height, call.width, call.prompt_embeds,
+                          call.negative_prompt_embeds, call.callback_on_step_end_tensor_inputs, call.guidance_scale_2)
+        num_frames, temporal = call.num_frames, pipe.vae_scale_factor_temporal
         if isinstance(num_frames, int) and num_frames % temporal != 1:  # the stock pipeline rounds the same way
             warn_caller(f"num_frames={num_frames}: Wan makes {temporal}k + 1 frames; rounding to "
                         f"{max(num_frames // temporal * temporal + 1, 1)} as the stock pipeline does")
             num_frames = num_frames // temporal * temporal + 1
-        return call.resolved(num_frames=max(num_frames, 1) if isinstance(num_frames, int) else num_frames)
+        # stock rounds the size down to whole patches too, with a warning
+        unit = pipe.vae_scale_factor_spatial * tuple(pipe.transformer.config.patch_size)[-1]
+        height, width = call.height, call.width
+        if isinstance(height, int) and isinstance(width, int) and (height % unit or width % unit):
+            warn_caller(f"height={height}, width={width}: Wan needs multiples of {unit}; using "
+                        f"{height // unit * unit}x{width // unit * unit} as the stock pipeline does")
+            height, width = height // unit * unit, width // unit * unit
+        guidance_scale_2 = call.guidance_scale_2
+        if pipe.config.boundary_ratio is not None and guidance_scale_2 is None:
+            guidance_scale_2 = call.guidance_scale
+        return call.resolved(num_frames=max(num_frames, 1) if isinstance(num_frames, int) else num_frames,
+                             height=height, width=width, guidance_scale_2=guidance_scale_2)
 
     def call_state(self, call: CallArguments) -> dict[str, Any]:
-        return {"guidance_scale": call.guidance_scale, "guidance_scale_2": None,
+        return {"guidance_scale": call.guidance_scale, "guidance_scale_2": call.guidance_scale_2,
                 "attention_kwargs": call.attention_kwargs}
 
     def encode(self, call: CallArguments, device: torch.device) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -87,8 +103,13 @@ class WanFrescoRunner(VideoFrescoRunner):
 
     def denoiser(self, call: CallArguments, text: dict[str, Any], negative: dict[str, Any] | None, count: int,
                  geometry: TokenGeometry, device: torch.device) -> StripDenoiser:
-        denoiser = _WanDenoiser(self.pipe, text, negative, call.guidance_scale)
+        pipe = self.pipe
+        denoiser = _WanDenoiser(pipe, text, negative, call.guidance_scale)
         denoiser.attention_kwargs = call.attention_kwargs
+        if pipe.config.boundary_ratio is not None:
+            denoiser.boundary = pipe.config.boundary_ratio * pipe.scheduler.config.num_train_timesteps
+            denoiser.guidance_scale_2 = call.guidance_scale_2
+        denoiser.expand_timesteps = bool(pipe.config.expand_timesteps)
         return self.placed(denoiser, geometry)
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
@@ -112,11 +133,33 @@ class _WanDenoiser(StripDenoiser):
             self.negative["prompt_embeds"] = outputs.pop("negative_prompt_embeds", self.negative["prompt_embeds"])
 
     attention_kwargs: dict[str, Any] | None
+    boundary: float | None = None  # Wan2.2: timesteps below it go to transformer_2
+    guidance_scale_2: float | None = None
+    expand_timesteps = False
+
+    _expert: tuple[int, bool] | None = None  # (step index, whether it is transformer_2's)
+
+    def _low_noise(self, step: Step) -> bool:
+        """Whether ``step`` belongs to the low-noise expert; compared once per step, as stock does (a host read)."""
+        if self.boundary is None:
+            return False
+        if self._expert is None or self._expert[0] != step.index:
+            self._expert = (step.index, bool(step.timestep < self.boundary))
+        return self._expert[1]
+
+    def guidance_scale(self, step: Step) -> float:
+        return self.guidance_scale_2 if self._low_noise(step) else self.cfg_scale
 
     def call_transformer(self, hidden: torch.Tensor, text: dict[str, Any], step: Step, rows: slice) -> torch.Tensor:
-        return self.pipe.transformer(
-            hidden_states=hidden.to(self.pipe.transformer.dtype),
-            timestep=step.timestep.expand(hidden.shape[0]),
+        model = self.pipe.transformer_2 if self._low_noise(step) else self.pipe.transformer
+        batch, frames, height, width = hidden.shape[0], *hidden.shape[2:]
+        if self.expand_timesteps:  # one timestep per token (text-to-video: the step's for every token)
+            timestep = step.timestep.expand(batch, frames * (height // self.patch) * (width // self.patch))
+        else:
+            timestep = step.timestep.expand(batch)
+        return model(
+            hidden_states=hidden.to(model.dtype),
+            timestep=timestep,
             encoder_hidden_states=rows_for(text["prompt_embeds"], rows),
             attention_kwargs=self.attention_kwargs,
             return_dict=False,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import gc
 import pickle
 import warnings
@@ -107,6 +108,11 @@ CASES = [
     # 48x80 pixels, 5 frames: 2 latent frames of 3x5 tokens (odd both ways)
     Case("wan", diffusers.WanPipeline, tiny_wan_pipeline, _wan_text, _wan_negative,
          dict(height=48, width=80, num_frames=5), (3, 5, 2), "frames", _video_tokens),
+    # Wan2.2: two experts split at a timestep; per-token timesteps (TI2V)
+    Case("wan2.2-experts", diffusers.WanPipeline, functools.partial(tiny_wan_pipeline, two_experts=True), _wan_text,
+         _wan_negative, dict(height=48, width=80, num_frames=5), (3, 5, 2), "frames", _video_tokens),
+    Case("wan2.2-ti2v", diffusers.WanPipeline, functools.partial(tiny_wan_pipeline, expand_timesteps=True), _wan_text,
+         _wan_negative, dict(height=48, width=80, num_frames=5), (3, 5, 2), "frames", _video_tokens),
 ]
 
 
@@ -119,8 +125,14 @@ def _pipe(case: Case, quantize: Callable[[torch.nn.Module], None] | None = None)
     pipe = case.build()
     pipe.set_progress_bar_config(disable=True)
     if quantize is not None:
-        quantize(pipe.transformer)
+        for transformer in _experts(pipe):
+            quantize(transformer)
     return pipe
+
+
+def _experts(pipe) -> list[torch.nn.Module]:
+    """The pipeline's transformers: one, or Wan2.2's two experts."""
+    return [t for t in (pipe.transformer, getattr(pipe, "transformer_2", None)) if t is not None]
 
 
 def _args(case: Case, batch: int = 1, seed: int = 0, guided: bool = False, **kwargs) -> dict[str, Any]:
@@ -134,11 +146,12 @@ def _call(case: Case, pipe, **kwargs) -> Any:
     return getattr(pipe(**_args(case, **kwargs)), case.output)
 
 
-def _record_tokens(case: Case, pipe) -> tuple[list[int], Any]:
+def _record_tokens(case: Case, pipe) -> tuple[list[int], list[Any]]:
     seen: list[int] = []
-    handle = pipe.transformer.register_forward_pre_hook(
+    handles = [transformer.register_forward_pre_hook(
         lambda module, args, kwargs: seen.append(case.tokens_in(kwargs)), with_kwargs=True)
-    return seen, handle
+        for transformer in _experts(pipe)]
+    return seen, handles
 
 
 def _expected_tokens(case: Case, config: FrescoConfig) -> list[int]:
@@ -184,9 +197,10 @@ def test_token_counts_follow_the_plan(case, guided):
     pipe = _pipe(case)
     stock_shape = _call(case, pipe, guided=guided).shape
     apply_fresco(pipe, CONFIG)
-    seen, handle = _record_tokens(case, pipe)
+    seen, handles = _record_tokens(case, pipe)
     out = _call(case, pipe, guided=guided)
-    handle.remove()
+    for handle in handles:
+        handle.remove()
     expected = _expected_tokens(case, CONFIG)
     if guided:  # the conditional and unconditional branch on one layout
         assert seen[0::2] == seen[1::2] == expected
@@ -383,18 +397,18 @@ def test_a_fresco_pipeline_pickles_as_stock_plus_config(case):
     assert type(plain) is case.stock_class and fresco_config_of(plain) is None
 
 
-def _hook_count(transformer) -> int:
-    """Forward hooks Fresco's adapters may put on the transformer's submodules (the video ones hook the rope)."""
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in transformer.modules())
+def _hook_count(experts: list[torch.nn.Module]) -> int:
+    """Forward hooks Fresco's adapters may put on the transformers' submodules (the video ones hook the rope)."""
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for t in experts for m in t.modules())
 
 
 def _hooked_pipe(case: Case) -> tuple[Any, torch.Tensor, torch.Tensor, int, int]:
     """A Fresco pipeline, its stock and Fresco outputs, and its transformer's hook count without and with Fresco."""
     pipe = _pipe(case)
     stock = _call(case, pipe)
-    bare = _hook_count(pipe.transformer)
+    bare = _hook_count(_experts(pipe))
     apply_fresco(pipe, CONFIG)
-    return pipe, stock, _call(case, pipe), bare, _hook_count(pipe.transformer)
+    return pipe, stock, _call(case, pipe), bare, _hook_count(_experts(pipe))
 
 
 def test_a_deep_copy_owns_its_hooks(case):
@@ -403,7 +417,7 @@ def test_a_deep_copy_owns_its_hooks(case):
     assert twin.transformer is not pipe.transformer and torch.equal(_call(case, twin), fresco)
     remove_fresco(twin)  # takes the copy's hooks off the copy's transformer only
     assert torch.equal(_call(case, twin), stock) and torch.equal(_call(case, pipe), fresco)
-    assert _hook_count(twin.transformer) == bare and _hook_count(pipe.transformer) == hooked
+    assert _hook_count(_experts(twin)) == bare and _hook_count(_experts(pipe)) == hooked
 
 
 def test_pipelines_sharing_a_transformer_each_get_fresco_and_release_it_when_collected(case):
@@ -412,13 +426,13 @@ def test_pipelines_sharing_a_transformer_each_get_fresco_and_release_it_when_col
     assert second.transformer is first.transformer and torch.equal(_call(case, second), stock)
     apply_fresco(second, CONFIG)  # a second Fresco pipeline on that transformer
     assert torch.equal(_call(case, second), fresco) and torch.equal(_call(case, first), fresco)
-    transformer = first.transformer
+    experts = _experts(first)
     del first
     gc.collect()
-    assert _hook_count(transformer) == hooked  # the collected pipeline's hooks went with it
+    assert _hook_count(experts) == hooked  # the collected pipeline's hooks went with it
     assert torch.equal(_call(case, second), fresco)
     remove_fresco(second)
-    assert torch.equal(_call(case, second), stock) and _hook_count(transformer) == bare
+    assert torch.equal(_call(case, second), stock) and _hook_count(experts) == bare
 
 
 def test_the_fresco_class_itself_builds_stock_pipelines(case):
@@ -436,10 +450,12 @@ def test_a_cache_that_never_skips_changes_nothing_and_one_that_skips_runs(case):
     pipe = _pipe(case)
     apply_fresco(pipe, CONFIG)
     plain = _call(case, pipe, guided=True)
-    pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.0))
+    for transformer in _experts(pipe):
+        transformer.enable_cache(FirstBlockCacheConfig(threshold=0.0))
     assert torch.allclose(_call(case, pipe, guided=True), plain, atol=1e-6)
-    pipe.transformer.disable_cache()
-    pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=1e9))
+    for transformer in _experts(pipe):
+        transformer.disable_cache()
+        transformer.enable_cache(FirstBlockCacheConfig(threshold=1e9))
     skipped = _call(case, pipe, guided=True)
     assert skipped.shape == plain.shape and torch.isfinite(skipped).all() and not torch.equal(skipped, plain)
 
@@ -472,7 +488,8 @@ def test_compiling_the_transformer_traces_once_and_changes_nothing(case):
         apply_fresco(pipe, CONFIG)
         eager = _call(case, pipe)
         counter = CompileCounter()
-        pipe.transformer.compile(backend=counter, dynamic=True)
+        for transformer in _experts(pipe):
+            transformer.compile(backend=counter, dynamic=True)
         compiled = _call(case, pipe)
         first = counter.frame_count
         _call(case, pipe, seed=3)

@@ -1,8 +1,9 @@
 """Property test of the call contract: 300 generated calls of the tiny FLUX pipeline and 100 of each tiny video
-pipeline (HunyuanVideo, Wan) with Fresco on. Each call either runs (finite output of the stock pipeline's shape, for the
-same arguments) or is refused with a ValueError that names the argument to change; never another exception, never
-NaN."""
+pipeline (HunyuanVideo, Wan2.1, Wan2.2's two experts) with Fresco on. Each call either runs (finite output of the stock
+pipeline's shape, for the same arguments) or is refused with a ValueError that names the argument to change; never
+another exception, never NaN."""
 
+import functools
 import warnings
 
 import pytest
@@ -98,7 +99,7 @@ def _judge(pipe, config, call, run):
 
 def _video_text(name, batch, seed):
     g = torch.Generator().manual_seed(seed)
-    if name == "wan":
+    if name.startswith("wan"):
         return {"prompt_embeds": torch.randn(batch, 6, 32, generator=g)}
     return {"prompt_embeds": torch.randn(batch, 8, 16, generator=g),
             "pooled_prompt_embeds": torch.randn(batch, 8, generator=g),
@@ -111,8 +112,8 @@ def _video_run(name):
         text = _video_text(name, batch, 1)
         if guided:  # Wan guides with guidance_scale > 1 and a negative prompt, HunyuanVideo with true CFG
             negative = {f"negative_{k}": v for k, v in _video_text(name, batch, 2).items()}
-            text.update(negative, **({"guidance_scale": 4.0} if name == "wan" else {"true_cfg_scale": 2.0}))
-        elif name == "wan":
+            text.update(negative, **({"guidance_scale": 4.0} if name.startswith("wan") else {"true_cfg_scale": 2.0}))
+        elif name.startswith("wan"):
             text["guidance_scale"] = 1.0
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -121,7 +122,8 @@ def _video_run(name):
     return run
 
 
-VIDEO_PIPELINES = {"hunyuan-video": tiny_hunyuan_video_pipeline, "wan": tiny_wan_pipeline}
+VIDEO_PIPELINES = {"hunyuan-video": tiny_hunyuan_video_pipeline, "wan": tiny_wan_pipeline,
+                   "wan2.2-experts": functools.partial(tiny_wan_pipeline, two_experts=True)}
 _video_pipes = {}
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from fresco_plugin import FrescoConfig, apply_fresco
+from fresco_plugin import FrescoConfig, apply_fresco, remove_fresco
 from fresco_plugin.integrations.diffusers_wan import wan_rope_at_positions
 from fresco_plugin.layout import TokenGeometry, TokenLayout
 from fresco_plugin.tools.tiny import tiny_wan_pipeline
@@ -71,3 +71,57 @@ def test_restart_shift_scale_multiplies_the_static_shift_of_later_stages():
     expected = shift_sigmas(np.linspace(1.0, 1 / 7, 7)[3:].astype(np.float32), shift=6.0)
     assert np.array_equal(scaled[:3], plain[:3])
     assert np.allclose(scaled[3:], expected, atol=1e-6) and (scaled[3:] > plain[3:]).all()
+
+
+def test_sizes_stock_rounds_down_are_rounded_the_same_way(wan_pipe):
+    """Stock Wan rounds height and width down to whole patches with a warning (4x4 patches: multiples of 32); so does
+    Fresco, instead of refusing."""
+    torch.manual_seed(0)
+    wan_pipe.transformer = diffusers.WanTransformer3DModel.from_config(
+        {**wan_pipe.transformer.config, "patch_size": (1, 4, 4)})
+    stock = _call(wan_pipe, height=48, width=80, num_inference_steps=2)
+    assert stock.shape[-2:] == (4, 8)  # 32x64 pixels
+    apply_fresco(wan_pipe, FrescoConfig(stage_scales=(1.0,)))
+    with pytest.warns(UserWarning, match="height=48, width=80: Wan needs multiples of 32; using 32x64"):
+        assert torch.equal(_call(wan_pipe, height=48, width=80, num_inference_steps=2), stock)
+
+
+def test_wan22_experts_take_their_own_noise_levels_and_guidance_scales():
+    """Wan2.2 A14B: transformer above the boundary timestep, transformer_2 (with guidance_scale_2) below it; one
+    full-resolution stage is stock bit for bit, and a Fresco plan sends every forward to the expert of its timestep."""
+    pipe = tiny_wan_pipeline(two_experts=True)
+    pipe.set_progress_bar_config(disable=True)
+    guided = dict(guidance_scale=5.0, guidance_scale_2=2.0)
+    stock = _call(pipe, **guided)
+    assert not torch.equal(_call(pipe, guidance_scale=5.0, guidance_scale_2=5.0), stock)  # the second scale counts
+    apply_fresco(pipe, FrescoConfig(stage_scales=(1.0,)))
+    assert torch.equal(_call(pipe, **guided), stock)
+
+    remove_fresco(pipe)
+    apply_fresco(pipe, FrescoConfig(stage_steps=(3, 5), promotion_ratio=0.3, restart_shift_scale=2.0))
+    seen = []
+    for name in ("transformer", "transformer_2"):
+        getattr(pipe, name).register_forward_pre_hook(
+            lambda module, args, kwargs, name=name: seen.append((name, float(kwargs["timestep"][0]))),
+            with_kwargs=True)
+    out = _call(pipe, **guided)
+    boundary = 0.875 * 1000
+    assert {name for name, _ in seen} == {"transformer", "transformer_2"} and torch.isfinite(out).all()
+    assert all((t >= boundary) == (name == "transformer") for name, t in seen), seen
+
+
+def test_wan22_ti2v_gives_every_token_the_step_timestep():
+    pipe = tiny_wan_pipeline(expand_timesteps=True)
+    pipe.set_progress_bar_config(disable=True)
+    apply_fresco(pipe, FrescoConfig(stage_steps=(3, 5), promotion_ratio=0.3))
+    shapes = []
+    pipe.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: shapes.append((tuple(kwargs["timestep"].shape), _tokens(kwargs))),
+        with_kwargs=True)
+    assert torch.isfinite(_call(pipe)).all()
+    assert all(shape == (1, tokens) for shape, tokens in shapes) and len({t for _, t in shapes}) > 1  # rounds too
+
+
+def _tokens(kwargs) -> int:
+    _, _, frames, height, width = kwargs["hidden_states"].shape
+    return frames * height * width // 4

@@ -73,22 +73,29 @@ def tiny_hunyuan_video_pipeline(*, patch_size_t: int = 1, seed: int = 0, num_att
                                 tokenizer_2=None)
 
 
-def tiny_wan_pipeline(*, seed: int = 0):
-    """A Wan2.1-architecture pipeline with an Euler flow-matching scheduler, without a text encoder.
+def tiny_wan_pipeline(*, seed: int = 0, two_experts: bool = False, expand_timesteps: bool = False):
+    """A Wan2.1-architecture pipeline with an Euler flow-matching scheduler, without a text encoder; with
+    ``two_experts`` a Wan2.2 A14B-style pair (``transformer_2`` below ``boundary_ratio`` 0.875, Wan2.2's), with
+    ``expand_timesteps`` Wan2.2 TI2V's per-token timesteps.
 
     Pass ``prompt_embeds`` and ``negative_prompt_embeds`` (B, L, 32).
     """
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
 
+    def transformer() -> WanTransformer3DModel:
+        return WanTransformer3DModel(
+            patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
+            text_dim=32, freq_dim=32, ffn_dim=32, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+            rope_max_seq_len=32,
+        )
+
     torch.manual_seed(seed)
-    transformer = WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
-        text_dim=32, freq_dim=32, ffn_dim=32, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
-        rope_max_seq_len=32,
-    )
+    high_noise = transformer()
     vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
                            temperal_downsample=[False, True, True])
-    return WanPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer,
+    low_noise = transformer() if two_experts else None
+    return WanPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=high_noise, transformer_2=low_noise,
+                       boundary_ratio=0.875 if two_experts else None, expand_timesteps=expand_timesteps,
                        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))
 
 
