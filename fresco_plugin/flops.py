@@ -65,6 +65,9 @@ MODELS: dict[str, ModelSpec] = {
     "flux-schnell": ModelSpec("flux-schnell", "flux", 512, False, "flux-dev", (1024, 1024, 1), default_steps=4),
     "hunyuan-video": ModelSpec("hunyuan-video", "hunyuan-video", 256, False, "hunyuan-video", (720, 1280, 125)),
     "wan2.1-t2v-14b": ModelSpec("wan2.1-t2v-14b", "wan", 512, True, "wan2.1-t2v-14b", (720, 1280, 81)),
+    # two 14B experts split at a timestep, one per step: a forward costs what Wan2.1-14B's does; 40 steps by default
+    "wan2.2-t2v-a14b": ModelSpec("wan2.2-t2v-a14b", "wan", 512, True, "wan2.2-t2v-a14b", (720, 1280, 81),
+                                 default_steps=40),
 }
 
 

@@ -41,9 +41,10 @@ def test_the_stored_forward_costs_are_the_traced_architecture(model):
 
 
 @pytest.mark.slow
-def test_the_stored_forward_costs_hold_for_wan():
-    stored = json.loads((Path(fresco_plugin.__file__).parent / FORWARD_FLOPS_FILE).read_text())["wan2.1-t2v-14b"]
-    assert stored == derive_forward_flops("wan2.1-t2v-14b")
+@pytest.mark.parametrize("model", ["wan2.1-t2v-14b", "wan2.2-t2v-a14b"])
+def test_the_stored_forward_costs_hold_for_wan(model):
+    stored = json.loads((Path(fresco_plugin.__file__).parent / FORWARD_FLOPS_FILE).read_text())[model]
+    assert stored == derive_forward_flops(model)
 
 
 @pytest.mark.slow
@@ -119,6 +120,14 @@ def test_cli_json_and_errors(capsys, tmp_path):
     threshold.write_text(json.dumps({"promotion_threshold": 0.1, "stage_steps": [4, 4]}))
     assert main(["flops", "--config", str(threshold)]) == 2
     assert "promotion_threshold" in capsys.readouterr().err
+    assert main(["flops", "--config", str(tmp_path / "missing.json")]) == 2  # a typo'd path or inline JSON
+    assert "--config" in (err := capsys.readouterr().err) and "No such file" in err
+    threshold.write_text("[1, 2]")
+    assert main(["flops", "--config", str(threshold)]) == 2
+    assert "JSON object of FrescoConfig fields" in capsys.readouterr().err
+    threshold.write_text("{stage_steps")
+    assert main(["flops", "--config", str(threshold)]) == 2
+    assert "is not JSON" in capsys.readouterr().err
 
 
 def _tiny_recorded_run(cache=None):

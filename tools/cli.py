@@ -16,14 +16,26 @@ def _load_config(args: argparse.Namespace) -> FrescoConfig:
     if args.config and args.preset:
         raise SystemExit("fresco flops: give --preset or --config, not both")
     if args.config:
-        with open(args.config) as handle:
-            fields = json.load(handle)
+        fields = _read_json("--config", args.config)
+        if not isinstance(fields, dict):
+            raise ValueError(f"--config {args.config} must hold a JSON object of FrescoConfig fields")
         unknown = set(fields) - set(FrescoConfig.field_names())
         if unknown:
             raise SystemExit(f"fresco flops: {args.config} has unknown FrescoConfig fields: "
                              f"{', '.join(sorted(unknown))}")
         return FrescoConfig(**fields)
     return FrescoConfig.preset(args.preset or "flux-dev-10x")
+
+
+def _read_json(option: str, path: str) -> object:
+    """A JSON file named on the command line; a missing or malformed one exits naming the option and the file."""
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except OSError as error:
+        raise ValueError(f"{option} {path}: {error.strerror} (give the path of a JSON file)") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{option} {path} is not JSON: {error}") from None
 
 
 def _flops(args: argparse.Namespace) -> int:
@@ -46,8 +58,7 @@ def _recorded_flops(args: argparse.Namespace) -> int:
 
     if args.config or args.preset:
         raise SystemExit("fresco flops: --recorded prices a recorded run; drop --preset/--config")
-    with open(args.recorded) as handle:
-        run = json.load(handle)
+    run = _read_json("--recorded", args.recorded)
     records = [ForwardRecord(**r) for r in run["forwards"]]
     total = recorded_flops(records, run["config"], run.get("family", "flux"))
     without_skips = [ForwardRecord(r.batch, r.image_tokens, r.text_tokens, {}) for r in records]
