@@ -244,11 +244,18 @@ def test_mismatched_negative_embeds_are_refused_in_the_stock_words(flux_pipe):
     assert messages[0] == messages[1] and "must have the same shape" in messages[0]
 
 
-def test_restart_shift_scale_multiplies_the_later_stages_shift(flux_pipe):
+@pytest.mark.parametrize("time_shift_type", ["exponential", "linear"])
+def test_restart_shift_scale_multiplies_the_later_stages_shift(flux_pipe, time_shift_type):
+    """The full stage's dynamic shift, scaled, applied as an explicit one: exp(mu) under the exponential time shift,
+    mu itself under the linear one (diffusers' linear shift of sigma is mu * s / (1 + (mu - 1) * s), the same map)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
     from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
     from fresco_plugin import last_fresco_run
     from fresco_plugin.schedule import shift_sigmas
+
+    flux_pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(flux_pipe.scheduler.config,
+                                                                      time_shift_type=time_shift_type)
 
     def sigmas(scale):
         remove_fresco(flux_pipe)
@@ -260,6 +267,9 @@ def test_restart_shift_scale_multiplies_the_later_stages_shift(flux_pipe):
     config = flux_pipe.scheduler.config
     mu = calculate_shift(1024, config.base_image_seq_len, config.max_image_seq_len, config.base_shift,
                          config.max_shift)
-    expected = shift_sigmas(np.linspace(1.0, 1 / 7, 7)[3:].astype(np.float32), shift=2 * math.exp(mu))
+    shift = math.exp(mu) if time_shift_type == "exponential" else mu
+    full_stage = np.linspace(1.0, 1 / 7, 7)[3:].astype(np.float32)
+    assert np.allclose(plain[3:], shift_sigmas(full_stage, shift=shift), atol=1e-6)  # the stock shift, as mapped
     assert np.array_equal(scaled[:3], plain[:3])  # the sketch keeps its own shift
-    assert np.allclose(scaled[3:], expected, atol=1e-6) and (scaled[3:] > plain[3:]).all()
+    assert np.allclose(scaled[3:], shift_sigmas(full_stage, shift=2 * shift), atol=1e-6)
+    assert (scaled[3:] > plain[3:]).all()
