@@ -40,7 +40,7 @@ from fresco_plugin.tools.scenes import (
     sample_scene,
 )
 
-OUTPUT = Path(__file__).resolve().parents[1] / "fresco_plugin" / "models" / "scenes-flux"
+OUTPUT = Path(__file__).resolve().parents[1] / "tools" / "models" / "scenes-flux"
 TEXT_TOKENS = 32  # T5 sequence length the model is trained with (pass max_sequence_length=32 to the pipeline)
 SIZE = 128
 SCHEDULER = dict(num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
