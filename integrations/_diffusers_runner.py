@@ -393,7 +393,7 @@ def warn_caller(message: str) -> None:
     """A ``UserWarning`` pointing at the line that called the pipeline: the first frame outside Fresco and torch's
     ``no_grad`` wrapper, however deep in the runner the warning comes from."""
     frame, level = sys._getframe(0), 1
-    while frame is not None and frame.f_globals.get("__name__", "").startswith(("fresco_plugin", "torch")):
+    while frame is not None and frame.f_globals.get("__name__", "").startswith(("fresco_plugin.", "torch.")):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, UserWarning, stacklevel=level)
 
