@@ -34,6 +34,9 @@ class ModelSpec:
     baseline: str  # the model whose 50-step full-resolution run is the reference
     default_size: tuple[int, int, int]  # height, width, frames
     default_steps: int = 50
+    # Kontext: every forward also carries the reference image's tokens (priced at the output's size, what a same-size
+    # edit gives), for Fresco and the baseline alike
+    reference_image: bool = False
 
     def forwards_per_step(self, guidance_scale: float | None, true_cfg_scale: float) -> int:
         """Guidance-distilled models embed guidance (one forward); true CFG or a CFG model with scale > 1 needs two."""
@@ -63,6 +66,9 @@ MODELS: dict[str, ModelSpec] = {
     "flux-dev": ModelSpec("flux-dev", "flux", 512, False, "flux-dev", (1024, 1024, 1)),
     # schnell is measured against FLUX.1-dev at 50 steps, the paper's comparison for its 22x figure
     "flux-schnell": ModelSpec("flux-schnell", "flux", 512, False, "flux-dev", (1024, 1024, 1), default_steps=4),
+    # FLUX.1-Kontext-dev: FLUX.1-dev's architecture, 28 steps by default, plus the reference tokens
+    "flux-kontext": ModelSpec("flux-kontext", "flux", 512, False, "flux-kontext", (1024, 1024, 1), default_steps=28,
+                              reference_image=True),
     "hunyuan-video": ModelSpec("hunyuan-video", "hunyuan-video", 256, False, "hunyuan-video", (720, 1280, 125)),
     "wan2.1-t2v-14b": ModelSpec("wan2.1-t2v-14b", "wan", 512, True, "wan2.1-t2v-14b", (720, 1280, 81)),
     # two 14B experts split at a timestep, one per step: a forward costs what Wan2.1-14B's does; 40 steps by default
@@ -172,18 +178,19 @@ def count_plan_flops(
     stages = plan_stages(config, steps if steps is not None or config.stage_steps else spec.default_steps,
                          min_score_history=1)
     counts = plan_token_counts(config, stages, rows, cols, latent_frames)
+    full = grid_tokens(rows, cols, 0, latent_frames)
+    reference = full if spec.reference_image else 0
     forwards = spec.forwards_per_step(guidance_scale, true_cfg_scale)
     text = spec.text_tokens if text_tokens is None else text_tokens
     stage_reports = []
     for stage in stages:
         tokens = counts[stage.first_step:stage.last_step]
-        flops = forwards * sum(forward_flops(spec.name, n, text) for n in tokens)
+        flops = forwards * sum(forward_flops(spec.name, n + reference, text) for n in tokens)
         stage_reports.append(StageFlops(stage.index, config.stage_scales[stage.index], stage.num_steps, tokens, flops))
     total = sum(s.flops for s in stage_reports)
     baseline = model_spec(spec.baseline)
-    full = grid_tokens(rows, cols, 0, latent_frames)
     baseline_forwards = baseline.forwards_per_step(guidance_scale, true_cfg_scale)
-    baseline_flops = baseline_steps * baseline_forwards * forward_flops(baseline.name, full, text)
+    baseline_flops = baseline_steps * baseline_forwards * forward_flops(baseline.name, full + reference, text)
     return FlopsReport(
         model=spec.name, height=height, width=width, frames=frames, text_tokens=text,
         forwards_per_step=forwards, stages=stage_reports, total_flops=total, baseline_model=baseline.name,

@@ -71,6 +71,12 @@ class CallArguments:
         except KeyError:
             raise AttributeError(f"{self._pipeline}.__call__ takes no argument {name!r}") from None
 
+    def argument(self, name: str) -> Any:
+        """An argument by name, also one an attribute cannot reach (Kontext's ``_auto_resize``)."""
+        if name not in self._values:
+            raise AttributeError(f"{self._pipeline}.__call__ takes no argument {name!r}")
+        return self._values[name]
+
     def given(self, name: str) -> bool:
         """Whether the caller passed ``name`` (rather than leaving the pipeline's default)."""
         return name in self._given

@@ -106,12 +106,14 @@ class FluxFrescoRunner(DiffusersFrescoRunner):
     def initial_noise(self, call: CallArguments, count: int, geometry: TokenGeometry, text: dict[str, Any],
                       device: torch.device) -> tuple[NoiseField, FreshNoise | None]:
         dtype = text["prompt_embeds"].dtype
-        return self.noise(
-            call, count, geometry, (count, geometry.num_tokens, geometry.token_dim),
-            lambda: self.pipe.prepare_latents(count, geometry.channels, call.height, call.width, dtype, device,
-                                              call.generator)[0],
-            dtype, device,
-        )
+        return self.noise(call, count, geometry, (count, geometry.num_tokens, geometry.token_dim),
+                          lambda: self.stock_noise(call, count, geometry, dtype, device), dtype, device)
+
+    def stock_noise(self, call: CallArguments, count: int, geometry: TokenGeometry, dtype: torch.dtype,
+                    device: torch.device) -> torch.Tensor:
+        """The stock call's initial noise (packed), from the pipeline's own ``prepare_latents``."""
+        return self.pipe.prepare_latents(count, geometry.channels, call.height, call.width, dtype, device,
+                                         call.generator)[0]
 
     def latent_pixels(self, latents: torch.Tensor, geometry: TokenGeometry) -> torch.Tensor:
         return unpack(latents, geometry.rows, geometry.cols, geometry.patch)
@@ -154,6 +156,10 @@ class _FluxDenoiser(TransformerDenoiser):
         image_ids = positions.to(torch.float32)
         attention_kwargs = self.pipe.joint_attention_kwargs
         tokens = latents.shape[1]
+        reference = text.get("reference")
+        if reference is not None:  # Kontext: the reference image's tokens after the edited ones, at their own ids
+            latents = torch.cat([latents, rows_for(reference, rows)], dim=1)
+            image_ids = torch.cat([image_ids, text["reference_ids"].to(torch.float32)])
         pad = -tokens % self.pad_multiple
         if pad:  # an uneven stage under Ulysses: pad tokens every key ignores, dropped from the output
             if "attention_mask" in (attention_kwargs or {}):

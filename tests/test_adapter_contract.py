@@ -27,7 +27,12 @@ from torch._dynamo.testing import CompileCounter
 
 from fresco_plugin import FrescoConfig, apply_fresco, fresco_config_of, remove_fresco
 from fresco_plugin.schedule import plan_stages, plan_token_counts
-from fresco_plugin.tools.tiny import tiny_flux_pipeline, tiny_hunyuan_video_pipeline, tiny_wan_pipeline
+from fresco_plugin.tools.tiny import (
+    tiny_flux_kontext_pipeline,
+    tiny_flux_pipeline,
+    tiny_hunyuan_video_pipeline,
+    tiny_wan_pipeline,
+)
 
 STEPS = 8
 CONFIG = FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(4, 4), promotion_rounds=1, promotion_ratio=0.3)
@@ -77,6 +82,14 @@ def _sequence_tokens(kwargs: dict[str, Any]) -> int:
     return kwargs["hidden_states"].shape[1]
 
 
+# Kontext's reference: a 32x32 picture, 16x16 packed tokens appended to every forward (its own size, not the output's)
+_KONTEXT_REFERENCE = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+
+
+def _kontext_tokens(kwargs: dict[str, Any]) -> int:  # the edited image's tokens, without the reference's
+    return kwargs["hidden_states"].shape[1] - 16 * 16
+
+
 def _video_tokens(kwargs: dict[str, Any]) -> int:  # 2x2 patches, one frame per latent frame
     _, _, frames, height, width = kwargs["hidden_states"].shape
     return frames * height * width // 4
@@ -102,6 +115,10 @@ class Case:
 CASES = [
     Case("flux", diffusers.FluxPipeline, tiny_flux_pipeline, _flux_text, _flux_negative,
          dict(height=64, width=64), (32, 32), "images", _sequence_tokens),
+    # editing: max_area keeps stock at the requested size; no resize of the tiny reference to Kontext's resolutions
+    Case("flux-kontext", diffusers.FluxKontextPipeline, tiny_flux_kontext_pipeline, _flux_text, _flux_negative,
+         dict(height=64, width=64), (32, 32), "images", _kontext_tokens,
+         extra=dict(image=_KONTEXT_REFERENCE, max_area=64 * 64, _auto_resize=False)),
     # 64x80 pixels, 5 frames: 2 latent frames of 4x5 tokens (an odd side)
     Case("hunyuan-video", diffusers.HunyuanVideoPipeline, tiny_hunyuan_video_pipeline, _hunyuan_text,
          _hunyuan_negative, dict(height=64, width=80, num_frames=5), (4, 5, 2), "frames", _video_tokens),

@@ -30,7 +30,7 @@ def test_the_quadratic_fit_predicts_a_direct_trace(model, tokens):
     assert counter(tokens) == counter.trace(tokens)
 
 
-@pytest.mark.parametrize("model", ["flux-dev", "flux-schnell", "hunyuan-video"])
+@pytest.mark.parametrize("model", ["flux-dev", "flux-schnell", "flux-kontext", "hunyuan-video"])
 def test_the_stored_forward_costs_are_the_traced_architecture(model):
     """The core prices plans from stored coefficients; they are what tracing the architecture derives today, and
     they give a direct trace at a size and text length no fit used."""
@@ -97,6 +97,15 @@ def test_report_adds_up_and_schnell_is_compared_with_dev():
     assert report.total_flops == sum(counter(n) for s in report.stages for n in s.tokens_per_step)
     assert report.stages[0].tokens_per_step == [1024, 1024, 1792]
     assert report.stages[1].tokens_per_step == [4096]
+
+
+def test_kontext_prices_the_reference_tokens_in_every_forward_on_both_sides():
+    edit, generate = count_plan_flops("flux-dev-5x", "flux-kontext"), count_plan_flops("flux-dev-5x", "flux-dev")
+    reference = 4096  # a 1024x1024 reference, whole at every step
+    assert edit.total_flops == sum(forward_flops("flux-dev", n + reference) for s in edit.stages
+                                   for n in s.tokens_per_step)
+    assert edit.baseline_flops == 50 * forward_flops("flux-dev", 4096 + reference)
+    assert 1 < edit.speedup < generate.speedup  # the reference is a cost Fresco does not shrink
 
 
 def test_true_cfg_doubles_both_sides():

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["random_flux_pipeline", "random_hunyuan_video_pipeline", "tiny_flux_pipeline", "tiny_hunyuan_video_pipeline",
-           "tiny_wan_pipeline"]
+__all__ = ["random_flux_pipeline", "random_hunyuan_video_pipeline", "tiny_flux_kontext_pipeline", "tiny_flux_pipeline",
+           "tiny_hunyuan_video_pipeline", "tiny_wan_pipeline"]
 
 
 def tiny_flux_pipeline(*, guidance_embeds: bool = True, static_shift: bool = False, seed: int = 0,
@@ -41,6 +41,13 @@ def tiny_flux_pipeline(*, guidance_embeds: bool = True, static_shift: bool = Fal
         )
     return FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None, text_encoder_2=None,
                         tokenizer_2=None, transformer=transformer)
+
+
+def tiny_flux_kontext_pipeline(**options):
+    """:func:`tiny_flux_pipeline`'s components as a ``FluxKontextPipeline`` (image editing); same options."""
+    from diffusers import FluxKontextPipeline
+
+    return FluxKontextPipeline.from_pipe(tiny_flux_pipeline(**options))
 
 
 def tiny_hunyuan_video_pipeline(*, patch_size_t: int = 1, seed: int = 0, num_attention_heads: int = 2,
