@@ -93,15 +93,18 @@ class NoiseField:
     """Full-resolution noise plus its Haar-pooled coarser levels, in latent-pixel layout ``(B, C, [F,] H, W)``.
 
     Pooling is spatial only (2x2 per frame). The full-resolution tensor may be larger than the generation's grid
-    (padded so that every coarse level is whole); tokens read it by their own coordinates either way.
+    (padded so that every coarse level is whole); tokens read it by their own coordinates either way. ``gain`` scales
+    each 2x2 mean: 2 is the orthonormal Haar low-pass, which keeps noise at unit variance; 1 is the plain mean, what a
+    clean latent (an image to edit) is worth at a coarse token.
     """
 
-    def __init__(self, full_resolution: torch.Tensor):
+    def __init__(self, full_resolution: torch.Tensor, gain: float = 2.0):
         if full_resolution.ndim not in (4, 5):
             raise ValueError(
                 f"the noise field is (batch, channels, [frames,] rows, cols); got shape {tuple(full_resolution.shape)}"
             )
         self._levels = [full_resolution]
+        self.gain = gain
 
     @classmethod
     def from_hash(
@@ -138,14 +141,14 @@ class NoiseField:
         return cls(extended)
 
     def level(self, level: int) -> torch.Tensor:
-        """Noise at ``level`` (0 = full resolution), each step coarser being the orthonormal 2x2 Haar low-pass."""
+        """The field at ``level`` (0 = full resolution), each step coarser the 2x2 mean times ``gain``."""
         while len(self._levels) <= level:
             finer = self._levels[-1]
             if finer.shape[-2] % 2 or finer.shape[-1] % 2:
                 raise ValueError(f"a {tuple(finer.shape[-2:])} latent grid cannot be pooled to level {level}")
             work = torch.promote_types(finer.dtype, torch.float32)  # pool low-precision fields in fp32
             pool = F.avg_pool3d(finer.to(work), (1, 2, 2)) if finer.ndim == 5 else F.avg_pool2d(finer.to(work), 2)
-            self._levels.append((pool * 2.0).to(finer.dtype))
+            self._levels.append((pool * self.gain).to(finer.dtype))
         return self._levels[level]
 
     def tokens(self, layout: TokenLayout, geometry: TokenGeometry) -> torch.Tensor:
@@ -164,7 +167,7 @@ class NoiseField:
 
     def select(self, indices: Sequence[int]) -> NoiseField:
         """The field of a sub-batch (used when images are sampled one by one)."""
-        return NoiseField(self._levels[0][list(indices)])
+        return NoiseField(self._levels[0][list(indices)], self.gain)
 
 
 class FreshNoise:

@@ -170,10 +170,11 @@ class DiffusersFrescoRunner:
         device = self.pipe._execution_device
         text, negative = self.encode(call, device)
         count = self.batch_size(call)
+        start = self.clean_start(call, count, geometry, text, device)  # before the noise: stock encodes it first
         field, fresh = self.initial_noise(call, count, geometry, text, device)
-        schedules = self.schedules(stages, geometry, device)
+        schedules = self.schedules(stages, geometry, device, call)
         denoiser = self.denoiser(call, text, negative, count, geometry, device)
-        latents = self.sample(denoiser, field, fresh, stages, schedules, geometry, count, call, device)
+        latents = self.sample(denoiser, field, fresh, stages, schedules, geometry, count, call, device, start)
         output = self.decode(latents, geometry, call)
         self.pipe.maybe_free_model_hooks()
         return self.output_class(**{self.output_field: output}) if call.return_dict else (output,)
@@ -202,9 +203,15 @@ class DiffusersFrescoRunner:
         """The noise field, from the stock ``prepare_latents`` through :meth:`noise`."""
         raise NotImplementedError
 
-    def base_sigmas(self, steps: int) -> np.ndarray | None:
-        """The unshifted sigmas the stock call passes to ``set_timesteps``; ``None`` where it passes only a step
-        count."""
+    def clean_start(self, call: CallArguments, count: int, geometry: TokenGeometry, text: dict[str, Any],
+                    device: torch.device) -> torch.Tensor | None:
+        """The clean latent pixels ``(B, C, [F,] H, W)`` a call starts from, noised to the first sigma as stock's
+        ``scale_noise`` does (an image to edit); ``None`` (the default) starts from pure noise."""
+        return None
+
+    def base_sigmas(self, steps: int, call: CallArguments) -> np.ndarray | None:
+        """The unshifted sigmas the stock call passes to ``set_timesteps`` for a plan of ``steps`` steps; ``None``
+        where it passes only a step count."""
         return None
 
     def mu(self, tokens: int) -> float | None:
@@ -292,7 +299,8 @@ class DiffusersFrescoRunner:
         """The pipeline's latent layout -> latent pixels ``(B, C, [F,] H, W)`` (identity for unpacked latents)."""
         return latents
 
-    def schedules(self, stages: list[StagePlan], geometry: TokenGeometry, device: torch.device) -> list[StageSchedule]:
+    def schedules(self, stages: list[StagePlan], geometry: TokenGeometry, device: torch.device,
+                  call: CallArguments) -> list[StageSchedule]:
         """Each stage's slice of the pipeline's schedule, shifted by the scheduler as for a stock run.
 
         The stock schedule is :meth:`base_sigmas` (where it is ``None`` the stock one for the total step count is
@@ -304,7 +312,7 @@ class DiffusersFrescoRunner:
         scheduler = self.pipe.scheduler
         scale = float(scheduler.config.num_train_timesteps)
         total = stages[-1].last_step
-        base = self.base_sigmas(total)
+        base = self.base_sigmas(total, call)
         stock = None
         if base is None:
             scheduler.set_timesteps(total, device=device)
@@ -342,9 +350,18 @@ class DiffusersFrescoRunner:
 
     def sample(self, denoiser: TransformerDenoiser, field: NoiseField, fresh: FreshNoise | None,
                stages: list[StagePlan], schedules: list[StageSchedule], geometry: TokenGeometry, images: int,
-               call: CallArguments, device: torch.device) -> torch.Tensor:
+               call: CallArguments, device: torch.device, start: torch.Tensor | None = None) -> torch.Tensor:
         """Run the sampler with the pipeline's progress bar and ``callback_on_step_end``; full-resolution tokens."""
         pipe, config = self.pipe, self.config
+        start_field = NoiseField(start, gain=1.0) if start is not None else None
+
+        def first_latents(noise: NoiseField, clean: NoiseField | None, layout: TokenLayout) -> torch.Tensor:
+            latents = noise.tokens(layout, geometry)
+            if clean is None:
+                return latents
+            sigma = schedules[0].sigmas[0]  # stock's scale_noise, at the first stage's resolution and sigma
+            return (sigma * latents + (1.0 - sigma) * clean.tokens(layout, geometry)).to(latents.dtype)
+
         for transformer in pipeline_transformers(pipe):
             check_cache(getattr(transformer, "_cache_config", None), images=images,
                         promotion_rounds=config.promotion_rounds)
@@ -382,13 +399,15 @@ class DiffusersFrescoRunner:
                 results = []
                 for index in range(images):
                     one_field = field.select([index])
-                    first = one_field.tokens(TokenLayout.uniform(1, geometry, stages[0].level, device), geometry)
+                    first = first_latents(one_field, start_field.select([index]) if start_field else None,
+                                          TokenLayout.uniform(1, geometry, stages[0].level, device))
                     results.append(sample(denoiser.for_images(index), first, field=one_field,
                                           fresh=fresh.select([index]) if fresh else None, **common))
                 self.last_run = results[0]
                 latents = torch.cat([r.latents for r in results])
             else:
-                first = field.tokens(TokenLayout.uniform(images, geometry, stages[0].level, device), geometry)
+                layout = TokenLayout.uniform(images, geometry, stages[0].level, device)
+                first = first_latents(field, start_field, layout)
                 self.last_run = sample(denoiser, first, field=field, fresh=fresh, **common)
                 latents = self.last_run.latents
         pipe._current_timestep = None

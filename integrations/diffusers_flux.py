@@ -48,7 +48,7 @@ class FluxFrescoRunner(DiffusersFrescoRunner):
         call = call.resolved(height=call.height or pipe.default_sample_size * pipe.vae_scale_factor,
                              width=call.width or pipe.default_sample_size * pipe.vae_scale_factor)
         pipe.check_inputs(
-            call.prompt, call.prompt_2, call.height, call.width,
+            call.prompt, call.prompt_2, *self.checked_before_size(call), call.height, call.width,
             negative_prompt=call.negative_prompt, negative_prompt_2=call.negative_prompt_2,
             prompt_embeds=call.prompt_embeds, negative_prompt_embeds=call.negative_prompt_embeds,
             pooled_prompt_embeds=call.pooled_prompt_embeds,
@@ -57,6 +57,10 @@ class FluxFrescoRunner(DiffusersFrescoRunner):
             max_sequence_length=call.max_sequence_length,
         )
         return call
+
+    def checked_before_size(self, call: CallArguments) -> tuple[Any, ...]:
+        """What the pipeline's ``check_inputs`` takes between ``prompt_2`` and ``height`` (Img2Img: ``strength``)."""
+        return ()
 
     def geometry(self, call: CallArguments) -> TokenGeometry:
         pipe, height, width = self.pipe, call.height, call.width
@@ -118,7 +122,7 @@ class FluxFrescoRunner(DiffusersFrescoRunner):
     def latent_pixels(self, latents: torch.Tensor, geometry: TokenGeometry) -> torch.Tensor:
         return unpack(latents, geometry.rows, geometry.cols, geometry.patch)
 
-    def base_sigmas(self, steps: int) -> np.ndarray:
+    def base_sigmas(self, steps: int, call: CallArguments) -> np.ndarray:
         return np.linspace(1.0, 1 / steps, steps)
 
     def mu(self, tokens: int) -> float:

@@ -94,7 +94,7 @@ class HunyuanVideoFrescoRunner(VideoFrescoRunner):
                               call.negative_pooled_prompt_embeds, call.negative_prompt_attention_mask)
         return text, negative
 
-    def base_sigmas(self, steps: int) -> np.ndarray:
+    def base_sigmas(self, steps: int, call: CallArguments) -> np.ndarray:
         return np.linspace(1.0, 0.0, steps + 1)[:-1]
 
     def denoiser(self, call: CallArguments, text: dict[str, Any], negative: dict[str, Any] | None, count: int,

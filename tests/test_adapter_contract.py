@@ -28,6 +28,7 @@ from torch._dynamo.testing import CompileCounter
 from fresco_plugin import FrescoConfig, apply_fresco, fresco_config_of, remove_fresco
 from fresco_plugin.schedule import plan_stages, plan_token_counts
 from fresco_plugin.tools.tiny import (
+    tiny_flux_img2img_pipeline,
     tiny_flux_kontext_pipeline,
     tiny_flux_pipeline,
     tiny_hunyuan_video_pipeline,
@@ -119,6 +120,12 @@ CASES = [
     Case("flux-kontext", diffusers.FluxKontextPipeline, tiny_flux_kontext_pipeline, _flux_text, _flux_negative,
          dict(height=64, width=64), (32, 32), "images", _kontext_tokens,
          extra=dict(image=_KONTEXT_REFERENCE, max_area=64 * 64, _auto_resize=False)),
+    # image to image at strength 1 (every step kept, as the checks count them), the image given as latents (encoding a
+    # picture samples the VAE from the first generator, so stock's batch differs from its single calls);
+    # test_flux_img2img.py covers pictures and lower strengths
+    Case("flux-img2img", diffusers.FluxImg2ImgPipeline, tiny_flux_img2img_pipeline, _flux_text, _flux_negative,
+         dict(height=64, width=64), (32, 32), "images", _sequence_tokens,
+         extra=dict(image=torch.randn(1, 4, 64, 64, generator=torch.Generator().manual_seed(6)), strength=1.0)),
     # 64x80 pixels, 5 frames: 2 latent frames of 4x5 tokens (an odd side)
     Case("hunyuan-video", diffusers.HunyuanVideoPipeline, tiny_hunyuan_video_pipeline, _hunyuan_text,
          _hunyuan_negative, dict(height=64, width=80, num_frames=5), (4, 5, 2), "frames", _video_tokens),

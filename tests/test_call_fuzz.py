@@ -1,7 +1,7 @@
-"""Property test of the call contract: 300 generated calls of the tiny FLUX pipeline, 100 of FLUX.1-Kontext's and 100
-of each tiny video pipeline (HunyuanVideo, Wan2.1, Wan2.2's two experts) with Fresco on. Each call either runs (finite
-output of the stock pipeline's shape, for the same arguments) or is refused with a ValueError that names the argument
-to change; never another exception, never NaN."""
+"""Property test of the call contract: 300 generated calls of the tiny FLUX pipeline, 100 each of FLUX.1-Kontext's and
+Img2Img's and 100 of each tiny video pipeline (HunyuanVideo, Wan2.1, Wan2.2's two experts) with Fresco on. Each call
+either runs (finite output of the stock pipeline's shape, for the same arguments) or is refused with a ValueError that
+names the argument to change; never another exception, never NaN."""
 
 import functools
 import warnings
@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from fresco_plugin import FrescoConfig, apply_fresco, remove_fresco
 from fresco_plugin.tools.tiny import (
+    tiny_flux_img2img_pipeline,
     tiny_flux_kontext_pipeline,
     tiny_flux_pipeline,
     tiny_hunyuan_video_pipeline,
@@ -29,7 +30,7 @@ CONFIGS = {
 }
 ARGUMENTS = ("height", "width", "num_inference_steps", "num_images_per_prompt", "guidance_scale", "true_cfg_scale",
              "output_type", "max_sequence_length", "num_frames", "num_videos_per_prompt", "prompt_embeds", "image",
-             "max_area", "FrescoConfig")
+             "max_area", "strength", "latents", "FrescoConfig")
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +129,34 @@ def test_every_kontext_call_runs_like_stock_or_is_refused_naming_the_argument(co
         _video_pipes["kontext"] = tiny_flux_kontext_pipeline()
         _video_pipes["kontext"].set_progress_bar_config(disable=True)
     _judge(_video_pipes["kontext"], CONFIGS[config], call, _kontext_run)
+
+
+def _img2img_run(pipe, call):
+    side, images = call.pop("picture_side"), call.pop("pictures")
+    image = torch.rand(images, 3, side, side, generator=torch.Generator().manual_seed(3))
+    return _run(pipe, {**call, "image": image})
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(
+    config=st.sampled_from(sorted(CONFIGS)),
+    height=st.sampled_from([8, 16, 32]),
+    width=st.sampled_from([16, 32, 40]),
+    strength=st.sampled_from([0.0, 0.1, 0.5, 0.8, 1.0]),
+    picture_side=st.sampled_from([16, 24, 32]),
+    pictures=st.integers(1, 2),
+    num_inference_steps=st.integers(1, 8),
+    num_images_per_prompt=st.sampled_from([0, 1, 1, 1, 2]),
+    batch=st.integers(1, 2),
+    true_cfg_scale=st.sampled_from([1.0, 2.0]),
+    negative=st.booleans(),
+    output_type=st.sampled_from(["latent", "np"]),
+)
+def test_every_img2img_call_runs_like_stock_or_is_refused_naming_the_argument(config, **call):
+    if "img2img" not in _video_pipes:
+        _video_pipes["img2img"] = tiny_flux_img2img_pipeline()
+        _video_pipes["img2img"].set_progress_bar_config(disable=True)
+    _judge(_video_pipes["img2img"], CONFIGS[config], call, _img2img_run)
 
 
 def _video_text(name, batch, seed):

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["random_flux_pipeline", "random_hunyuan_video_pipeline", "tiny_flux_kontext_pipeline", "tiny_flux_pipeline",
-           "tiny_hunyuan_video_pipeline", "tiny_wan_pipeline"]
+__all__ = ["random_flux_pipeline", "random_hunyuan_video_pipeline", "tiny_flux_img2img_pipeline",
+           "tiny_flux_kontext_pipeline", "tiny_flux_pipeline", "tiny_hunyuan_video_pipeline", "tiny_wan_pipeline"]
 
 
 def tiny_flux_pipeline(*, guidance_embeds: bool = True, static_shift: bool = False, seed: int = 0,
@@ -48,6 +48,13 @@ def tiny_flux_kontext_pipeline(**options):
     from diffusers import FluxKontextPipeline
 
     return FluxKontextPipeline.from_pipe(tiny_flux_pipeline(**options))
+
+
+def tiny_flux_img2img_pipeline(**options):
+    """:func:`tiny_flux_pipeline`'s components as a ``FluxImg2ImgPipeline``; same options."""
+    from diffusers import FluxImg2ImgPipeline
+
+    return FluxImg2ImgPipeline.from_pipe(tiny_flux_pipeline(**options))
 
 
 def tiny_hunyuan_video_pipeline(*, patch_size_t: int = 1, seed: int = 0, num_attention_heads: int = 2,
