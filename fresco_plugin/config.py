@@ -14,6 +14,7 @@ PromotionOrder = Literal["settled_first", "unsettled_first"]
 Expansion = Literal["hadamard", "nearest", "dct"]
 NoiseSource = Literal["generator", "hash"]
 PositionMode = Literal["center", "anchor"]
+PositionUnits = Literal["stage", "final"]
 
 # Bounds that keep planning linear and every sigma finite; far beyond any real use.
 MAX_STAGES = 8
@@ -108,6 +109,12 @@ class FrescoConfig:
     position_mode: PositionMode = "center"
     """Where a finer token sits in a mixed set: ``center`` of the area it covers (its four children average to their
     parent's position), or ``anchor``, its top-left corner (RALU's convention)."""
+    position_units: PositionUnits = "stage"
+    """The grid token positions are counted in: ``stage``, each stage's own (a sketch token sits on the integer grid a
+    stock run at the sketch resolution uses: what FLUX, Wan and HunyuanVideo, trained at many sizes, expect), or
+    ``final``, the full-resolution grid at every stage (a sketch token at the centre of the full-resolution tokens it
+    covers), for a model whose low-resolution training batches used full-resolution coordinates, as the shipped
+    scenes model's do."""
     token_multiple: int = 1
     """Keep every step's image-token count a multiple of this (promotion counts round to fit), in [1, 65536].
     Context parallelism raises it to its degree by itself; set it to reproduce a parallel run's plan on one
@@ -132,7 +139,8 @@ class FrescoConfig:
         object.__setattr__(self, "promotion_ratio", _number("promotion_ratio", self.promotion_ratio))
         if self.promotion_threshold is not None:
             object.__setattr__(self, "promotion_threshold", _number("promotion_threshold", self.promotion_threshold))
-        for name in ("promotion_order", "score", "strategy", "expansion", "noise_source", "position_mode"):
+        for name in ("promotion_order", "score", "strategy", "expansion", "noise_source", "position_mode",
+                     "position_units"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"FrescoConfig.{name}={getattr(self, name)!r}: give a name (a string)")
         if not isinstance(self.strategy_options, Mapping) or not all(isinstance(k, str) for k in self.strategy_options):
@@ -199,6 +207,9 @@ class FrescoConfig:
             raise ValueError(f"FrescoConfig.noise_source={self.noise_source!r}; use 'generator' or 'hash'")
         if self.position_mode not in ("center", "anchor"):
             raise ValueError(f"FrescoConfig.position_mode={self.position_mode!r}; use 'center' or 'anchor'")
+        if self.position_units not in ("stage", "final"):
+            raise ValueError(f"FrescoConfig.position_units={self.position_units!r}; use 'stage' (each stage's own "
+                             "grid, as stock runs at that size) or 'final' (the full-resolution grid throughout)")
         from .registry import get_score, get_strategy  # late: the registries import this module's neighbours
 
         history = int(getattr(get_score(self.score), "min_history", 1))

@@ -1,7 +1,8 @@
 """The Fresco sampler: a k-diffusion-style Euler loop over ``(denoise, plan)`` whose token layout changes.
 
 The loop knows nothing of any pipeline. ``denoise(latents, positions, step)`` returns the flow velocity for a
-``(B, N, D)`` latent whose tokens sit at ``positions`` (``(B, N, 2)``, rows/cols in units of the stage's base grid);
+``(B, N, D)`` latent whose tokens sit at ``positions`` (``(B, N, 2)``, rows/cols in units of the stage's base grid,
+or of the full-resolution grid with ``position_units="final"``);
 ``step`` carries the sigma and the model timestep. The integration supplies it, the stage schedules and the noise.
 """
 
@@ -85,7 +86,8 @@ def sample(
         if rewound_to is not None:
             sigmas[0], timesteps[0] = rewound_to, rewound_to * schedule.timestep_scale
             rewound_to = None
-        positions = layout.positions(stage.level, config.position_mode)
+        grid_level = stage.level if config.position_units == "stage" else 0  # the grid positions are counted on
+        positions = layout.positions(grid_level, config.position_mode)
         last_round = max(stage.promotion_after, default=0)
         for local in range(stage.num_steps):
             step = Step(stage.first_step + local, stage.index, sigmas[local], timesteps[local])
@@ -136,7 +138,7 @@ def sample(
             else:
                 kept = (~promote).nonzero()[:, 1].view(promote.shape[0], -1)
                 history = [_keep(record, kept, x.shape[1]) for record in history]
-                positions = layout.positions(stage.level, config.position_mode)
+                positions = layout.positions(grid_level, config.position_mode)
                 if moved:
                     sigmas[local + 1], timesteps[local + 1] = reached, reached * schedule.timestep_scale
 

@@ -41,6 +41,7 @@ field_values = {
     "expansion": st.one_of(st.sampled_from(["hadamard", "nearest", "dct"]), weird),
     "noise_source": st.one_of(st.sampled_from(["generator", "hash"]), weird),
     "position_mode": st.one_of(st.sampled_from(["center", "anchor"]), weird),
+    "position_units": st.one_of(st.sampled_from(["stage", "final"]), weird),
     "token_multiple": count,
     "restart_shift_scale": number,
 }
@@ -60,6 +61,7 @@ plausible_values = {
     "expansion": st.sampled_from(["hadamard", "nearest", "dct"]),
     "noise_source": st.sampled_from(["generator", "hash"]),
     "position_mode": st.sampled_from(["center", "anchor"]),
+    "position_units": st.sampled_from(["stage", "final"]),
     "token_multiple": st.integers(1, 4),
     "restart_shift_scale": st.floats(0.01, 100),
 }

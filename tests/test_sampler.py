@@ -28,7 +28,7 @@ def _oracle(target: torch.Tensor, stages, config):
     """
 
     def denoise(latents, positions, step):
-        base = stages[step.stage].level
+        base = stages[step.stage].level if config.position_units == "stage" else 0
         scale = 2.0**base
         centre = positions[..., 1:] * scale + (scale - 1) / 2  # full-resolution coordinates of each token's centre
         row = (centre[..., 0] // 4).long().clamp(0, GEOMETRY.rows // 4 - 1) * 4
@@ -48,6 +48,8 @@ def _oracle(target: torch.Tensor, stages, config):
                      promotion_order="unsettled_first", score="channel_variance"),
         FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(4, 3), strategy="dct-rewind"),
         FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(4, 3), strategy="fresh-noise", expansion="nearest"),
+        FrescoConfig(stage_scales=(0.25, 0.5, 1.0), stage_steps=(4, 4, 3), promotion_rounds=1,
+                     position_units="final"),
     ],
 )
 def test_every_plan_reaches_the_oracle_target(config):
@@ -95,3 +97,21 @@ def test_resolution_maps_say_which_tokens_ran_at_full_resolution_from_which_step
     # each promoted token covers a whole 2x2 block of the full grid
     blocks = (mixed == 0).view(GEOMETRY.rows // 2, 2, GEOMETRY.cols // 2, 2).sum((1, 3))
     assert set(blocks.unique().tolist()) == {0, 4}
+
+
+@pytest.mark.parametrize("units, sketch_cols", [("stage", [0.0, 1.0, 2.0]), ("final", [0.5, 2.5, 4.5])])
+def test_position_units_say_which_grid_a_sketch_token_is_counted_on(units, sketch_cols):
+    config = FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(2, 1), promotion_rounds=0, position_units=units)
+    stages = plan_stages(config, None, min_score_history=min_score_history(config))
+    field = NoiseField.from_hash([3], GEOMETRY.channels, GEOMETRY.rows * 2, GEOMETRY.cols * 2)
+    first = field.tokens(TokenLayout.uniform(1, GEOMETRY, stages[0].level, torch.device("cpu")), GEOMETRY)
+    seen = {}
+
+    def denoise(latents, positions, step):
+        seen.setdefault(step.stage, positions[0])
+        return torch.zeros_like(latents)
+
+    sample(denoise, first, config=config, stages=stages, schedules=static_schedules(stages, shift=3.0),
+           geometry=GEOMETRY, field=field)
+    assert seen[0][:3, 2].tolist() == sketch_cols  # a half-resolution token covers 2x2 full-resolution ones
+    assert seen[1][:13, 1:].tolist() == [[0.0, float(c)] for c in range(12)] + [[1.0, 0.0]]  # full stage: as stock
