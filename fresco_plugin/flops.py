@@ -28,7 +28,7 @@ FORWARD_FLOPS_FILE = "model_configs/forward_flops.json"
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    family: str  # "flux" | "hunyuan-video" | "wan"
+    family: str  # "flux" | "qwen-image" | "hunyuan-video" | "wan"
     text_tokens: int  # the pipeline's default max_sequence_length
     classifier_free_guidance: bool  # True: two forwards per step unless guidance_scale <= 1
     baseline: str  # the model whose 50-step full-resolution run is the reference
@@ -45,7 +45,7 @@ class ModelSpec:
 
     @property
     def video(self) -> bool:
-        return self.family != "flux"
+        return self.family in ("hunyuan-video", "wan")
 
     def token_grid(self, height: int, width: int, frames: int) -> tuple[int, int, int]:
         """(latent frames, token rows, token cols): VAE 8x spatial (4x temporal for video), 2x2 patches."""
@@ -69,6 +69,8 @@ MODELS: dict[str, ModelSpec] = {
     # FLUX.1-Kontext-dev: FLUX.1-dev's architecture, 28 steps by default, plus the reference tokens
     "flux-kontext": ModelSpec("flux-kontext", "flux", 512, False, "flux-kontext", (1024, 1024, 1), default_steps=28,
                               reference_image=True),
+    # Qwen-Image (20B): true CFG by default (true_cfg_scale 4 with a negative prompt), so two forwards per step
+    "qwen-image": ModelSpec("qwen-image", "qwen-image", 512, True, "qwen-image", (1024, 1024, 1)),
     "hunyuan-video": ModelSpec("hunyuan-video", "hunyuan-video", 256, False, "hunyuan-video", (720, 1280, 125)),
     "wan2.1-t2v-14b": ModelSpec("wan2.1-t2v-14b", "wan", 512, True, "wan2.1-t2v-14b", (720, 1280, 81)),
     # two 14B experts split at a timestep, one per step: a forward costs what Wan2.1-14B's does; 40 steps by default

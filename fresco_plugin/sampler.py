@@ -30,6 +30,7 @@ class Step:
     stage: int
     sigma: torch.Tensor  # 0-dim float32
     timestep: torch.Tensor  # 0-dim float32, the scheduler's timestep (sigma * 1000 for FLUX)
+    grid_level: int = 0  # the level whose token grid the positions count on (0: full resolution)
 
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, Step], torch.Tensor]
@@ -90,7 +91,7 @@ def sample(
         positions = layout.positions(grid_level, config.position_mode)
         last_round = max(stage.promotion_after, default=0)
         for local in range(stage.num_steps):
-            step = Step(stage.first_step + local, stage.index, sigmas[local], timesteps[local])
+            step = Step(stage.first_step + local, stage.index, sigmas[local], timesteps[local], grid_level)
             if not interrupted():
                 if layout is not mapped:
                     levels = layout.level_map(geometry)

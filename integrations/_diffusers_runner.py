@@ -320,9 +320,12 @@ class DiffusersFrescoRunner:
             base = np.linspace(1.0, 1.0 / total, total)  # unshifted, for explicit stage shifts
         out = []
         dynamic = scheduler.config.get("use_dynamic_shifting", False)
+        terminal = scheduler.config.get("shift_terminal")
         for stage in stages:
             end = stage.last_step + 1 if stage.last_step < total else stage.last_step
-            piece = base[stage.first_step:end]
+            # a terminal shift (Qwen-Image) stretches the whole schedule: shift all of it, then take this stage's slice
+            first, end = (0, len(base)) if terminal else (stage.first_step, end)
+            piece = base[first:end]
             rows, cols = geometry.grid(stage.level)
             mu = self.mu(rows * cols * geometry.num_frames) if dynamic else None
             shift = stage.shift
@@ -334,15 +337,20 @@ class DiffusersFrescoRunner:
             if shift is not None:
                 shifted = np.asarray(shift_sigmas(np.asarray(piece, dtype=np.float32), shift=shift),
                                      dtype=np.float32)
+                if terminal:
+                    shifted = scheduler.stretch_shift_to_terminal(shifted)
                 sigmas = torch.cat([torch.from_numpy(shifted), torch.zeros(1)]).to(device)
                 timesteps = sigmas[:-1] * scale
             elif stock is not None:
                 sigmas = stock[0][stage.first_step:stage.last_step + 1]
                 timesteps = stock[1][stage.first_step:stage.last_step]
+                first = stage.first_step
             else:
                 kwargs = {"mu": mu} if mu is not None else {}
                 timesteps, _ = retrieve_timesteps(scheduler, None, device, sigmas=piece, **kwargs)
                 sigmas = scheduler.sigmas
+            offset = stage.first_step - first
+            sigmas, timesteps = sigmas[offset:], timesteps[offset:]
             out.append(StageSchedule(sigmas[: stage.num_steps + 1].clone(), timesteps[: stage.num_steps].clone(),
                                      scale))
         self.pipe._num_timesteps = total

@@ -80,10 +80,11 @@ class GridPositionsRunner(DiffusersFrescoRunner):
 
     positions_module: ClassVar[str] = "rope"
     positions_at: ClassVar[staticmethod]
+    position_hook_class: ClassVar[type[PositionHook]] = PositionHook
 
     def __init__(self, pipe: Any, config: FrescoConfig):
         super().__init__(pipe, config)
-        self.position_hook = PositionHook(type(self).positions_at, self)
+        self.position_hook = self.position_hook_class(type(self).positions_at, self)
         for module in self._position_modules():
             _attach(module, self.position_hook)
 

@@ -32,6 +32,7 @@ from fresco_plugin.tools.tiny import (
     tiny_flux_kontext_pipeline,
     tiny_flux_pipeline,
     tiny_hunyuan_video_pipeline,
+    tiny_qwen_image_pipeline,
     tiny_wan_pipeline,
 )
 
@@ -77,6 +78,19 @@ def _wan_text(batch: int, seed: int) -> dict[str, Any]:
 def _wan_negative(batch: int, seed: int) -> dict[str, Any]:
     g = torch.Generator().manual_seed(seed + 100)
     return {"guidance_scale": 5.0, "negative_prompt_embeds": _randn(g, batch, 6, 32)}
+
+
+def _qwen_text(batch: int, seed: int) -> dict[str, Any]:
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(batch, 7, dtype=torch.long)
+    mask[:, 5:] = 0
+    return {"prompt_embeds": _randn(g, batch, 7, 32), "prompt_embeds_mask": mask, "true_cfg_scale": 1.0}
+
+
+def _qwen_negative(batch: int, seed: int) -> dict[str, Any]:
+    text = _qwen_text(batch, seed + 100)
+    return {"true_cfg_scale": 3.0, "negative_prompt_embeds": text["prompt_embeds"],
+            "negative_prompt_embeds_mask": text["prompt_embeds_mask"]}
 
 
 def _sequence_tokens(kwargs: dict[str, Any]) -> int:
@@ -126,6 +140,9 @@ CASES = [
     Case("flux-img2img", diffusers.FluxImg2ImgPipeline, tiny_flux_img2img_pipeline, _flux_text, _flux_negative,
          dict(height=64, width=64), (32, 32), "images", _sequence_tokens,
          extra=dict(image=torch.randn(1, 4, 64, 64, generator=torch.Generator().manual_seed(6)), strength=1.0)),
+    # Qwen-Image: positions from img_shapes through the rope hook; CFG rescaled by norms; a terminal shift
+    Case("qwen-image", diffusers.QwenImagePipeline, tiny_qwen_image_pipeline, _qwen_text, _qwen_negative,
+         dict(height=64, width=64), (16, 16), "images", _sequence_tokens),
     # 64x80 pixels, 5 frames: 2 latent frames of 4x5 tokens (an odd side)
     Case("hunyuan-video", diffusers.HunyuanVideoPipeline, tiny_hunyuan_video_pipeline, _hunyuan_text,
          _hunyuan_negative, dict(height=64, width=80, num_frames=5), (4, 5, 2), "frames", _video_tokens),

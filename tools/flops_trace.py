@@ -103,7 +103,7 @@ class TransformerFlops:
         import diffusers
 
         classes = {"flux": diffusers.FluxTransformer2DModel, "hunyuan-video": diffusers.HunyuanVideoTransformer3DModel,
-                   "wan": diffusers.WanTransformer3DModel}
+                   "wan": diffusers.WanTransformer3DModel, "qwen-image": diffusers.QwenImageTransformer2DModel}
         with torch.device("meta"):
             return classes[self.family](**self.config)
 
@@ -120,6 +120,9 @@ class TransformerFlops:
                 if c.get("guidance_embeds"):
                     inputs["guidance"] = torch.empty(1)
                 return inputs
+            if self.family == "qwen-image":  # packed tokens; positions from img_shapes (a 1 x n strip)
+                return dict(hidden_states=torch.empty(1, n, c["in_channels"]), timestep=torch.empty(1),
+                            encoder_hidden_states=torch.empty(1, t, c["joint_attention_dim"]), img_shapes=[[(1, 1, n)]])
             # video models take a latent grid: a 1-frame, 1 x n token strip
             patch = c["patch_size"] if self.family == "hunyuan-video" else c["patch_size"][-1]
             hidden = torch.empty(1, c["in_channels"], 1, patch, patch * n)

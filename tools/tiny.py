@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 
 __all__ = ["random_flux_pipeline", "random_hunyuan_video_pipeline", "tiny_flux_img2img_pipeline",
-           "tiny_flux_kontext_pipeline", "tiny_flux_pipeline", "tiny_hunyuan_video_pipeline", "tiny_wan_pipeline"]
+           "tiny_flux_kontext_pipeline", "tiny_flux_pipeline", "tiny_hunyuan_video_pipeline",
+           "tiny_qwen_image_pipeline", "tiny_wan_pipeline"]
 
 
 def tiny_flux_pipeline(*, guidance_embeds: bool = True, static_shift: bool = False, seed: int = 0,
@@ -55,6 +56,30 @@ def tiny_flux_img2img_pipeline(**options):
     from diffusers import FluxImg2ImgPipeline
 
     return FluxImg2ImgPipeline.from_pipe(tiny_flux_pipeline(**options))
+
+
+def tiny_qwen_image_pipeline(*, seed: int = 0, guidance_embeds: bool = False):
+    """A Qwen-Image-architecture pipeline of a few thousand parameters, without its text encoder (pass
+    ``prompt_embeds``), with Qwen-Image's own scheduler (dynamic shift, terminal shift 0.02)."""
+    from diffusers import (
+        AutoencoderKLQwenImage,
+        FlowMatchEulerDiscreteScheduler,
+        QwenImagePipeline,
+        QwenImageTransformer2DModel,
+    )
+
+    torch.manual_seed(seed)
+    transformer = QwenImageTransformer2DModel(
+        patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=32, guidance_embeds=guidance_embeds, axes_dims_rope=(4, 6, 6),
+    )
+    vae = AutoencoderKLQwenImage(base_dim=8, z_dim=4, dim_mult=[1, 2], num_res_blocks=1, temperal_downsample=[False],
+                                 latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        base_image_seq_len=256, base_shift=0.5, max_image_seq_len=8192, max_shift=0.9, shift=1.0, shift_terminal=0.02,
+        time_shift_type="exponential", use_dynamic_shifting=True,
+    )
+    return QwenImagePipeline(scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None, transformer=transformer)
 
 
 def tiny_hunyuan_video_pipeline(*, patch_size_t: int = 1, seed: int = 0, num_attention_heads: int = 2,

@@ -1,0 +1,56 @@
+"""Qwen-Image specifics beyond the adapter contract: the rope hook, the terminal shift, the guidance rescale."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers.models.transformers.transformer_qwenimage import QwenEmbedRope
+
+from fresco_plugin import FrescoConfig, apply_fresco, last_fresco_run
+from fresco_plugin.integrations.diffusers_qwen_image import qwen_guidance, qwen_rope_at_positions
+from fresco_plugin.layout import TokenGeometry, TokenLayout
+from fresco_plugin.tools.tiny import tiny_qwen_image_pipeline
+
+
+@pytest.mark.parametrize("scale_rope", [True, False])
+@pytest.mark.parametrize("rows, cols", [(6, 8), (5, 7)])
+def test_the_rope_at_integer_positions_is_the_stock_table(scale_rope, rows, cols):
+    rope = QwenEmbedRope(theta=10000, axes_dim=[4, 6, 6], scale_rope=scale_rope)
+    positions = TokenLayout.uniform(1, TokenGeometry(4, 2, rows, cols), 0, torch.device("cpu")).positions(0)[0]
+    stock_image, _ = rope([[(1, rows, cols)]], max_txt_seq_len=3, device=torch.device("cpu"))
+    assert torch.equal(qwen_rope_at_positions(rope, positions, rows, cols), stock_image)
+
+
+def test_a_sketch_is_told_stock_text_positions_for_its_own_grid():
+    """The text frequencies start past the grid's half-size: a sketch gets those of a stock call at its size."""
+    pipe = tiny_qwen_image_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    seen = []
+    pipe.transformer.pos_embed.register_forward_hook(lambda module, args, output: seen.append((args[0], output)))
+    apply_fresco(pipe, FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(2, 2), promotion_rounds=0))
+    pipe(prompt_embeds=torch.randn(1, 5, 32), true_cfg_scale=1.0, height=64, width=64, output_type="latent")
+    (sketch_shapes, (sketch_image, sketch_text)), *_, (full_shapes, (full_image, full_text)) = seen
+    assert sketch_shapes[0][0] == (1, 8, 8) and full_shapes[0][0] == (1, 16, 16)
+    rope = pipe.transformer.pos_embed
+    assert torch.equal(sketch_text, rope([[(1, 8, 8)]], max_txt_seq_len=5, device=torch.device("cpu"))[1])
+    assert sketch_image.shape[0] == 64 and full_image.shape[0] == 256
+
+
+def test_the_terminal_shift_stretches_the_whole_schedule_once():
+    pipe = tiny_qwen_image_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    apply_fresco(pipe, FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(4, 4), promotion_rounds=0))
+    pipe(prompt_embeds=torch.randn(1, 5, 32), true_cfg_scale=1.0, height=64, width=64, output_type="latent")
+    sigmas = last_fresco_run(pipe).sigmas_used
+    assert sigmas[3] > 0.3  # the sketch's slice is not stretched down to the terminal value on its own
+    scheduler = pipe.scheduler
+    scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / 8, 8), mu=0.5)  # 256 tokens: the base shift
+    assert sigmas[4:] == pytest.approx(scheduler.sigmas[4:8].tolist())  # full-resolution stage: stock's own tail
+    assert scheduler.sigmas[7] == pytest.approx(0.02)
+
+
+def test_guidance_keeps_the_conditional_norm_per_token():
+    cond, uncond = torch.randn(2, 5, 8), torch.randn(2, 5, 8)
+    combined = qwen_guidance(cond, uncond, 4.0)
+    assert torch.allclose(combined.norm(dim=-1), cond.norm(dim=-1), atol=1e-5)
+    direction = uncond + 4.0 * (cond - uncond)
+    assert torch.allclose(torch.nn.functional.cosine_similarity(combined, direction, dim=-1), torch.ones(2, 5))
