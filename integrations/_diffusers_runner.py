@@ -321,6 +321,9 @@ class DiffusersFrescoRunner:
         out = []
         dynamic = scheduler.config.get("use_dynamic_shifting", False)
         terminal = scheduler.config.get("shift_terminal")
+        if terminal and total < 2:  # its stretch divides by 1 - the last sigma, which is 0 for a 1-step schedule
+            raise ValueError(f"num_inference_steps={total} with this scheduler's shift_terminal={terminal} gives NaN "
+                             "(stock's too); use at least 2 steps")
         for stage in stages:
             end = stage.last_step + 1 if stage.last_step < total else stage.last_step
             # a terminal shift (Qwen-Image) stretches the whole schedule: shift all of it, then take this stage's slice

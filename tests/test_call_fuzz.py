@@ -1,7 +1,7 @@
-"""Property test of the call contract: 300 generated calls of the tiny FLUX pipeline, 100 each of FLUX.1-Kontext's and
-Img2Img's and 100 of each tiny video pipeline (HunyuanVideo, Wan2.1, Wan2.2's two experts) with Fresco on. Each call
-either runs (finite output of the stock pipeline's shape, for the same arguments) or is refused with a ValueError that
-names the argument to change; never another exception, never NaN."""
+"""Property test of the call contract: 300 generated calls of the tiny FLUX pipeline, 100 each of FLUX.1-Kontext's,
+Img2Img's and Qwen-Image's and 100 of each tiny video pipeline (HunyuanVideo, Wan2.1, Wan2.2's two experts) with
+Fresco on. Each call either runs (finite output of the stock pipeline's shape, for the same arguments) or is refused
+with a ValueError that names the argument to change; never another exception, never NaN."""
 
 import functools
 import warnings
@@ -18,6 +18,7 @@ from fresco_plugin.tools.tiny import (
     tiny_flux_kontext_pipeline,
     tiny_flux_pipeline,
     tiny_hunyuan_video_pipeline,
+    tiny_qwen_image_pipeline,
     tiny_wan_pipeline,
 )
 
@@ -157,6 +158,40 @@ def test_every_img2img_call_runs_like_stock_or_is_refused_naming_the_argument(co
         _video_pipes["img2img"] = tiny_flux_img2img_pipeline()
         _video_pipes["img2img"].set_progress_bar_config(disable=True)
     _judge(_video_pipes["img2img"], CONFIGS[config], call, _img2img_run)
+
+
+def _qwen_run(pipe, call):
+    batch, tokens = call.pop("batch"), call.pop("text_tokens")
+    g = torch.Generator().manual_seed(1)
+    mask = torch.ones(batch, tokens, dtype=torch.long)
+    mask[:, tokens // 2 + 1:] = 0
+    text = {"prompt_embeds": torch.randn(batch, tokens, 32, generator=g), "prompt_embeds_mask": mask}
+    if call.pop("negative"):
+        negative = torch.randn(batch, tokens, 32, generator=g)
+        text.update(negative_prompt_embeds=negative, negative_prompt_embeds_mask=mask)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pipe(**text, **call, generator=torch.Generator().manual_seed(0)).images
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(
+    config=st.sampled_from(sorted(CONFIGS)),
+    height=st.sampled_from([1, 8, 16, 32, 48]),
+    width=st.sampled_from([8, 16, 32, 40]),
+    text_tokens=st.integers(1, 6),
+    num_inference_steps=st.integers(1, 6),
+    num_images_per_prompt=st.sampled_from([0, 1, 1, 1, 2]),
+    batch=st.integers(1, 2),
+    true_cfg_scale=st.sampled_from([1.0, 4.0]),
+    negative=st.booleans(),
+    output_type=st.sampled_from(["latent", "np"]),
+)
+def test_every_qwen_image_call_runs_like_stock_or_is_refused_naming_the_argument(config, **call):
+    if "qwen" not in _video_pipes:
+        _video_pipes["qwen"] = tiny_qwen_image_pipeline()
+        _video_pipes["qwen"].set_progress_bar_config(disable=True)
+    _judge(_video_pipes["qwen"], CONFIGS[config], call, _qwen_run)
 
 
 def _video_text(name, batch, seed):
