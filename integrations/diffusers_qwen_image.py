@@ -13,9 +13,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from diffusers import QwenImagePipeline
+from diffusers import QwenImageEditPipeline, QwenImagePipeline
 from diffusers.pipelines.qwenimage.pipeline_output import QwenImagePipelineOutput
 from diffusers.pipelines.qwenimage.pipeline_qwenimage import logger as qwen_logger
+from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit import calculate_dimensions
 
 from fresco_plugin.layout import TokenGeometry
 from fresco_plugin.sampler import Step
@@ -24,7 +25,7 @@ from ._diffusers_runner import CallArguments, TransformerDenoiser, rows_for
 from ._positions import GridPositionsRunner, PositionHook
 from .diffusers_flux import FluxFrescoRunner
 
-__all__ = ["QwenImageFrescoRunner", "qwen_guidance", "qwen_rope_at_positions"]
+__all__ = ["QwenImageEditFrescoRunner", "QwenImageFrescoRunner", "qwen_guidance", "qwen_rope_at_positions"]
 
 
 def qwen_rope_at_positions(rope: torch.nn.Module, positions: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
@@ -44,14 +45,16 @@ def qwen_rope_at_positions(rope: torch.nn.Module, positions: torch.Tensor, rows:
 
 
 class _QwenPositionHook(PositionHook):
-    """The rope module answers (image, text) frequencies; the text ones depend on the grid named in ``img_shapes``, so
-    they stay stock's and only the image ones move to the tokens' positions."""
+    """The rope module answers (image, text) frequencies for the grids named in ``img_shapes``: the generated one,
+    then any reference image's (editing). Only the generated grid's part moves to the tokens' positions; the reference's
+    and the text's (which start past the largest grid's half-size) stay stock's."""
 
     def __call__(self, module: torch.nn.Module, args: tuple, output: Any) -> Any:
         if self.positions is None:
             return None
         _, rows, cols = args[0][0][0]  # img_shapes: per image, a list of (frames, rows, cols)
-        return self.positions_at(module, self.positions, rows, cols), output[1]
+        image = torch.cat([self.positions_at(module, self.positions, rows, cols), output[0][rows * cols:]])
+        return image, output[1]
 
 
 def qwen_guidance(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
@@ -72,6 +75,9 @@ class QwenImageFrescoRunner(GridPositionsRunner, FluxFrescoRunner):
 
     def check(self, call: CallArguments) -> CallArguments:
         pipe = self.pipe
+        if getattr(pipe.transformer.config, "zero_cond_t", False):
+            raise ValueError("Fresco does not run a zero_cond_t transformer yet (Qwen-Image-Edit-2511: it modulates "
+                             "tokens by their index in the full grid); call remove_fresco(pipe) to use it")
         call = call.resolved(height=call.height or pipe.default_sample_size * pipe.vae_scale_factor,
                              width=call.width or pipe.default_sample_size * pipe.vae_scale_factor)
         pipe.check_inputs(
@@ -100,13 +106,18 @@ class QwenImageFrescoRunner(GridPositionsRunner, FluxFrescoRunner):
         def encode(prompt, embeds, mask):
             return dict(zip(("prompt_embeds", "prompt_embeds_mask"), self.pipe.encode_prompt(
                 prompt=prompt, prompt_embeds=embeds, prompt_embeds_mask=mask, device=device,
-                num_images_per_prompt=call.num_images_per_prompt, max_sequence_length=call.max_sequence_length)))
+                num_images_per_prompt=call.num_images_per_prompt, max_sequence_length=call.max_sequence_length,
+                **self.prompt_image(call))))
 
         text = encode(call.prompt, call.prompt_embeds, call.prompt_embeds_mask)
         negative = None
         if call.true_cfg_scale > 1 and has_negative:
             negative = encode(call.negative_prompt, call.negative_prompt_embeds, call.negative_prompt_embeds_mask)
         return text, negative
+
+    def prompt_image(self, call: CallArguments) -> dict[str, Any]:
+        """What ``encode_prompt`` reads besides the text (editing: the reference picture)."""
+        return {}
 
     def stock_noise(self, call: CallArguments, count: int, geometry: TokenGeometry, dtype: torch.dtype,
                     device: torch.device) -> torch.Tensor:
@@ -144,17 +155,66 @@ class _QwenDenoiser(TransformerDenoiser):
     def forward(self, text: dict[str, Any], latents: torch.Tensor, positions: torch.Tensor, step: Step,
                 rows: slice) -> torch.Tensor:
         grid_rows, grid_cols = self.geometry.grid(step.grid_level)  # the grid the positions count on, as stock's
+        shapes, hidden = [(1, grid_rows, grid_cols)], latents
+        reference = text.get("reference")
+        if reference is not None:  # editing: the reference image's tokens after the generated ones, whole
+            shapes.append(text["reference_shape"])
+            hidden = torch.cat([latents, rows_for(reference, rows)], dim=1)
         self.position_hook.positions = positions
         try:
             return self.pipe.transformer(
-                hidden_states=latents,
+                hidden_states=hidden,
                 timestep=step.timestep.expand(latents.shape[0]).to(latents.dtype) / 1000,
                 guidance=rows_for(self.guidance, rows),
                 encoder_hidden_states_mask=rows_for(text["prompt_embeds_mask"], rows),
                 encoder_hidden_states=rows_for(text["prompt_embeds"], rows),
-                img_shapes=[[(1, grid_rows, grid_cols)]] * latents.shape[0],
+                img_shapes=[shapes] * latents.shape[0],
                 attention_kwargs=self.pipe.attention_kwargs,
                 return_dict=False,
-            )[0]
+            )[0][:, :latents.shape[1]]
         finally:
             self.position_hook.positions = None
+
+
+class QwenImageEditFrescoRunner(QwenImageFrescoRunner):
+    """Runs ``QwenImageEditPipeline.__call__``'s job: the edited image is sketched and promoted while the reference's
+    tokens ride along whole in every forward, with stock's rotary frequencies (frame 1 of ``img_shapes``)."""
+
+    pipeline_class = QwenImageEditPipeline
+
+    def reference_size(self, call: CallArguments) -> tuple[int, int]:
+        """(height, width) stock gives the reference: the image's aspect ratio at a 1024x1024 area, in 32s."""
+        size = call.image[0].size if isinstance(call.image, list) else call.image.size
+        width, height, _ = calculate_dimensions(1024 * 1024, size[0] / size[1])
+        return height, width
+
+    def check(self, call: CallArguments) -> CallArguments:
+        if call.image is None:
+            raise ValueError("QwenImageEditPipeline needs image=, the picture to edit")
+        height, width = self.reference_size(call)
+        multiple = self.pipe.vae_scale_factor * 2
+        return super().check(call.resolved(height=(call.height or height) // multiple * multiple,
+                                           width=(call.width or width) // multiple * multiple))
+
+    def prompt_image(self, call: CallArguments) -> dict[str, Any]:
+        return {"image": self.pipe.image_processor.resize(call.image, *self.reference_size(call))}
+
+    def encode(self, call: CallArguments, device: torch.device) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        text, negative = super().encode(call, device)
+        pipe = self.pipe
+        height, width = self.reference_size(call)
+        image = pipe.image_processor.preprocess(self.prompt_image(call)["image"], height, width).unsqueeze(2)
+        channels = pipe.transformer.config.in_channels // 4
+        placeholder = torch.empty(0)  # the edited image's noise comes from initial_noise, in stock's order
+        _, reference = pipe.prepare_latents(image, self.batch_size(call), channels, call.height, call.width,
+                                            text["prompt_embeds"].dtype, device, call.generator, placeholder)
+        shape = (1, height // pipe.vae_scale_factor // 2, width // pipe.vae_scale_factor // 2)
+        for conditioning in (text, negative):  # both guidance branches see the same reference
+            if conditioning is not None:
+                conditioning.update(reference=reference, reference_shape=shape)
+        return text, negative
+
+    def stock_noise(self, call: CallArguments, count: int, geometry: TokenGeometry, dtype: torch.dtype,
+                    device: torch.device) -> torch.Tensor:
+        return self.pipe.prepare_latents(None, count, geometry.channels, call.height, call.width, dtype, device,
+                                         call.generator)[0]

@@ -32,6 +32,7 @@ from fresco_plugin.tools.tiny import (
     tiny_flux_kontext_pipeline,
     tiny_flux_pipeline,
     tiny_hunyuan_video_pipeline,
+    tiny_qwen_image_edit_pipeline,
     tiny_qwen_image_pipeline,
     tiny_wan_pipeline,
 )
@@ -125,6 +126,7 @@ class Case:
     tokens_in: Callable[[dict[str, Any]], int]  # tokens in one transformer forward, from its keyword arguments
     output_types: tuple[str, ...] = ("latent", "pt", "np", "pil")
     extra: dict[str, Any] = field(default_factory=dict)
+    slow: bool = False  # out of the default run (-m slow runs it)
 
 
 CASES = [
@@ -143,6 +145,11 @@ CASES = [
     # Qwen-Image: positions from img_shapes through the rope hook; CFG rescaled by norms; a terminal shift
     Case("qwen-image", diffusers.QwenImagePipeline, tiny_qwen_image_pipeline, _qwen_text, _qwen_negative,
          dict(height=64, width=64), (16, 16), "images", _sequence_tokens),
+    # Qwen-Image-Edit: stock resizes the reference to a 1024x1024 area (64x64 reference tokens, 3 s of VAE per call
+    # on a CPU): slow; test_qwen_image.py checks identity and the reference in the default run
+    Case("qwen-image-edit", diffusers.QwenImageEditPipeline, tiny_qwen_image_edit_pipeline, _qwen_text, _qwen_negative,
+         dict(height=128, width=128), (8, 8), "images", lambda kwargs: kwargs["hidden_states"].shape[1] - 52 * 78,
+         extra=dict(image=PIL.Image.new("RGB", (48, 32), (90, 140, 200))), slow=True),
     # 64x80 pixels, 5 frames: 2 latent frames of 4x5 tokens (an odd side)
     Case("hunyuan-video", diffusers.HunyuanVideoPipeline, tiny_hunyuan_video_pipeline, _hunyuan_text,
          _hunyuan_negative, dict(height=64, width=80, num_frames=5), (4, 5, 2), "frames", _video_tokens),
@@ -157,7 +164,8 @@ CASES = [
 ]
 
 
-@pytest.fixture(params=CASES, ids=[c.name for c in CASES])
+@pytest.fixture(params=[pytest.param(c, marks=pytest.mark.slow) if c.slow else c for c in CASES],
+                ids=[c.name for c in CASES])
 def case(request) -> Case:
     return request.param
 

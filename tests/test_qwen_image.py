@@ -1,14 +1,15 @@
 """Qwen-Image specifics beyond the adapter contract: the rope hook, the terminal shift, the guidance rescale."""
 
 import numpy as np
+import PIL.Image
 import pytest
 import torch
 from diffusers.models.transformers.transformer_qwenimage import QwenEmbedRope
 
-from fresco_plugin import FrescoConfig, apply_fresco, last_fresco_run
+from fresco_plugin import FrescoConfig, apply_fresco, last_fresco_run, remove_fresco
 from fresco_plugin.integrations.diffusers_qwen_image import qwen_guidance, qwen_rope_at_positions
 from fresco_plugin.layout import TokenGeometry, TokenLayout
-from fresco_plugin.tools.tiny import tiny_qwen_image_pipeline
+from fresco_plugin.tools.tiny import tiny_qwen_image_edit_pipeline, tiny_qwen_image_pipeline
 
 
 @pytest.mark.parametrize("scale_rope", [True, False])
@@ -54,3 +55,30 @@ def test_guidance_keeps_the_conditional_norm_per_token():
     assert torch.allclose(combined.norm(dim=-1), cond.norm(dim=-1), atol=1e-5)
     direction = uncond + 4.0 * (cond - uncond)
     assert torch.allclose(torch.nn.functional.cosine_similarity(combined, direction, dim=-1), torch.ones(2, 5))
+
+
+def test_editing_is_stock_bit_for_bit_in_one_stage_and_keeps_the_reference_whole_in_a_sketch():
+    """Qwen-Image-Edit with true CFG (its contract row is slow: stock resizes the reference to a 1024x1024 area)."""
+    pipe = tiny_qwen_image_edit_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    picture = PIL.Image.new("RGB", (48, 32), (90, 140, 200))
+    text, negative = torch.randn(1, 5, 32), torch.randn(1, 5, 32)
+
+    def edit():
+        return pipe(image=picture, prompt_embeds=text, negative_prompt_embeds=negative, true_cfg_scale=3.0,
+                    height=128, width=128, num_inference_steps=4, output_type="latent",
+                    generator=torch.Generator().manual_seed(0)).images
+
+    stock = edit()
+    apply_fresco(pipe, FrescoConfig(stage_scales=(1.0,)))
+    assert torch.equal(edit(), stock)
+    remove_fresco(pipe)
+    seen = []
+    pipe.transformer.register_forward_pre_hook(
+        lambda module, args, kw: seen.append((kw["hidden_states"].shape[1], kw["img_shapes"][0])), with_kwargs=True)
+    apply_fresco(pipe, FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(2, 2), promotion_rounds=0))
+    out = edit()
+    reference = (1, 52, 78)  # a 1024x1024 area at 3:2 in 32s (1248x832 pixels), 8x VAE, 2x2 tokens
+    assert seen[0] == (4 * 4 + 52 * 78, [(1, 4, 4), reference])  # the sketch, the reference whole
+    assert seen[-1] == (8 * 8 + 52 * 78, [(1, 8, 8), reference])
+    assert out.shape == stock.shape and torch.isfinite(out).all()

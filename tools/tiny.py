@@ -7,7 +7,7 @@ import torch
 
 __all__ = ["random_flux_pipeline", "random_hunyuan_video_pipeline", "tiny_flux_img2img_pipeline",
            "tiny_flux_kontext_pipeline", "tiny_flux_pipeline", "tiny_hunyuan_video_pipeline",
-           "tiny_qwen_image_pipeline", "tiny_wan_pipeline"]
+           "tiny_qwen_image_edit_pipeline", "tiny_qwen_image_pipeline", "tiny_wan_pipeline"]
 
 
 def tiny_flux_pipeline(*, guidance_embeds: bool = True, static_shift: bool = False, seed: int = 0,
@@ -80,6 +80,19 @@ def tiny_qwen_image_pipeline(*, seed: int = 0, guidance_embeds: bool = False):
         time_shift_type="exponential", use_dynamic_shifting=True,
     )
     return QwenImagePipeline(scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None, transformer=transformer)
+
+
+def tiny_qwen_image_edit_pipeline(*, seed: int = 0):
+    """:func:`tiny_qwen_image_pipeline`'s transformer and scheduler as a ``QwenImageEditPipeline``, with an 8x VAE of
+    the same width: stock resizes the reference to a 1024x1024 area, which that keeps at 64x64 tokens."""
+    from diffusers import AutoencoderKLQwenImage, QwenImageEditPipeline
+
+    base = tiny_qwen_image_pipeline(seed=seed)
+    vae = AutoencoderKLQwenImage(base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                                 temperal_downsample=[False, False, False], latents_mean=[0.0] * 4,
+                                 latents_std=[1.0] * 4)
+    return QwenImageEditPipeline(scheduler=base.scheduler, vae=vae, text_encoder=None, tokenizer=None, processor=None,
+                                 transformer=base.transformer)
 
 
 def tiny_hunyuan_video_pipeline(*, patch_size_t: int = 1, seed: int = 0, num_attention_heads: int = 2,
