@@ -113,8 +113,8 @@ class FrescoConfig:
     """The grid token positions are counted in: ``stage``, each stage's own (a sketch token sits on the integer grid a
     stock run at the sketch resolution uses: what FLUX, Wan and HunyuanVideo, trained at many sizes, expect), or
     ``final``, the full-resolution grid at every stage (a sketch token at the centre of the full-resolution tokens it
-    covers), for a model whose low-resolution training batches used full-resolution coordinates, as the shipped
-    scenes model's do."""
+    covers), for a model whose low-resolution training batches used full-resolution coordinates
+    (``training/train_scenes_model.py --sketch-positions final`` trains one)."""
     token_multiple: int = 1
     """Keep every step's image-token count a multiple of this (promotion counts round to fit), in [1, 65536].
     Context parallelism raises it to its degree by itself; set it to reproduce a parallel run's plan on one

@@ -14,7 +14,10 @@ with a fixed thread count, so a rerun on the same kind of machine reproduces the
 - a ``FluxTransformer2DModel`` trained by rectified flow at 128 pixels and at 64 pixels (the 128-pixel scene
   downsampled 2x2, so both resolutions show the same scene and a low-resolution sketch means the same layout), with
   FLUX's token-count timestep shift and 10% caption dropout (the empty prompt), so true classifier-free guidance
-  (``true_cfg_scale`` with ``negative_prompt=""``) works.
+  (``true_cfg_scale`` with ``negative_prompt=""``) works. The 64-pixel batches sit on the stock integer grid;
+  ``--sketch-positions final`` puts them at the 128-pixel grid's positions instead (each token at the centre of the
+  four it covers, so a picture region has one position at both sizes; a Fresco sketch on such a model needs
+  ``FrescoConfig(position_units="final")``). Measured once, not shipped: BENCHMARKS.md, "The shipped scenes model".
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers import FluxPipeline
 
 from fresco_plugin.schedule import flux_mu
 from fresco_plugin.tools.scenes import (
@@ -115,6 +119,15 @@ def to_tensor(images: list[np.ndarray] | np.ndarray) -> torch.Tensor:
 def downsample(images: torch.Tensor) -> torch.Tensor:
     """The 64-pixel view of 128-pixel pictures: 2x2 means, so both resolutions show the same scene."""
     return torch.nn.functional.avg_pool2d(images, 2)
+
+
+def image_positions(rows: int, cols: int, factor: int, device: torch.device) -> torch.Tensor:
+    """Token positions of a ``rows x cols`` grid in units of a grid ``factor`` times finer: each token at the centre of
+    the fine tokens it covers (``factor * i + (factor - 1) / 2``), where Fresco's ``position_units="final"`` places a
+    sketch token. ``factor=1`` is the stock integer grid."""
+    ids = FluxPipeline._prepare_latent_image_ids(1, rows, cols, device, torch.float32)
+    ids[:, 1:] = ids[:, 1:] * factor + (factor - 1) / 2
+    return ids
 
 
 def cosine_lr(peak: float, step: int, steps: int, warmup: int = 100) -> float:
@@ -254,8 +267,6 @@ def encode_text(pipe, clip_ids: torch.Tensor, t5_ids: torch.Tensor) -> tuple[tor
 
 def train_transformer(pipe, latents: dict[int, torch.Tensor], prompt_ids: torch.Tensor, tokens: PromptTokens,
                       args, device: torch.device, log) -> None:
-    from diffusers import FluxPipeline
-
     modules = [pipe.transformer, pipe.text_encoder, pipe.text_encoder_2]
     parameters = [p for m in modules for p in m.parameters()]
     for module in modules:
@@ -281,7 +292,8 @@ def train_transformer(pipe, latents: dict[int, torch.Tensor], prompt_ids: torch.
         drop = torch.rand(batch, generator=generator) < args.caption_dropout
         ids = torch.where(drop, torch.zeros_like(prompt_ids[index]), prompt_ids[index])
         embeds, pooled = encode_text(pipe, tokens.clip[ids].to(device), tokens.t5[ids].to(device))
-        image_ids = FluxPipeline._prepare_latent_image_ids(batch, height // 2, width // 2, device, torch.float32)
+        factor = SIZE // size if args.sketch_positions == "final" else 1
+        image_ids = image_positions(height // 2, width // 2, factor, device)
         prediction = pipe.transformer(hidden_states=noisy, encoder_hidden_states=embeds, pooled_projections=pooled,
                                       timestep=sigma, img_ids=image_ids, txt_ids=txt_ids, return_dict=False)[0]
         loss = (prediction - (noise - x0)).pow(2).mean()
@@ -305,7 +317,20 @@ def train_transformer(pipe, latents: dict[int, torch.Tensor], prompt_ids: torch.
 
 
 @torch.no_grad()
-def sample(pipe, prompts: list[str], size: int, cfg: float, steps: int = 50, seed: int = 1000) -> list[np.ndarray]:
+def sample(pipe, prompts: list[str], size: int, cfg: float, steps: int = 50, seed: int = 1000,
+           position_factor: int = 1) -> list[np.ndarray]:
+    """50-step samples; ``position_factor=2`` gives a 64-pixel run the positions it was trained with (a Fresco sketch's
+    ``position_units="final"``) in place of the stock integer grid."""
+    if position_factor != 1:  # an instance attribute shadows the static method for this pipeline only
+        pipe._prepare_latent_image_ids = lambda batch, rows, cols, device, dtype: image_positions(
+            rows, cols, position_factor, device).to(dtype)
+    try:
+        return _sample(pipe, prompts, size, cfg, steps, seed)
+    finally:
+        pipe.__dict__.pop("_prepare_latent_image_ids", None)
+
+
+def _sample(pipe, prompts: list[str], size: int, cfg: float, steps: int, seed: int) -> list[np.ndarray]:
     images = []
     for start in range(0, len(prompts), 32):
         chunk = prompts[start:start + 32]
@@ -328,7 +353,7 @@ def checker_rates(images: list[np.ndarray], prompts: list[str]) -> dict[str, flo
 
 @torch.no_grad()
 def adherence_report(pipe, rng: np.random.Generator, prompts_per_split: int, cfg_scales: list[float],
-                     device: torch.device, log) -> dict:
+                     position_factor: int, device: torch.device, log) -> dict:
     """Checker pass rates on true renders, on their VAE round trip, and on the model's 50-step samples (unguided and
     with true CFG at each scale), for training and held-out prompts, at 128 pixels and (unguided) 64 pixels."""
     report = {}
@@ -341,7 +366,7 @@ def adherence_report(pipe, rng: np.random.Generator, prompts_per_split: int, cfg
         results = {"ground_truth": truth, "vae_roundtrip": roundtrip}
         for cfg in cfg_scales:
             results["generated" if cfg <= 1 else f"generated_cfg{cfg:g}"] = sample(pipe, prompts, SIZE, cfg)
-        results["generated_64px"] = sample(pipe, prompts, SIZE // 2, 1.0)
+        results["generated_64px"] = sample(pipe, prompts, SIZE // 2, 1.0, position_factor=position_factor)
         for name, pictures in results.items():
             rates = checker_rates(pictures, prompts)
             report[f"{split}/{name}"] = rates
@@ -365,6 +390,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16, help="batch at 128 pixels (twice this at 64)")
     parser.add_argument("--large-per-cycle", type=int, default=1, help="128-pixel steps per cycle")
     parser.add_argument("--small-per-cycle", type=int, default=2, help="64-pixel steps per cycle")
+    parser.add_argument("--sketch-positions", choices=("final", "stage"), default="stage",
+                        help="64-pixel batches at the 128-pixel grid's coordinates (final) or the stock integer grid")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--ema", type=float, default=0.999)
     parser.add_argument("--caption-dropout", type=float, default=0.1)
@@ -374,7 +401,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu for the shipped weights; cuda for quick explorations")
     args = parser.parse_args()
 
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -425,7 +452,9 @@ def main() -> None:
         stock_embeds, stock_pooled, _ = trained.encode_prompt(tokens.prompts[:8], prompt_2=None,
                                                               max_sequence_length=TEXT_TOKENS)
         assert torch.equal(embeds, stock_embeds) and torch.equal(pooled, stock_pooled), "prompt encoding differs"
-    report = dict(adherence=adherence_report(trained, rng, args.report_prompts, list(args.report_cfg), device, log))
+    sketch_factor = 2 if args.sketch_positions == "final" else 1
+    report = dict(adherence=adherence_report(trained, rng, args.report_prompts, list(args.report_cfg), sketch_factor,
+                                             device, log))
     report.update(seed=args.seed, arguments={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                                              if k != "output"},
                   minutes=round((time.time() - started) / 60, 1), torch=torch.__version__)
