@@ -126,10 +126,10 @@ def _kontext_run(pipe, call):
     output_type=st.sampled_from(["latent", "np"]),
 )
 def test_every_kontext_call_runs_like_stock_or_is_refused_naming_the_argument(config, **call):
-    if "kontext" not in _video_pipes:
-        _video_pipes["kontext"] = tiny_flux_kontext_pipeline()
-        _video_pipes["kontext"].set_progress_bar_config(disable=True)
-    _judge(_video_pipes["kontext"], CONFIGS[config], call, _kontext_run)
+    if "kontext" not in _pipes:
+        _pipes["kontext"] = tiny_flux_kontext_pipeline()
+        _pipes["kontext"].set_progress_bar_config(disable=True)
+    _judge(_pipes["kontext"], CONFIGS[config], call, _kontext_run)
 
 
 def _img2img_run(pipe, call):
@@ -154,10 +154,10 @@ def _img2img_run(pipe, call):
     output_type=st.sampled_from(["latent", "np"]),
 )
 def test_every_img2img_call_runs_like_stock_or_is_refused_naming_the_argument(config, **call):
-    if "img2img" not in _video_pipes:
-        _video_pipes["img2img"] = tiny_flux_img2img_pipeline()
-        _video_pipes["img2img"].set_progress_bar_config(disable=True)
-    _judge(_video_pipes["img2img"], CONFIGS[config], call, _img2img_run)
+    if "img2img" not in _pipes:
+        _pipes["img2img"] = tiny_flux_img2img_pipeline()
+        _pipes["img2img"].set_progress_bar_config(disable=True)
+    _judge(_pipes["img2img"], CONFIGS[config], call, _img2img_run)
 
 
 def _qwen_run(pipe, call):
@@ -188,10 +188,10 @@ def _qwen_run(pipe, call):
     output_type=st.sampled_from(["latent", "np"]),
 )
 def test_every_qwen_image_call_runs_like_stock_or_is_refused_naming_the_argument(config, **call):
-    if "qwen" not in _video_pipes:
-        _video_pipes["qwen"] = tiny_qwen_image_pipeline()
-        _video_pipes["qwen"].set_progress_bar_config(disable=True)
-    _judge(_video_pipes["qwen"], CONFIGS[config], call, _qwen_run)
+    if "qwen" not in _pipes:
+        _pipes["qwen"] = tiny_qwen_image_pipeline()
+        _pipes["qwen"].set_progress_bar_config(disable=True)
+    _judge(_pipes["qwen"], CONFIGS[config], call, _qwen_run)
 
 
 def _video_text(name, batch, seed):
@@ -221,7 +221,7 @@ def _video_run(name):
 
 VIDEO_PIPELINES = {"hunyuan-video": tiny_hunyuan_video_pipeline, "wan": tiny_wan_pipeline,
                    "wan2.2-experts": functools.partial(tiny_wan_pipeline, two_experts=True)}
-_video_pipes = {}
+_pipes = {}
 
 
 @pytest.mark.parametrize("name", sorted(VIDEO_PIPELINES))
@@ -238,7 +238,7 @@ _video_pipes = {}
     output_type=st.sampled_from(["latent", "np"]),
 )
 def test_every_video_call_runs_like_stock_or_is_refused_naming_the_argument(name, config, **call):
-    if name not in _video_pipes:
-        _video_pipes[name] = VIDEO_PIPELINES[name]()
-        _video_pipes[name].set_progress_bar_config(disable=True)
-    _judge(_video_pipes[name], CONFIGS[config], call, _video_run(name))
+    if name not in _pipes:
+        _pipes[name] = VIDEO_PIPELINES[name]()
+        _pipes[name].set_progress_bar_config(disable=True)
+    _judge(_pipes[name], CONFIGS[config], call, _video_run(name))
