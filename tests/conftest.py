@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import socket
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -46,6 +48,18 @@ def schnell_pipe():
     return _quiet(tiny_flux_pipeline(guidance_embeds=False, static_shift=True))
 
 
+def _rank_without_teardown(rank: int, worker: Callable[..., None], *args) -> None:
+    """Run one rank's worker, then leave without interpreter teardown once it has returned.
+
+    Gloo's worker threads can outlive ``destroy_process_group`` and abort the process while Python finalizes
+    ("terminate called without an active exception", seen once in CI after every result was saved). A worker that
+    raises still goes through torch's error reporting."""
+    worker(rank, *args)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def run_ranks(worker: Callable[..., None], world: int, task: str, tmp_path: Path, timeout_s: float = 240) -> dict:
     """Run ``worker(rank, world, port, task, out_path)`` in ``world`` spawned processes; return what rank 0 saved.
 
@@ -55,8 +69,8 @@ def run_ranks(worker: Callable[..., None], world: int, task: str, tmp_path: Path
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out_path = tmp_path / f"{task}-{world}.pt"
-    context = mp.start_processes(worker, args=(world, port, task, str(out_path)), nprocs=world, join=False,
-                                 start_method="spawn")
+    context = mp.start_processes(_rank_without_teardown, args=(worker, world, port, task, str(out_path)),
+                                 nprocs=world, join=False, start_method="spawn")
     deadline = time.monotonic() + timeout_s
     while not context.join(timeout=5):
         if time.monotonic() > deadline:
