@@ -28,7 +28,7 @@ FORWARD_FLOPS_FILE = "model_configs/forward_flops.json"
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    family: str  # "flux" | "qwen-image" | "hunyuan-video" | "wan"
+    family: str  # "flux" | "flux2" | "qwen-image" | "hunyuan-video" | "wan"
     text_tokens: int  # the pipeline's default max_sequence_length
     classifier_free_guidance: bool  # True: two forwards per step unless guidance_scale <= 1
     baseline: str  # the model whose 50-step full-resolution run is the reference
@@ -69,6 +69,8 @@ MODELS: dict[str, ModelSpec] = {
     # FLUX.1-Kontext-dev: FLUX.1-dev's architecture, 28 steps by default, plus the reference tokens
     "flux-kontext": ModelSpec("flux-kontext", "flux", 512, False, "flux-kontext", (1024, 1024, 1), default_steps=28,
                               reference_image=True),
+    # FLUX.2-dev (32B): guidance-distilled like FLUX.1-dev (one forward per step), Mistral-3 text of 512 tokens
+    "flux2-dev": ModelSpec("flux2-dev", "flux2", 512, False, "flux2-dev", (1024, 1024, 1)),
     # Qwen-Image (20B): true CFG by default (true_cfg_scale 4 with a negative prompt), so two forwards per step
     "qwen-image": ModelSpec("qwen-image", "qwen-image", 512, True, "qwen-image", (1024, 1024, 1)),
     "hunyuan-video": ModelSpec("hunyuan-video", "hunyuan-video", 256, False, "hunyuan-video", (720, 1280, 125)),

@@ -214,8 +214,9 @@ class DiffusersFrescoRunner:
         where it passes only a step count."""
         return None
 
-    def mu(self, tokens: int) -> float | None:
-        """The scheduler's dynamic shift for ``tokens`` image tokens, where stock computes one (``None``: none)."""
+    def mu(self, tokens: int, steps: int) -> float | None:
+        """The scheduler's dynamic shift for ``tokens`` image tokens in a call of ``steps`` steps, where stock computes
+        one (``None``: none)."""
         return None
 
     def denoiser(self, call: CallArguments, text: dict[str, Any], negative: dict[str, Any] | None, count: int,
@@ -330,7 +331,7 @@ class DiffusersFrescoRunner:
             first, end = (0, len(base)) if terminal else (stage.first_step, end)
             piece = base[first:end]
             rows, cols = geometry.grid(stage.level)
-            mu = self.mu(rows * cols * geometry.num_frames) if dynamic else None
+            mu = self.mu(rows * cols * geometry.num_frames, total) if dynamic else None
             shift = stage.shift
             if stage.shift_scale != 1:  # scale the shift this stage would get, then apply it as an explicit one
                 if shift is None:

@@ -125,7 +125,7 @@ class FluxFrescoRunner(DiffusersFrescoRunner):
     def base_sigmas(self, steps: int, call: CallArguments) -> np.ndarray:
         return np.linspace(1.0, 1 / steps, steps)
 
-    def mu(self, tokens: int) -> float:
+    def mu(self, tokens: int, steps: int) -> float:
         config = self.pipe.scheduler.config
         return calculate_shift(tokens, config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096),
                                config.get("base_shift", 0.5), config.get("max_shift", 1.15))

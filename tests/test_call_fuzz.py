@@ -1,11 +1,12 @@
 """Property test of the call contract: 300 generated calls of the tiny FLUX pipeline, 100 each of FLUX.1-Kontext's,
-Img2Img's and Qwen-Image's and 100 of each tiny video pipeline (HunyuanVideo, Wan2.1, Wan2.2's two experts) with
-Fresco on. Each call either runs (finite output of the stock pipeline's shape, for the same arguments) or is refused
-with a ValueError that names the argument to change; never another exception, never NaN."""
+Img2Img's, Qwen-Image's and FLUX.2-klein's and 100 of each tiny video pipeline (HunyuanVideo, Wan2.1, Wan2.2's two
+experts) with Fresco on. Each call either runs (finite output of the stock pipeline's shape, for the same arguments)
+or is refused with a ValueError that names the argument to change; never another exception, never NaN."""
 
 import functools
 import warnings
 
+import PIL.Image
 import pytest
 import torch
 from conftest import text_inputs
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 
 from fresco_plugin import FrescoConfig, apply_fresco, remove_fresco
 from fresco_plugin.tools.tiny import (
+    tiny_flux2_klein_pipeline,
     tiny_flux_img2img_pipeline,
     tiny_flux_kontext_pipeline,
     tiny_flux_pipeline,
@@ -192,6 +194,42 @@ def test_every_qwen_image_call_runs_like_stock_or_is_refused_naming_the_argument
         _pipes["qwen"] = tiny_qwen_image_pipeline()
         _pipes["qwen"].set_progress_bar_config(disable=True)
     _judge(_pipes["qwen"], CONFIGS[config], call, _qwen_run)
+
+
+def _flux2_run(pipe, call):
+    batch, tokens, reference = call.pop("batch"), call.pop("text_tokens"), call.pop("reference")
+    g = torch.Generator().manual_seed(1)
+    text = {"prompt_embeds": torch.randn(batch, tokens, 32, generator=g)}
+    if call.pop("negative"):
+        text["negative_prompt_embeds"] = torch.randn(batch, tokens, 32, generator=g)
+    if reference:
+        call["image"] = PIL.Image.new("RGB", reference, (40, 160, 90))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pipe(**text, **call, generator=torch.Generator().manual_seed(0)).images
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(
+    config=st.sampled_from(sorted(CONFIGS)),
+    height=st.sampled_from([None, 1, 8, 16, 32, 48]),
+    width=st.sampled_from([None, 8, 16, 32, 40]),
+    text_tokens=st.integers(1, 6),
+    num_inference_steps=st.integers(1, 6),
+    num_images_per_prompt=st.sampled_from([0, 1, 1, 1, 2]),
+    batch=st.integers(1, 2),
+    guidance_scale=st.sampled_from([1.0, 4.0]),
+    negative=st.booleans(),
+    reference=st.sampled_from([None, None, (64, 64), (80, 64)]),
+    output_type=st.sampled_from(["latent", "np"]),
+)
+def test_every_flux2_klein_call_runs_like_stock_or_is_refused_naming_the_argument(config, **call):
+    if "flux2-klein" not in _pipes:
+        _pipes["flux2-klein"] = tiny_flux2_klein_pipeline()
+        _pipes["flux2-klein"].set_progress_bar_config(disable=True)
+    if call["height"] is None and call["width"] is None and call["reference"] is None:
+        call["height"] = call["width"] = 32  # stock's default is 1024 pixels a side, a minute per call here
+    _judge(_pipes["flux2-klein"], CONFIGS[config], call, _flux2_run)
 
 
 def _video_text(name, batch, seed):

@@ -30,7 +30,8 @@ def test_the_quadratic_fit_predicts_a_direct_trace(model, tokens):
     assert counter(tokens) == counter.trace(tokens)
 
 
-@pytest.mark.parametrize("model", ["flux-dev", "flux-schnell", "flux-kontext", "qwen-image", "hunyuan-video"])
+@pytest.mark.parametrize("model", ["flux-dev", "flux-schnell", "flux-kontext", "flux2-dev", "qwen-image",
+                                   "hunyuan-video"])
 def test_the_stored_forward_costs_are_the_traced_architecture(model):
     """The core prices plans from stored coefficients; they are what tracing the architecture derives today, and
     they give a direct trace at a size and text length no fit used."""

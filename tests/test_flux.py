@@ -172,7 +172,7 @@ def test_bad_input_fails_before_any_model_call(flux_pipe):
 
 
 def test_unsupported_pipelines_and_schedulers_are_refused(flux_pipe):
-    with pytest.raises(ValueError, match="no adapter for object; supported pipelines: FluxImg2ImgPipeline, Flux"):
+    with pytest.raises(ValueError, match="no adapter for object; supported pipelines: Flux2KleinPipeline, Flux2Pipel"):
         apply_fresco(object(), FrescoConfig())
     with pytest.raises(ValueError, match="FrescoConfig or a preset name"):
         apply_fresco(flux_pipe, {"stage_scales": (0.5, 1.0)})

@@ -103,7 +103,8 @@ class TransformerFlops:
         import diffusers
 
         classes = {"flux": diffusers.FluxTransformer2DModel, "hunyuan-video": diffusers.HunyuanVideoTransformer3DModel,
-                   "wan": diffusers.WanTransformer3DModel, "qwen-image": diffusers.QwenImageTransformer2DModel}
+                   "wan": diffusers.WanTransformer3DModel, "qwen-image": diffusers.QwenImageTransformer2DModel,
+                   "flux2": diffusers.Flux2Transformer2DModel}
         with torch.device("meta"):
             return classes[self.family](**self.config)
 
@@ -120,6 +121,10 @@ class TransformerFlops:
                 if c.get("guidance_embeds"):
                     inputs["guidance"] = torch.empty(1)
                 return inputs
+            if self.family == "flux2":  # no pooled text vector; positions on four axes
+                return dict(hidden_states=torch.empty(1, n, c["in_channels"]), timestep=torch.empty(1),
+                            encoder_hidden_states=torch.empty(1, t, c["joint_attention_dim"]),
+                            img_ids=torch.empty(n, 4), txt_ids=torch.empty(t, 4), guidance=torch.empty(1))
             if self.family == "qwen-image":  # packed tokens; positions from img_shapes (a 1 x n strip)
                 return dict(hidden_states=torch.empty(1, n, c["in_channels"]), timestep=torch.empty(1),
                             encoder_hidden_states=torch.empty(1, t, c["joint_attention_dim"]), img_shapes=[[(1, 1, n)]])

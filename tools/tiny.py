@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["random_flux_pipeline", "random_hunyuan_video_pipeline", "tiny_flux_img2img_pipeline",
-           "tiny_flux_kontext_pipeline", "tiny_flux_pipeline", "tiny_hunyuan_video_pipeline",
-           "tiny_qwen_image_edit_pipeline", "tiny_qwen_image_pipeline", "tiny_wan_pipeline"]
+__all__ = ["random_flux_pipeline", "random_hunyuan_video_pipeline", "tiny_flux2_klein_pipeline", "tiny_flux2_pipeline",
+           "tiny_flux_img2img_pipeline", "tiny_flux_kontext_pipeline", "tiny_flux_pipeline",
+           "tiny_hunyuan_video_pipeline", "tiny_qwen_image_edit_pipeline", "tiny_qwen_image_pipeline",
+           "tiny_wan_pipeline"]
 
 
 def tiny_flux_pipeline(*, guidance_embeds: bool = True, static_shift: bool = False, seed: int = 0,
@@ -56,6 +57,45 @@ def tiny_flux_img2img_pipeline(**options):
     from diffusers import FluxImg2ImgPipeline
 
     return FluxImg2ImgPipeline.from_pipe(tiny_flux_pipeline(**options))
+
+
+def tiny_flux2_pipeline(*, seed: int = 0, klein: bool = False):
+    """A FLUX.2-architecture pipeline of a few thousand parameters, without its text encoder (pass ``prompt_embeds``):
+    ``Flux2Pipeline`` (guidance embedded, as FLUX.2-dev) or, with ``klein=True``, ``Flux2KleinPipeline`` (true CFG).
+    The VAE's batch-norm statistics are set away from 0 and 1 so decoding exercises them."""
+    from diffusers import (
+        AutoencoderKLFlux2,
+        FlowMatchEulerDiscreteScheduler,
+        Flux2KleinPipeline,
+        Flux2Pipeline,
+        Flux2Transformer2DModel,
+    )
+
+    torch.manual_seed(seed)
+    transformer = Flux2Transformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=32, timestep_guidance_channels=32, axes_dims_rope=(4, 4, 4, 4), guidance_embeds=not klein,
+    )
+    vae = AutoencoderKLFlux2(
+        block_out_channels=(4,), layers_per_block=1, latent_channels=4, norm_num_groups=1, sample_size=32,
+        down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",), use_quant_conv=False,
+        use_post_quant_conv=False, mid_block_add_attention=False,
+    )
+    vae.bn.running_mean.uniform_(-0.5, 0.5)
+    vae.bn.running_var.uniform_(0.5, 2.0)
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+        max_image_seq_len=4096, time_shift_type="exponential",
+    )
+    if klein:
+        return Flux2KleinPipeline(scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None,
+                                  transformer=transformer)
+    return Flux2Pipeline(scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None, transformer=transformer)
+
+
+def tiny_flux2_klein_pipeline(*, seed: int = 0):
+    """:func:`tiny_flux2_pipeline` as ``Flux2KleinPipeline``."""
+    return tiny_flux2_pipeline(seed=seed, klein=True)
 
 
 def tiny_qwen_image_pipeline(*, seed: int = 0, guidance_embeds: bool = False):
