@@ -389,7 +389,9 @@ class DiffusersFrescoRunner:
                            can_pad=can_pad)
             denoiser.pad_multiple = parallel.degree if can_pad else 1
             agree = parallel.rank0_decides
-        callback, tensor_inputs = call.callback_on_step_end, call.callback_on_step_end_tensor_inputs
+        # a pipeline without step callbacks (HunyuanVideo-1.5) takes neither argument
+        callback = getattr(call, "callback_on_step_end", None)
+        tensor_inputs = getattr(call, "callback_on_step_end_tensor_inputs", [])
         tensor_inputs = getattr(callback, "tensor_inputs", tensor_inputs)  # PipelineCallback objects name their own
         with pipe.progress_bar(total=stages[-1].last_step) as progress_bar:
 

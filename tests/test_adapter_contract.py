@@ -33,6 +33,7 @@ from fresco_plugin.tools.tiny import (
     tiny_flux_img2img_pipeline,
     tiny_flux_kontext_pipeline,
     tiny_flux_pipeline,
+    tiny_hunyuan_video15_pipeline,
     tiny_hunyuan_video_pipeline,
     tiny_qwen_image_edit_pipeline,
     tiny_qwen_image_pipeline,
@@ -71,6 +72,22 @@ def _hunyuan_negative(batch: int, seed: int) -> dict[str, Any]:
     return {"true_cfg_scale": 2.0, "negative_prompt_embeds": text["prompt_embeds"],
             "negative_pooled_prompt_embeds": text["pooled_prompt_embeds"],
             "negative_prompt_attention_mask": text["prompt_attention_mask"]}
+
+
+def _hunyuan_video15_text(batch: int, seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    mask, mask_2 = torch.ones(batch, 8), torch.ones(batch, 5)
+    mask[:, 6:], mask_2[:, 3:] = 0, 0
+    return {"prompt_embeds": _randn(g, batch, 8, 16), "prompt_embeds_mask": mask,
+            "prompt_embeds_2": _randn(g, batch, 5, 8), "prompt_embeds_mask_2": mask_2}
+
+
+_HUNYUAN_VIDEO15_NO_CACHE = ("diffusers 0.42.1 registers no FirstBlockCache metadata for HunyuanVideo-1.5's blocks: "
+                             "enabling the cache fails, Fresco or not")
+
+
+def _pipeline_guider(batch: int, seed: int) -> dict[str, Any]:
+    return {}  # guidance is the pipeline's guider, not an argument: test_hunyuan_video15.py runs it on
 
 
 def _wan_text(batch: int, seed: int) -> dict[str, Any]:
@@ -161,6 +178,7 @@ class Case:
     slow: bool = False  # out of the default run (-m slow runs it)
     guided_branches: int = 2  # transformer forwards per step under guidance (1: guidance-distilled, an embedded scale)
     no_cache: str | None = None  # why stock diffusers runs no FirstBlockCache on this model (the cache check skips)
+    no_callbacks: bool = False  # the stock pipeline takes no callback_on_step_end (the callback check skips)
 
 
 CASES = [
@@ -194,6 +212,13 @@ CASES = [
     # 64x80 pixels, 5 frames: 2 latent frames of 4x5 tokens (an odd side)
     Case("hunyuan-video", diffusers.HunyuanVideoPipeline, tiny_hunyuan_video_pipeline, _hunyuan_text,
          _hunyuan_negative, dict(height=64, width=80, num_frames=5), (4, 5, 2), "frames", _video_tokens),
+    # HunyuanVideo-1.5 with its guider off (CFG is the pipeline's guider, checked in test_hunyuan_video15.py); 48x80
+    # pixels, 5 frames: 2 latent frames of 12x20 tokens (1x1 patches)
+    Case("hunyuan-video15", diffusers.HunyuanVideo15Pipeline,
+         functools.partial(tiny_hunyuan_video15_pipeline, guidance_scale=1.0), _hunyuan_video15_text,
+         _pipeline_guider, dict(height=48, width=80, num_frames=5), (12, 20, 2), "frames",
+         lambda kwargs: int(np.prod(kwargs["hidden_states"].shape[2:])), guided_branches=1, no_callbacks=True,
+         no_cache=_HUNYUAN_VIDEO15_NO_CACHE),
     # 48x80 pixels, 5 frames: 2 latent frames of 3x5 tokens (odd both ways)
     Case("wan", diffusers.WanPipeline, tiny_wan_pipeline, _wan_text, _wan_negative,
          dict(height=48, width=80, num_frames=5), (3, 5, 2), "frames", _video_tokens),
@@ -324,6 +349,8 @@ def test_a_batch_equals_its_single_calls(case, guided):
 
 
 def test_callbacks_see_every_step_and_can_change_the_latents(case):
+    if case.no_callbacks:
+        pytest.skip(f"{case.stock_class.__name__} takes no callback_on_step_end")
     def record(into):
         def callback(pipe, step, timestep, kwargs):
             into.append(step)

@@ -1,7 +1,8 @@
 """Property test of the call contract: 300 generated calls of the tiny FLUX pipeline, 100 each of FLUX.1-Kontext's,
-Img2Img's, Qwen-Image's and FLUX.2-klein's and 100 of each tiny video pipeline (HunyuanVideo, Wan2.1, Wan2.2's two
-experts) with Fresco on. Each call either runs (finite output of the stock pipeline's shape, for the same arguments)
-or is refused with a ValueError that names the argument to change; never another exception, never NaN."""
+Img2Img's, Qwen-Image's and FLUX.2-klein's and 100 of each tiny video pipeline (HunyuanVideo, HunyuanVideo-1.5,
+Wan2.1, Wan2.2's two experts) with Fresco on. Each call either runs (finite output of the stock pipeline's shape, for
+the same arguments) or is refused with a ValueError that names the argument to change; never another exception, never
+NaN."""
 
 import functools
 import warnings
@@ -10,6 +11,7 @@ import PIL.Image
 import pytest
 import torch
 from conftest import text_inputs
+from diffusers.guiders import ClassifierFreeGuidance
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -19,6 +21,7 @@ from fresco_plugin.tools.tiny import (
     tiny_flux_img2img_pipeline,
     tiny_flux_kontext_pipeline,
     tiny_flux_pipeline,
+    tiny_hunyuan_video15_pipeline,
     tiny_hunyuan_video_pipeline,
     tiny_qwen_image_pipeline,
     tiny_wan_pipeline,
@@ -236,6 +239,9 @@ def _video_text(name, batch, seed):
     g = torch.Generator().manual_seed(seed)
     if name.startswith("wan"):
         return {"prompt_embeds": torch.randn(batch, 6, 32, generator=g)}
+    if name == "hunyuan-video15":
+        return {"prompt_embeds": torch.randn(batch, 8, 16, generator=g), "prompt_embeds_mask": torch.ones(batch, 8),
+                "prompt_embeds_2": torch.randn(batch, 5, 8, generator=g), "prompt_embeds_mask_2": torch.ones(batch, 5)}
     return {"prompt_embeds": torch.randn(batch, 8, 16, generator=g),
             "pooled_prompt_embeds": torch.randn(batch, 8, generator=g),
             "prompt_attention_mask": torch.ones(batch, 8, dtype=torch.long)}
@@ -245,7 +251,11 @@ def _video_run(name):
     def run(pipe, call):
         batch, guided = call.pop("batch"), call.pop("guided")
         text = _video_text(name, batch, 1)
-        if guided:  # Wan guides with guidance_scale > 1 and a negative prompt, HunyuanVideo with true CFG
+        if name == "hunyuan-video15":  # guidance is the pipeline's guider, swapped in as a user would
+            pipe.guider = ClassifierFreeGuidance(guidance_scale=6.0 if guided else 1.0)
+            if guided:
+                text.update({f"negative_{k}": v for k, v in _video_text(name, batch, 2).items()})
+        elif guided:  # Wan guides with guidance_scale > 1 and a negative prompt, HunyuanVideo with true CFG
             negative = {f"negative_{k}": v for k, v in _video_text(name, batch, 2).items()}
             text.update(negative, **({"guidance_scale": 4.0} if name.startswith("wan") else {"true_cfg_scale": 2.0}))
         elif name.startswith("wan"):
@@ -257,7 +267,8 @@ def _video_run(name):
     return run
 
 
-VIDEO_PIPELINES = {"hunyuan-video": tiny_hunyuan_video_pipeline, "wan": tiny_wan_pipeline,
+VIDEO_PIPELINES = {"hunyuan-video": tiny_hunyuan_video_pipeline, "hunyuan-video15": tiny_hunyuan_video15_pipeline,
+                   "wan": tiny_wan_pipeline,
                    "wan2.2-experts": functools.partial(tiny_wan_pipeline, two_experts=True)}
 _pipes = {}
 

@@ -7,8 +7,8 @@ import torch
 
 __all__ = ["random_flux_pipeline", "random_hunyuan_video_pipeline", "tiny_flux2_klein_pipeline", "tiny_flux2_pipeline",
            "tiny_flux_img2img_pipeline", "tiny_flux_kontext_pipeline", "tiny_flux_pipeline",
-           "tiny_hunyuan_video_pipeline", "tiny_qwen_image_edit_pipeline", "tiny_qwen_image_pipeline",
-           "tiny_wan_pipeline"]
+           "tiny_hunyuan_video15_pipeline", "tiny_hunyuan_video_pipeline", "tiny_qwen_image_edit_pipeline",
+           "tiny_qwen_image_pipeline", "tiny_wan_pipeline"]
 
 
 def tiny_flux_pipeline(*, guidance_embeds: bool = True, static_shift: bool = False, seed: int = 0,
@@ -163,6 +163,31 @@ def tiny_hunyuan_video_pipeline(*, patch_size_t: int = 1, seed: int = 0, num_att
     return HunyuanVideoPipeline(text_encoder=None, tokenizer=None, transformer=transformer, vae=vae,
                                 scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), text_encoder_2=None,
                                 tokenizer_2=None)
+
+
+def tiny_hunyuan_video15_pipeline(*, seed: int = 0, guidance_scale: float = 6.0):
+    """A HunyuanVideo-1.5-architecture pipeline without its text encoders (pass ``prompt_embeds``, ``prompt_embeds_2``
+    and their masks), a 4x spatial, 4x temporal VAE, 1x1 patches as the real one, and the stock guider at
+    ``guidance_scale``."""
+    from diffusers import (
+        AutoencoderKLHunyuanVideo15,
+        FlowMatchEulerDiscreteScheduler,
+        HunyuanVideo15Pipeline,
+        HunyuanVideo15Transformer3DModel,
+    )
+    from diffusers.guiders import ClassifierFreeGuidance
+
+    torch.manual_seed(seed)
+    transformer = HunyuanVideo15Transformer3DModel(
+        in_channels=2 * 4 + 1, out_channels=4, num_attention_heads=2, attention_head_dim=16, num_layers=2,
+        num_refiner_layers=1, text_embed_dim=16, text_embed_2_dim=8, image_embed_dim=8, rope_axes_dim=(4, 6, 6),
+        target_size=64, task_type="t2v",
+    )
+    vae = AutoencoderKLHunyuanVideo15(latent_channels=4, block_out_channels=(8, 8, 8), layers_per_block=1,
+                                      spatial_compression_ratio=4, temporal_compression_ratio=4)
+    return HunyuanVideo15Pipeline(text_encoder=None, tokenizer=None, transformer=transformer, vae=vae,
+                                  scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0), text_encoder_2=None,
+                                  tokenizer_2=None, guider=ClassifierFreeGuidance(guidance_scale=guidance_scale))
 
 
 def tiny_wan_pipeline(*, seed: int = 0, two_experts: bool = False, expand_timesteps: bool = False):
