@@ -485,17 +485,21 @@ class TransformerDenoiser:
         self.text["prompt_embeds"] = outputs.pop("prompt_embeds", self.text["prompt_embeds"])
 
     def __call__(self, latents: torch.Tensor, positions: torch.Tensor, step: Step) -> torch.Tensor:
+        self.start_step(latents, step)
+        prediction = self._branch("cond", self.text, latents, positions, step)
+        if self.negative is not None:
+            negative = self._branch("uncond", self.negative, latents, positions, step)
+            prediction = self.combine(prediction, negative, self.guidance_scale(step))
+        return prediction
+
+    def start_step(self, latents: torch.Tensor, step: Step) -> None:
+        """What every step does before its forwards (a model with its own guidance loop calls it too)."""
         if latents.shape[1] != self._last_tokens:
             # stateful feature caches hold tensors of another token count (or another image's run): start over, keeping
             # step counts within one generation
             self.caches.reset(within_generation=self._last_tokens is not None)
         self._last_tokens = latents.shape[1]
         self.pipe._current_timestep = step.timestep
-        prediction = self._branch("cond", self.text, latents, positions, step)
-        if self.negative is not None:
-            negative = self._branch("uncond", self.negative, latents, positions, step)
-            prediction = self.combine(prediction, negative, self.guidance_scale(step))
-        return prediction
 
     def guidance_scale(self, step: Step) -> float:
         """The guidance scale at ``step`` (one per call, unless a model changes it along the schedule)."""

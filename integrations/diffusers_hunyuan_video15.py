@@ -125,11 +125,8 @@ class _HunyuanVideo15Denoiser(StripDenoiser):
     attention_kwargs: dict[str, Any] | None
 
     def __call__(self, latents: torch.Tensor, positions: torch.Tensor, step: Step) -> torch.Tensor:
-        if latents.shape[1] != self._last_tokens:
-            self.caches.reset(within_generation=self._last_tokens is not None)
-        self._last_tokens = latents.shape[1]
+        self.start_step(latents, step)
         pipe = self.pipe
-        pipe._current_timestep = step.timestep
         guider = pipe.guider
         guider.set_state(step=step.index, num_inference_steps=pipe._num_timesteps, timestep=step.timestep)
         negative = self.negative or {}

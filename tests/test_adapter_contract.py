@@ -38,6 +38,7 @@ from fresco_plugin.tools.tiny import (
     tiny_qwen_image_edit_pipeline,
     tiny_qwen_image_pipeline,
     tiny_wan_pipeline,
+    tiny_z_image_pipeline,
 )
 
 STEPS = 8
@@ -88,6 +89,20 @@ _HUNYUAN_VIDEO15_NO_CACHE = ("diffusers 0.42.1 registers no FirstBlockCache meta
 
 def _pipeline_guider(batch: int, seed: int) -> dict[str, Any]:
     return {}  # guidance is the pipeline's guider, not an argument: test_hunyuan_video15.py runs it on
+
+
+def _z_image_text(batch: int, seed: int) -> dict[str, Any]:  # one tensor per prompt, each its own length
+    g = torch.Generator().manual_seed(seed)
+    return {"prompt_embeds": [_randn(g, 7 - i % 3, 16) for i in range(batch)], "guidance_scale": 0.0}
+
+
+def _z_image_negative(batch: int, seed: int) -> dict[str, Any]:
+    g = torch.Generator().manual_seed(seed + 100)
+    return {"guidance_scale": 4.0, "negative_prompt_embeds": [_randn(g, 4 + i % 2, 16) for i in range(batch)]}
+
+
+def _z_image_tokens(kwargs: dict[str, Any]) -> int:  # a list of (C, 1, H, W) latents; 2x2 patches
+    return kwargs["_args"][0][0].shape[-2:].numel() // 4
 
 
 def _wan_text(batch: int, seed: int) -> dict[str, Any]:
@@ -172,7 +187,7 @@ class Case:
     size: dict[str, int]
     grid: tuple[int, ...]  # full-resolution token grid: rows, cols[, frames]
     output: str  # the output class's field
-    tokens_in: Callable[[dict[str, Any]], int]  # tokens in one transformer forward, from its keyword arguments
+    tokens_in: Callable[[dict[str, Any]], int]  # tokens per image in a forward, from its keywords (+ "_args")
     output_types: tuple[str, ...] = ("latent", "pt", "np", "pil")
     extra: dict[str, Any] = field(default_factory=dict)
     slow: bool = False  # out of the default run (-m slow runs it)
@@ -212,6 +227,10 @@ CASES = [
     # 64x80 pixels, 5 frames: 2 latent frames of 4x5 tokens (an odd side)
     Case("hunyuan-video", diffusers.HunyuanVideoPipeline, tiny_hunyuan_video_pipeline, _hunyuan_text,
          _hunyuan_negative, dict(height=64, width=80, num_frames=5), (4, 5, 2), "frames", _video_tokens),
+    # Z-Image: a list of latents and of per-prompt captions; guidance in the same forward as the condition
+    Case("z-image", diffusers.ZImagePipeline, tiny_z_image_pipeline, _z_image_text, _z_image_negative,
+         dict(height=64, width=64), (32, 32), "images", _z_image_tokens, guided_branches=1,
+         no_cache="ZImageTransformer2DModel takes no diffusers cache in 0.42.1 (it has no enable_cache)"),
     # HunyuanVideo-1.5 with its guider off (CFG is the pipeline's guider, checked in test_hunyuan_video15.py); 48x80
     # pixels, 5 frames: 2 latent frames of 12x20 tokens (1x1 patches)
     Case("hunyuan-video15", diffusers.HunyuanVideo15Pipeline,
@@ -264,7 +283,7 @@ def _call(case: Case, pipe, **kwargs) -> Any:
 def _record_tokens(case: Case, pipe) -> tuple[list[int], list[Any]]:
     seen: list[int] = []
     handles = [transformer.register_forward_pre_hook(
-        lambda module, args, kwargs: seen.append(case.tokens_in(kwargs)), with_kwargs=True)
+        lambda module, args, kwargs: seen.append(case.tokens_in({**kwargs, "_args": args})), with_kwargs=True)
         for transformer in _experts(pipe)]
     return seen, handles
 
@@ -339,7 +358,8 @@ def test_a_batch_equals_its_single_calls(case, guided):
     apply_fresco(pipe, CONFIG)
     seeds = (10, 20)
     texts = [{**case.text(1, s), **(case.guided(1, s) if guided else {})} for s in (1, 2)]
-    batch = {k: torch.cat([t[k] for t in texts]) if isinstance(v, torch.Tensor) else v for k, v in texts[0].items()}
+    batch = {k: torch.cat([t[k] for t in texts]) if isinstance(v, torch.Tensor) else  # Z-Image: lists of tensors
+             sum((t[k] for t in texts), []) if isinstance(v, list) else v for k, v in texts[0].items()}
     together = getattr(pipe(**batch, **case.size, **case.extra, num_inference_steps=STEPS, output_type="latent",
                             generator=[torch.Generator().manual_seed(s) for s in seeds]), case.output)
     for index, (text, seed) in enumerate(zip(texts, seeds)):

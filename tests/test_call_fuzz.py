@@ -1,8 +1,8 @@
 """Property test of the call contract: 300 generated calls of the tiny FLUX pipeline, 100 each of FLUX.1-Kontext's,
-Img2Img's, Qwen-Image's and FLUX.2-klein's and 100 of each tiny video pipeline (HunyuanVideo, HunyuanVideo-1.5,
-Wan2.1, Wan2.2's two experts) with Fresco on. Each call either runs (finite output of the stock pipeline's shape, for
-the same arguments) or is refused with a ValueError that names the argument to change; never another exception, never
-NaN."""
+Img2Img's, Qwen-Image's, FLUX.2-klein's and Z-Image's and 100 of each tiny video pipeline (HunyuanVideo,
+HunyuanVideo-1.5, Wan2.1, Wan2.2's two experts) with Fresco on. Each call either runs (finite output of the stock
+pipeline's shape, for the same arguments) or is refused with a ValueError that names the argument to change; never
+another exception, never NaN."""
 
 import functools
 import warnings
@@ -25,6 +25,7 @@ from fresco_plugin.tools.tiny import (
     tiny_hunyuan_video_pipeline,
     tiny_qwen_image_pipeline,
     tiny_wan_pipeline,
+    tiny_z_image_pipeline,
 )
 
 CONFIGS = {
@@ -233,6 +234,41 @@ def test_every_flux2_klein_call_runs_like_stock_or_is_refused_naming_the_argumen
     if call["height"] is None and call["width"] is None and call["reference"] is None:
         call["height"] = call["width"] = 32  # stock's default is 1024 pixels a side, a minute per call here
     _judge(_pipes["flux2-klein"], CONFIGS[config], call, _flux2_run)
+
+
+def _z_image_run(pipe, call):
+    batch, tokens = call.pop("batch"), call.pop("text_tokens")
+    g = torch.Generator().manual_seed(1)
+    text = {"prompt_embeds": [torch.randn(tokens + i, 16, generator=g) for i in range(batch)]}
+    if call.pop("negative"):
+        text["negative_prompt_embeds"] = [torch.randn(tokens, 16, generator=g) for _ in range(batch)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pipe(**text, **call, generator=torch.Generator().manual_seed(0)).images
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(
+    config=st.sampled_from(sorted(CONFIGS)),
+    height=st.sampled_from([None, 1, 8, 16, 32, 48]),
+    width=st.sampled_from([None, 8, 16, 32, 40]),
+    text_tokens=st.integers(1, 6),
+    num_inference_steps=st.integers(1, 6),
+    num_images_per_prompt=st.sampled_from([0, 1, 1, 1, 2]),
+    batch=st.integers(1, 2),
+    guidance_scale=st.sampled_from([0.0, 4.0]),
+    cfg_truncation=st.sampled_from([1.0, 0.5]),
+    cfg_normalization=st.booleans(),
+    negative=st.booleans(),
+    output_type=st.sampled_from(["latent", "np"]),
+)
+def test_every_z_image_call_runs_like_stock_or_is_refused_naming_the_argument(config, **call):
+    if "z-image" not in _pipes:
+        _pipes["z-image"] = tiny_z_image_pipeline()
+        _pipes["z-image"].set_progress_bar_config(disable=True)
+    if call["height"] is None and call["width"] is None:
+        call["height"] = call["width"] = 32  # stock's default is 1024 pixels a side, a minute per call here
+    _judge(_pipes["z-image"], CONFIGS[config], call, _z_image_run)
 
 
 def _video_text(name, batch, seed):

@@ -8,7 +8,7 @@ import torch
 __all__ = ["random_flux_pipeline", "random_hunyuan_video_pipeline", "tiny_flux2_klein_pipeline", "tiny_flux2_pipeline",
            "tiny_flux_img2img_pipeline", "tiny_flux_kontext_pipeline", "tiny_flux_pipeline",
            "tiny_hunyuan_video15_pipeline", "tiny_hunyuan_video_pipeline", "tiny_qwen_image_edit_pipeline",
-           "tiny_qwen_image_pipeline", "tiny_wan_pipeline"]
+           "tiny_qwen_image_pipeline", "tiny_wan_pipeline", "tiny_z_image_pipeline"]
 
 
 def tiny_flux_pipeline(*, guidance_embeds: bool = True, static_shift: bool = False, seed: int = 0,
@@ -274,3 +274,24 @@ def random_hunyuan_video_pipeline(*, device: str = "cuda", dtype: torch.dtype = 
     return HunyuanVideoPipeline(text_encoder=None, tokenizer=None, transformer=transformer, vae=vae,
                                 scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), text_encoder_2=None,
                                 tokenizer_2=None)
+
+
+def tiny_z_image_pipeline(*, seed: int = 0):
+    """A Z-Image-architecture pipeline of a few thousand parameters, without its text encoder (pass ``prompt_embeds``
+    as a list of per-prompt tensors, and ``negative_prompt_embeds`` when ``guidance_scale > 0``)."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
+
+    torch.manual_seed(seed)
+    transformer = ZImageTransformer2DModel(
+        in_channels=4, dim=32, n_layers=2, n_refiner_layers=1, n_heads=2, n_kv_heads=2, cap_feat_dim=16,
+        axes_dims=[4, 6, 6], axes_lens=[256, 64, 64],
+    )
+    vae = AutoencoderKL(
+        sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1,
+        latent_channels=4, norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
+        down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",),
+        scaling_factor=0.5, shift_factor=0.1,
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_image_seq_len=256,
+                                                max_image_seq_len=4096, base_shift=0.5, max_shift=1.15)
+    return ZImagePipeline(scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None, transformer=transformer)
