@@ -28,7 +28,7 @@ FORWARD_FLOPS_FILE = "model_configs/forward_flops.json"
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    family: str  # "flux" | "flux2" | "qwen-image" | "hunyuan-video" | "wan"
+    family: str  # "flux" | "flux2" | "qwen-image" | "z-image" | "hunyuan-video" | "wan"
     text_tokens: int  # the pipeline's default max_sequence_length
     classifier_free_guidance: bool  # True: two forwards per step unless guidance_scale <= 1
     baseline: str  # the model whose 50-step full-resolution run is the reference
@@ -37,10 +37,14 @@ class ModelSpec:
     # Kontext: every forward also carries the reference image's tokens (priced at the output's size, what a same-size
     # edit gives), for Fresco and the baseline alike
     reference_image: bool = False
+    # the guidance scale at or below which a CFG model runs one branch (Z-Image guides at any scale above 0)
+    guidance_off_at: float = 1.0
+    # the transformer pads its image and text sequences to a multiple of this (Z-Image: 32), and computes the pads
+    sequence_multiple: int = 1
 
     def forwards_per_step(self, guidance_scale: float | None, true_cfg_scale: float) -> int:
         """Guidance-distilled models embed guidance (one forward); true CFG or a CFG model with scale > 1 needs two."""
-        cfg = self.classifier_free_guidance and (guidance_scale is None or guidance_scale > 1.0)
+        cfg = self.classifier_free_guidance and (guidance_scale is None or guidance_scale > self.guidance_off_at)
         return 2 if cfg or true_cfg_scale > 1.0 else 1
 
     @property
@@ -73,6 +77,10 @@ MODELS: dict[str, ModelSpec] = {
     "flux2-dev": ModelSpec("flux2-dev", "flux2", 512, False, "flux2-dev", (1024, 1024, 1)),
     # Qwen-Image (20B): true CFG by default (true_cfg_scale 4 with a negative prompt), so two forwards per step
     "qwen-image": ModelSpec("qwen-image", "qwen-image", 512, True, "qwen-image", (1024, 1024, 1)),
+    # Z-Image (6B, the base model; Turbo is the same architecture): CFG by default (guidance_scale 5), one forward
+    # holding both branches, so two forwards' FLOPs; image and caption each padded to a multiple of 32 tokens
+    "z-image": ModelSpec("z-image", "z-image", 512, True, "z-image", (1024, 1024, 1), guidance_off_at=0.0,
+                         sequence_multiple=32),
     "hunyuan-video": ModelSpec("hunyuan-video", "hunyuan-video", 256, False, "hunyuan-video", (720, 1280, 125)),
     "wan2.1-t2v-14b": ModelSpec("wan2.1-t2v-14b", "wan", 512, True, "wan2.1-t2v-14b", (720, 1280, 81)),
     # two 14B experts split at a timestep, one per step: a forward costs what Wan2.1-14B's does; 40 steps by default
@@ -97,6 +105,7 @@ def forward_flops(model: str, image_tokens: int, text_tokens: int | None = None)
     """FLOPs of one forward of ``model``'s transformer at these token counts (text: the pipeline's default)."""
     spec = model_spec(model)
     text = spec.text_tokens if text_tokens is None else text_tokens
+    image_tokens, text = (-(-n // spec.sequence_multiple) * spec.sequence_multiple for n in (image_tokens, text))
     coefficients = _stored_coefficients()[spec.name]
     return sum(c * image_tokens ** i * text ** j for i, row in enumerate(coefficients) for j, c in enumerate(row))
 

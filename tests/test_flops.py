@@ -30,7 +30,7 @@ def test_the_quadratic_fit_predicts_a_direct_trace(model, tokens):
     assert counter(tokens) == counter.trace(tokens)
 
 
-@pytest.mark.parametrize("model", ["flux-dev", "flux-schnell", "flux-kontext", "flux2-dev", "qwen-image",
+@pytest.mark.parametrize("model", ["flux-dev", "flux-schnell", "flux-kontext", "flux2-dev", "qwen-image", "z-image",
                                    "hunyuan-video"])
 def test_the_stored_forward_costs_are_the_traced_architecture(model):
     """The core prices plans from stored coefficients; they are what tracing the architecture derives today, and

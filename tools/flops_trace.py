@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from functools import cache
@@ -104,7 +105,7 @@ class TransformerFlops:
 
         classes = {"flux": diffusers.FluxTransformer2DModel, "hunyuan-video": diffusers.HunyuanVideoTransformer3DModel,
                    "wan": diffusers.WanTransformer3DModel, "qwen-image": diffusers.QwenImageTransformer2DModel,
-                   "flux2": diffusers.Flux2Transformer2DModel}
+                   "flux2": diffusers.Flux2Transformer2DModel, "z-image": diffusers.ZImageTransformer2DModel}
         with torch.device("meta"):
             return classes[self.family](**self.config)
 
@@ -125,6 +126,10 @@ class TransformerFlops:
                 return dict(hidden_states=torch.empty(1, n, c["in_channels"]), timestep=torch.empty(1),
                             encoder_hidden_states=torch.empty(1, t, c["joint_attention_dim"]),
                             img_ids=torch.empty(n, 4), txt_ids=torch.empty(t, 4), guidance=torch.empty(1))
+            if self.family == "z-image":  # a list of latent grids, 2x2 patches; its rope table caps each side
+                rows = max(d for d in range(1, math.isqrt(n) + 1) if n % d == 0)
+                return dict(x=[torch.empty(c["in_channels"], 1, 2 * rows, 2 * (n // rows))], t=torch.empty(1),
+                            cap_feats=[torch.empty(t, c["cap_feat_dim"])])
             if self.family == "qwen-image":  # packed tokens; positions from img_shapes (a 1 x n strip)
                 return dict(hidden_states=torch.empty(1, n, c["in_channels"]), timestep=torch.empty(1),
                             encoder_hidden_states=torch.empty(1, t, c["joint_attention_dim"]), img_shapes=[[(1, 1, n)]])
