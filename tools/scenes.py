@@ -19,7 +19,7 @@ import numpy as np
 
 __all__ = [
     "BACKGROUNDS", "COLORS", "RELATIONS", "SHAPES", "AdherenceCheck", "Scene", "SceneObject", "check_adherence",
-    "is_held_out", "parse_prompt", "render", "sample_scene", "scene_for_prompt",
+    "color_mask", "is_held_out", "parse_prompt", "render", "sample_scene", "scene_for_prompt", "signed_distance",
 ]
 
 COLORS: dict[str, float] = {"red": 0.0, "yellow": 60.0, "green": 120.0, "cyan": 180.0, "blue": 240.0,
@@ -155,7 +155,8 @@ def _hue_to_rgb(hue: float, value: float = 0.92) -> np.ndarray:
     return np.asarray(rgb, dtype=np.float32) * value
 
 
-def _signed_distance(obj: SceneObject, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+def signed_distance(obj: SceneObject, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Distance from ``(x, y)`` (fractions of the picture) to the object's outline: negative inside."""
     cx, cy = obj.center
     r = obj.half_size
     dx, dy = x - cx, y - cy
@@ -186,7 +187,7 @@ def render(scene: Scene, size: int) -> np.ndarray:
         pattern = np.zeros_like(x)
     image = np.clip(base + 0.13 * pattern[..., None].astype(np.float32), 0, 1)
     for obj in (scene.first, scene.second):
-        alpha = np.clip(0.5 - _signed_distance(obj, x, y) * size, 0, 1)[..., None]
+        alpha = np.clip(0.5 - signed_distance(obj, x, y) * size, 0, 1)[..., None]
         image = image * (1 - alpha) + _hue_to_rgb(COLORS[obj.color]) * alpha
     return image.astype(np.float32)
 
@@ -223,6 +224,11 @@ def _hsv(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _color_mask(hue: np.ndarray, saturation: np.ndarray, value: np.ndarray, color: str) -> np.ndarray:
     distance = np.abs((hue - COLORS[color] + 180) % 360 - 180)
     return (saturation > 0.45) & (value > 0.35) & (distance < 30)
+
+
+def color_mask(image: np.ndarray, color: str) -> np.ndarray:
+    """The pixels of an RGB picture in [0, 1] that the checker reads as ``color``."""
+    return _color_mask(*_hsv(image), color)
 
 
 def _read_object(mask: np.ndarray) -> tuple[bool, str | None, tuple[float, float]]:

@@ -18,6 +18,8 @@ with a fixed thread count, so a rerun on the same kind of machine reproduces the
   ``--sketch-positions final`` puts them at the 128-pixel grid's positions instead (each token at the centre of the
   four it covers, so a picture region has one position at both sizes; a Fresco sketch on such a model needs
   ``FrescoConfig(position_units="final")``). Measured once, not shipped: BENCHMARKS.md, "The shipped scenes model".
+  ``--layout-weight`` adds a per-token layout loss (which object covers each image token, read by a linear head that
+  is dropped after training); measured in ``relation_probe.py`` runs, not shipped.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from fresco_plugin.tools.scenes import (
     parse_prompt,
     render,
     sample_scene,
+    signed_distance,
 )
 
 OUTPUT = Path(__file__).resolve().parents[1] / "tools" / "models" / "scenes-flux"
@@ -162,19 +165,40 @@ def train_vae(vae, steps: int, rng: np.random.Generator, device: torch.device, l
     vae.eval().requires_grad_(False)
 
 
+PIXELS_PER_TOKEN = 8  # the VAE's 4x downsampling times the transformer's 2x2 patches
+LAYOUT_CLASSES = 1 + len(COLORS) * len(SHAPES)  # background, then each (colour, shape) object
+
+
+def layout_labels(scene, size: int) -> torch.Tensor:
+    """Per image token (row-major, as FLUX packs them): which object covers the token's centre, as a (colour, shape)
+    class, 0 for the background; the second object is drawn on top, as in ``render``."""
+    tokens = size // PIXELS_PER_TOKEN
+    coords = (np.arange(tokens, dtype=np.float32) + 0.5) / tokens
+    x, y = np.meshgrid(coords, coords)
+    labels = np.zeros((tokens, tokens), dtype=np.int64)
+    for obj in (scene.first, scene.second):
+        inside = signed_distance(obj, x, y) < 0
+        labels[inside] = 1 + list(COLORS).index(obj.color) * len(SHAPES) + SHAPES.index(obj.shape)
+    return torch.from_numpy(labels.reshape(-1))
+
+
 @torch.no_grad()
 def encode_dataset(vae, count: int, rng: np.random.Generator, device: torch.device, log):
-    """Unnormalised latents (VAE posterior means) of ``count`` fresh training scenes at 128 and at 64 pixels."""
-    large, small, prompts = [], [], []
+    """Unnormalised latents (VAE posterior means) of ``count`` fresh training scenes at 128 and at 64 pixels, their
+    prompts, and each scene's per-token layout labels at both sizes."""
+    large, small, prompts, labels = [], [], [], {SIZE: [], SIZE // 2: []}
     for start in range(0, count, 64):
         scenes = [sample_scene(rng) for _ in range(min(64, count - start))]
         pictures = to_tensor([render(s, SIZE) for s in scenes]).to(device)
         large.append(vae.encode(pictures).latent_dist.mean.cpu())
         small.append(vae.encode(downsample(pictures)).latent_dist.mean.cpu())
         prompts += [s.prompt for s in scenes]
+        for size, per_size in labels.items():
+            per_size += [layout_labels(s, size) for s in scenes]
         if start % 4096 == 0:
             log(f"encoded {start}/{count} scenes")
-    return {SIZE: torch.cat(large), SIZE // 2: torch.cat(small)}, prompts
+    labels = {size: torch.stack(per_size) for size, per_size in labels.items()}
+    return {SIZE: torch.cat(large), SIZE // 2: torch.cat(small)}, prompts, labels
 
 
 class PromptTokens:
@@ -266,12 +290,22 @@ def encode_text(pipe, clip_ids: torch.Tensor, t5_ids: torch.Tensor) -> tuple[tor
 
 
 def train_transformer(pipe, latents: dict[int, torch.Tensor], prompt_ids: torch.Tensor, tokens: PromptTokens,
-                      args, device: torch.device, log) -> None:
+                      args, device: torch.device, log, labels: dict[int, torch.Tensor] | None = None) -> None:
+    """Rectified flow on the cached latents. With ``args.layout_weight > 0`` a linear head also reads, from the image
+    tokens after the double-stream blocks, which object covers each token (``layout_labels``): at high noise only the
+    prompt and the token's position can answer, so the blocks that join text and image must bind each object to its
+    side. The head is trained and then dropped; the saved transformer is a stock ``FluxTransformer2DModel``."""
     modules = [pipe.transformer, pipe.text_encoder, pipe.text_encoder_2]
     parameters = [p for m in modules for p in m.parameters()]
     for module in modules:
         module.train().requires_grad_(True)
-    optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
+    layout_head, image_features = None, {}
+    if args.layout_weight > 0:
+        layout_head = torch.nn.Linear(pipe.transformer.inner_dim, LAYOUT_CLASSES).to(device)
+        pipe.transformer.single_transformer_blocks[0].register_forward_pre_hook(
+            lambda module, positional, named: image_features.update(tokens=named["hidden_states"]), with_kwargs=True)
+    optimizer = torch.optim.AdamW(parameters + (list(layout_head.parameters()) if layout_head else []), lr=args.lr,
+                                  weight_decay=0.01, betas=(0.9, 0.99))
     ema = [p.detach().clone() for p in parameters]
     generator = torch.Generator().manual_seed(args.seed)
     txt_ids = torch.zeros(TEXT_TOKENS, 3, device=device)
@@ -296,7 +330,12 @@ def train_transformer(pipe, latents: dict[int, torch.Tensor], prompt_ids: torch.
         image_ids = image_positions(height // 2, width // 2, factor, device)
         prediction = pipe.transformer(hidden_states=noisy, encoder_hidden_states=embeds, pooled_projections=pooled,
                                       timestep=sigma, img_ids=image_ids, txt_ids=txt_ids, return_dict=False)[0]
-        loss = (prediction - (noise - x0)).pow(2).mean()
+        loss = flow_loss = (prediction - (noise - x0)).pow(2).mean()
+        if layout_head is not None:
+            logits = layout_head(image_features.pop("tokens"))
+            layout_loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1),
+                                                            labels[size][index].flatten().to(device))
+            loss = flow_loss + args.layout_weight * layout_loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         lr = cosine_lr(args.lr, step, args.transformer_steps)
@@ -308,7 +347,9 @@ def train_transformer(pipe, latents: dict[int, torch.Tensor], prompt_ids: torch.
         with torch.no_grad():
             torch._foreach_lerp_(ema, [p.detach() for p in parameters], 1 - decay)
         if step % 100 == 0 or step == args.transformer_steps - 1:
-            log(f"transformer step {step}/{args.transformer_steps} {size}px loss {loss.item():.4f} lr {lr:.2e}")
+            layout = f" layout {layout_loss.item():.4f}" if layout_head is not None else ""
+            log(f"transformer step {step}/{args.transformer_steps} {size}px loss {flow_loss.item():.4f}{layout} "
+                f"lr {lr:.2e}")
     with torch.no_grad():
         for p, average in zip(parameters, ema):
             p.copy_(average)
@@ -392,6 +433,8 @@ def main() -> None:
     parser.add_argument("--small-per-cycle", type=int, default=2, help="64-pixel steps per cycle")
     parser.add_argument("--sketch-positions", choices=("final", "stage"), default="stage",
                         help="64-pixel batches at the 128-pixel grid's coordinates (final) or the stock integer grid")
+    parser.add_argument("--layout-weight", type=float, default=0.0,
+                        help="weight of the auxiliary per-token layout loss (0: off, the shipped weights)")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--ema", type=float, default=0.999)
     parser.add_argument("--caption-dropout", type=float, default=0.1)
@@ -431,7 +474,7 @@ def main() -> None:
         pictures = ((decoded.sample.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).cpu().numpy()
         log(f"vae round trip: checker passes {checker_rates(list(pictures), [s.prompt for s in scenes])['whole']:.3f}"
             " of 32 scenes")
-    raw, prompts = encode_dataset(vae, args.scenes, rng, device, log)
+    raw, prompts, labels = encode_dataset(vae, args.scenes, rng, device, log)
     # FLUX normalises latents as (z - shift) * scale; measured on the data so the model sees unit variance.
     vae.register_to_config(shift_factor=float(raw[SIZE].mean()), scaling_factor=float(1.0 / raw[SIZE].std()))
     log(f"vae shift_factor {vae.config.shift_factor:.4f} scaling_factor {vae.config.scaling_factor:.4f}")
@@ -440,7 +483,7 @@ def main() -> None:
     prompt_ids = torch.tensor([tokens.index[p] for p in prompts])
     log(f"{len(tokens.prompts) - 1} distinct training prompts")
     pretrain_text_encoders(pipe, tokens, args.text_steps, torch.Generator().manual_seed(args.seed), device, log)
-    train_transformer(pipe, latents, prompt_ids, tokens, args, device, log)
+    train_transformer(pipe, latents, prompt_ids, tokens, args, device, log, labels)
 
     args.output.mkdir(parents=True, exist_ok=True)
     pipe.to("cpu").save_pretrained(args.output, safe_serialization=True)
