@@ -60,8 +60,9 @@ class CallArguments:
     callback_on_step_end_tensor_inputs: list[str]
     max_sequence_length: int
 
-    def __init__(self, pipeline: str, values: dict[str, Any], given: set[str]):
+    def __init__(self, pipeline: str, values: dict[str, Any], given: set[str], memo: dict[str, Any] | None = None):
         self._pipeline, self._values, self._given = pipeline, values, frozenset(given)
+        self._memo = {} if memo is None else memo
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
@@ -86,7 +87,14 @@ class CallArguments:
         ``given`` still answers for what the caller passed."""
         for name in values:
             getattr(self, name)  # only the pipeline's own arguments
-        return CallArguments(self._pipeline, {**self._values, **values}, set(self._given))
+        return CallArguments(self._pipeline, {**self._values, **values}, set(self._given), self._memo)
+
+    def memoized(self, name: str, compute: Callable[[], Any]) -> Any:
+        """A value derived from the caller's arguments (preprocessed reference pictures), computed once per call;
+        the copies ``resolved`` makes share it."""
+        if name not in self._memo:
+            self._memo[name] = compute()
+        return self._memo[name]
 
 
 class DiffusersFrescoRunner:

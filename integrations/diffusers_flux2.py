@@ -59,15 +59,13 @@ class Flux2FrescoRunner(FluxFrescoRunner):
 
     def reference_pictures(self, call: CallArguments) -> list[torch.Tensor]:
         """The reference images as stock preprocesses them (shrunk to 1024x1024 pixels of area if larger, cropped to
-        whole packed latents); memoised on the call, since ``check`` needs their size and ``encode`` their latents."""
-        pipe, image = self.pipe, call.image
-        if image is None:
-            return []
-        cached = getattr(call, "_fresco_references", None)
-        if cached is not None:
-            return cached
+        whole packed latents); once per call, since ``check`` needs their size and ``encode`` their latents."""
+        return call.memoized("reference_pictures", lambda: self._preprocessed(call.image))
+
+    def _preprocessed(self, image: Any) -> list[torch.Tensor]:
+        pipe = self.pipe
         pictures = []
-        for picture in image if isinstance(image, list) else [image]:
+        for picture in [] if image is None else image if isinstance(image, list) else [image]:
             pipe.image_processor.check_image_input(picture)
             width, height = picture.size
             if width * height > _REFERENCE_AREA:
@@ -76,7 +74,6 @@ class Flux2FrescoRunner(FluxFrescoRunner):
             multiple = pipe.vae_scale_factor * 2
             width, height = width // multiple * multiple, height // multiple * multiple
             pictures.append(pipe.image_processor.preprocess(picture, height=height, width=width, resize_mode="crop"))
-        call.__dict__["_fresco_references"] = pictures
         return pictures
 
     def call_state(self, call: CallArguments) -> dict[str, Any]:

@@ -53,9 +53,24 @@ def _run(pipe, call):
         negative = text_inputs(batch=text["prompt_embeds"].shape[0], seed=2)
         call.update(negative_prompt_embeds=negative["prompt_embeds"],
                     negative_pooled_prompt_embeds=negative["pooled_prompt_embeds"])
+    return _generate(pipe, text, call)
+
+
+_pipes = {}
+
+
+def _generate(pipe, text, call):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return pipe(**text, **call, generator=torch.Generator().manual_seed(0)).images
+
+
+def _tiny(name, build):
+    """One tiny pipeline per name for the whole module (building them per example would dominate the run)."""
+    if name not in _pipes:
+        _pipes[name] = build()
+        _pipes[name].set_progress_bar_config(disable=True)
+    return _pipes[name]
 
 
 def _outcome(run, pipe, call):
@@ -132,10 +147,7 @@ def _kontext_run(pipe, call):
     output_type=st.sampled_from(["latent", "np"]),
 )
 def test_every_kontext_call_runs_like_stock_or_is_refused_naming_the_argument(config, **call):
-    if "kontext" not in _pipes:
-        _pipes["kontext"] = tiny_flux_kontext_pipeline()
-        _pipes["kontext"].set_progress_bar_config(disable=True)
-    _judge(_pipes["kontext"], CONFIGS[config], call, _kontext_run)
+    _judge(_tiny("kontext", tiny_flux_kontext_pipeline), CONFIGS[config], call, _kontext_run)
 
 
 def _img2img_run(pipe, call):
@@ -160,10 +172,7 @@ def _img2img_run(pipe, call):
     output_type=st.sampled_from(["latent", "np"]),
 )
 def test_every_img2img_call_runs_like_stock_or_is_refused_naming_the_argument(config, **call):
-    if "img2img" not in _pipes:
-        _pipes["img2img"] = tiny_flux_img2img_pipeline()
-        _pipes["img2img"].set_progress_bar_config(disable=True)
-    _judge(_pipes["img2img"], CONFIGS[config], call, _img2img_run)
+    _judge(_tiny("img2img", tiny_flux_img2img_pipeline), CONFIGS[config], call, _img2img_run)
 
 
 def _qwen_run(pipe, call):
@@ -175,9 +184,7 @@ def _qwen_run(pipe, call):
     if call.pop("negative"):
         negative = torch.randn(batch, tokens, 32, generator=g)
         text.update(negative_prompt_embeds=negative, negative_prompt_embeds_mask=mask)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return pipe(**text, **call, generator=torch.Generator().manual_seed(0)).images
+    return _generate(pipe, text, call)
 
 
 @settings(max_examples=100, deadline=None, derandomize=True)
@@ -194,10 +201,26 @@ def _qwen_run(pipe, call):
     output_type=st.sampled_from(["latent", "np"]),
 )
 def test_every_qwen_image_call_runs_like_stock_or_is_refused_naming_the_argument(config, **call):
-    if "qwen" not in _pipes:
-        _pipes["qwen"] = tiny_qwen_image_pipeline()
-        _pipes["qwen"].set_progress_bar_config(disable=True)
-    _judge(_pipes["qwen"], CONFIGS[config], call, _qwen_run)
+    _judge(_tiny("qwen", tiny_qwen_image_pipeline), CONFIGS[config], call, _qwen_run)
+
+
+# calls of an image pipeline given its prompt embeddings; height and width None: stock's default size
+EMBEDDED_TEXT_CALL = dict(
+    config=st.sampled_from(sorted(CONFIGS)),
+    height=st.sampled_from([None, 1, 8, 16, 32, 48]),
+    width=st.sampled_from([None, 8, 16, 32, 40]),
+    text_tokens=st.integers(1, 6),
+    num_inference_steps=st.integers(1, 6),
+    num_images_per_prompt=st.sampled_from([0, 1, 1, 1, 2]),
+    batch=st.integers(1, 2),
+    negative=st.booleans(),
+    output_type=st.sampled_from(["latent", "np"]),
+)
+
+
+def _small_default(call, has_size=False):
+    if call["height"] is None and call["width"] is None and not has_size:
+        call["height"] = call["width"] = 32  # stock's default is 1024 pixels a side, a minute per call here
 
 
 def _flux2_run(pipe, call):
@@ -208,32 +231,15 @@ def _flux2_run(pipe, call):
         text["negative_prompt_embeds"] = torch.randn(batch, tokens, 32, generator=g)
     if reference:
         call["image"] = PIL.Image.new("RGB", reference, (40, 160, 90))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return pipe(**text, **call, generator=torch.Generator().manual_seed(0)).images
+    return _generate(pipe, text, call)
 
 
 @settings(max_examples=100, deadline=None, derandomize=True)
-@given(
-    config=st.sampled_from(sorted(CONFIGS)),
-    height=st.sampled_from([None, 1, 8, 16, 32, 48]),
-    width=st.sampled_from([None, 8, 16, 32, 40]),
-    text_tokens=st.integers(1, 6),
-    num_inference_steps=st.integers(1, 6),
-    num_images_per_prompt=st.sampled_from([0, 1, 1, 1, 2]),
-    batch=st.integers(1, 2),
-    guidance_scale=st.sampled_from([1.0, 4.0]),
-    negative=st.booleans(),
-    reference=st.sampled_from([None, None, (64, 64), (80, 64)]),
-    output_type=st.sampled_from(["latent", "np"]),
-)
+@given(**EMBEDDED_TEXT_CALL, guidance_scale=st.sampled_from([1.0, 4.0]),
+       reference=st.sampled_from([None, None, (64, 64), (80, 64)]))
 def test_every_flux2_klein_call_runs_like_stock_or_is_refused_naming_the_argument(config, **call):
-    if "flux2-klein" not in _pipes:
-        _pipes["flux2-klein"] = tiny_flux2_klein_pipeline()
-        _pipes["flux2-klein"].set_progress_bar_config(disable=True)
-    if call["height"] is None and call["width"] is None and call["reference"] is None:
-        call["height"] = call["width"] = 32  # stock's default is 1024 pixels a side, a minute per call here
-    _judge(_pipes["flux2-klein"], CONFIGS[config], call, _flux2_run)
+    _small_default(call, has_size=call["reference"] is not None)  # a reference gives stock its size
+    _judge(_tiny("flux2-klein", tiny_flux2_klein_pipeline), CONFIGS[config], call, _flux2_run)
 
 
 def _z_image_run(pipe, call):
@@ -242,33 +248,15 @@ def _z_image_run(pipe, call):
     text = {"prompt_embeds": [torch.randn(tokens + i, 16, generator=g) for i in range(batch)]}
     if call.pop("negative"):
         text["negative_prompt_embeds"] = [torch.randn(tokens, 16, generator=g) for _ in range(batch)]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return pipe(**text, **call, generator=torch.Generator().manual_seed(0)).images
+    return _generate(pipe, text, call)
 
 
 @settings(max_examples=100, deadline=None, derandomize=True)
-@given(
-    config=st.sampled_from(sorted(CONFIGS)),
-    height=st.sampled_from([None, 1, 8, 16, 32, 48]),
-    width=st.sampled_from([None, 8, 16, 32, 40]),
-    text_tokens=st.integers(1, 6),
-    num_inference_steps=st.integers(1, 6),
-    num_images_per_prompt=st.sampled_from([0, 1, 1, 1, 2]),
-    batch=st.integers(1, 2),
-    guidance_scale=st.sampled_from([0.0, 4.0]),
-    cfg_truncation=st.sampled_from([1.0, 0.5]),
-    cfg_normalization=st.booleans(),
-    negative=st.booleans(),
-    output_type=st.sampled_from(["latent", "np"]),
-)
+@given(**EMBEDDED_TEXT_CALL, guidance_scale=st.sampled_from([0.0, 4.0]), cfg_truncation=st.sampled_from([1.0, 0.5]),
+       cfg_normalization=st.booleans())
 def test_every_z_image_call_runs_like_stock_or_is_refused_naming_the_argument(config, **call):
-    if "z-image" not in _pipes:
-        _pipes["z-image"] = tiny_z_image_pipeline()
-        _pipes["z-image"].set_progress_bar_config(disable=True)
-    if call["height"] is None and call["width"] is None:
-        call["height"] = call["width"] = 32  # stock's default is 1024 pixels a side, a minute per call here
-    _judge(_pipes["z-image"], CONFIGS[config], call, _z_image_run)
+    _small_default(call)
+    _judge(_tiny("z-image", tiny_z_image_pipeline), CONFIGS[config], call, _z_image_run)
 
 
 def _video_text(name, batch, seed):
@@ -306,7 +294,6 @@ def _video_run(name):
 VIDEO_PIPELINES = {"hunyuan-video": tiny_hunyuan_video_pipeline, "hunyuan-video15": tiny_hunyuan_video15_pipeline,
                    "wan": tiny_wan_pipeline,
                    "wan2.2-experts": functools.partial(tiny_wan_pipeline, two_experts=True)}
-_pipes = {}
 
 
 @pytest.mark.parametrize("name", sorted(VIDEO_PIPELINES))
@@ -323,7 +310,4 @@ _pipes = {}
     output_type=st.sampled_from(["latent", "np"]),
 )
 def test_every_video_call_runs_like_stock_or_is_refused_naming_the_argument(name, config, **call):
-    if name not in _pipes:
-        _pipes[name] = VIDEO_PIPELINES[name]()
-        _pipes[name].set_progress_bar_config(disable=True)
-    _judge(_pipes[name], CONFIGS[config], call, _video_run(name))
+    _judge(_tiny(name, VIDEO_PIPELINES[name]), CONFIGS[config], call, _video_run(name))
