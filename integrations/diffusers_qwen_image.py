@@ -49,12 +49,21 @@ class _QwenPositionHook(PositionHook):
     then any reference image's (editing). Only the generated grid's part moves to the tokens' positions; the reference's
     and the text's (which start past the largest grid's half-size) stay stock's."""
 
+    _frequencies: tuple[torch.Tensor, tuple[int, int], torch.Tensor] | None = None
+
     def __call__(self, module: torch.nn.Module, args: tuple, output: Any) -> Any:
         if self.positions is None:
             return None
         _, rows, cols = args[0][0][0]  # img_shapes: per image, a list of (frames, rows, cols)
-        image = torch.cat([self.positions_at(module, self.positions, rows, cols), output[0][rows * cols:]])
-        return image, output[1]
+        # the sampler passes one positions tensor per layout: compute its frequencies once, not at every forward
+        cached = self._frequencies
+        if cached is None or cached[0] is not self.positions or cached[1] != (rows, cols):
+            cached = self._frequencies = (self.positions, (rows, cols),
+                                          self.positions_at(module, self.positions, rows, cols))
+        return torch.cat([cached[2], output[0][rows * cols:]]), output[1]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**super().__getstate__(), "_frequencies": None}
 
 
 def qwen_guidance(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:

@@ -36,6 +36,33 @@ def test_a_sketch_is_told_stock_text_positions_for_its_own_grid():
     assert sketch_image.shape[0] == 64 and full_image.shape[0] == 256
 
 
+def test_the_image_frequencies_are_computed_once_per_layout_not_per_forward():
+    pipe = tiny_qwen_image_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    text = dict(prompt_embeds=torch.randn(1, 5, 32), prompt_embeds_mask=torch.ones(1, 5, dtype=torch.long))
+    guided = dict(true_cfg_scale=3.0, negative_prompt_embeds=torch.randn(1, 5, 32),
+                  negative_prompt_embeds_mask=torch.ones(1, 5, dtype=torch.long))
+    call = dict(**text, **guided, height=64, width=64, num_inference_steps=8, output_type="latent")
+    config = FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(4, 4), promotion_rounds=1, promotion_ratio=0.3)
+    apply_fresco(pipe, config)
+    hook = pipe._fresco_runner.position_hook
+    cached_class = type(hook)
+
+    class Uncached(cached_class):  # the frequencies afresh at every forward, as before the cache
+        def __call__(self, module, args, output):
+            self._frequencies = None
+            return super().__call__(module, args, output)
+
+    hook.__class__ = Uncached
+    reference = pipe(**call, generator=torch.Generator().manual_seed(0)).images
+    hook.__class__ = cached_class
+    computed = []
+    hook.positions_at = lambda *args: computed.append(1) or qwen_rope_at_positions(*args)
+    assert torch.equal(pipe(**call, generator=torch.Generator().manual_seed(0)).images, reference)
+    layouts = len(last_fresco_run(pipe).resolution_maps)  # the sketch, after the round, the full grid
+    assert 0 < len(computed) == layouts < 2 * 8  # of 16 forwards (8 steps, two branches)
+
+
 def test_the_terminal_shift_stretches_the_whole_schedule_once():
     pipe = tiny_qwen_image_pipeline()
     pipe.set_progress_bar_config(disable=True)
