@@ -54,6 +54,7 @@ class _StripRope:
         self.stock = stock
         self.owners: weakref.WeakSet = weakref.WeakSet()
         self.armed: tuple[torch.Tensor, int, int] | None = None  # (positions, tokens per strip, padded length)
+        self.spatial: tuple[torch.Tensor, torch.Tensor] | None = None  # (positions, their row and column part)
 
     def __getattr__(self, name: str) -> Any:  # axes_dims, theta, freqs_cis, ...: the stock lookup's
         return getattr(self.__dict__["stock"], name)
@@ -63,14 +64,18 @@ class _StripRope:
             return self.stock(ids)
         positions, tokens, padded = self.armed
         self.armed = None
+        # the frame axis (the caption's length) is an integer: the table answers it, with the strip's row and column
+        # zeroed (its column index can pass the table's end); rows and columns come from the formula, worked out once
+        # per layout (on the host, as the table is) since the sampler passes one positions tensor per layout
         strips = ids.clone()
-        for start in range(0, ids.shape[0], padded):  # a strip's column index can pass the table's end
+        for start in range(0, ids.shape[0], padded):
             strips[start:start + tokens, 1:] = 0
         out = self.stock(strips)
-        for start in range(0, ids.shape[0], padded):  # each image's strip, then its pad tokens
-            frame = ids[start, 0].to(positions.dtype)
-            at = torch.cat([frame.expand(tokens, 1), positions[:, 1:]], dim=1)
-            out[start:start + tokens] = z_image_rope_at(self.stock, at).to(out.device)
+        if self.spatial is None or self.spatial[0] is not positions:
+            self.spatial = (positions, z_image_rope_at(self.stock, positions)[:, self.stock.axes_dims[0] // 2:]
+                            .to(out.device))
+        for start in range(0, ids.shape[0], padded):
+            out[start:start + tokens, self.stock.axes_dims[0] // 2:] = self.spatial[1]
         return out
 
     def __reduce_ex__(self, protocol: int) -> tuple:
