@@ -101,6 +101,10 @@ def main() -> None:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             output[0].save(args.out)
             print(f"wrote {Path(args.out).resolve()}")
+    if args.tiny:
+        from fresco_plugin.tools.tiny import end_gloo_ranks
+
+        end_gloo_ranks()
     dist.destroy_process_group()
 
 

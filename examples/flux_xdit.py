@@ -97,6 +97,10 @@ def main() -> None:
             out.parent.mkdir(parents=True, exist_ok=True)
             output[0].save(out)
             print(f"wrote {out.resolve()}")
+    if tiny:
+        from fresco_plugin.tools.tiny import end_gloo_ranks
+
+        end_gloo_ranks()
     dist.destroy_process_group()
 
 

@@ -108,6 +108,10 @@ def main() -> None:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             export_to_video(output[0], args.out, fps=15)
             print(f"wrote {Path(args.out).resolve()}")
+    if args.tiny:
+        from fresco_plugin.tools.tiny import end_gloo_ranks
+
+        end_gloo_ranks()
     dist.destroy_process_group()
 
 

@@ -1,12 +1,17 @@
 """Random-weight diffusers pipelines built from configs (no downloads): tiny ones for tests and the offline examples,
-and FLUX.1 at its real size for GPU timing and start-up checks."""
+and FLUX.1 at its real size for GPU timing and start-up checks; ``end_gloo_ranks`` ends the examples' offline
+multi-process runs."""
 
 from __future__ import annotations
 
-import torch
+import os
+import sys
 
-__all__ = ["random_flux_pipeline", "random_hunyuan_video_pipeline", "tiny_flux2_klein_pipeline", "tiny_flux2_pipeline",
-           "tiny_flux_img2img_pipeline", "tiny_flux_kontext_pipeline", "tiny_flux_pipeline",
+import torch
+import torch.distributed as dist
+
+__all__ = ["end_gloo_ranks", "random_flux_pipeline", "random_hunyuan_video_pipeline", "tiny_flux2_klein_pipeline",
+           "tiny_flux2_pipeline", "tiny_flux_img2img_pipeline", "tiny_flux_kontext_pipeline", "tiny_flux_pipeline",
            "tiny_hunyuan_video15_pipeline", "tiny_hunyuan_video_pipeline", "tiny_qwen_image_edit_pipeline",
            "tiny_qwen_image_pipeline", "tiny_wan_pipeline", "tiny_z_image_pipeline"]
 
@@ -295,3 +300,17 @@ def tiny_z_image_pipeline(*, seed: int = 0):
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_image_seq_len=256,
                                                 max_image_seq_len=4096, base_shift=0.5, max_shift=1.15)
     return ZImagePipeline(scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None, transformer=transformer)
+
+
+def end_gloo_ranks() -> None:
+    """End an offline multi-process run: wait for every rank, tear the process group down, then exit at once.
+
+    Gloo's worker threads can outlive ``destroy_process_group`` and abort a rank while Python finalizes ("terminate
+    called without an active exception", SIGABRT) after all its work is done; CI saw it twice in a few hundred
+    launches. Exiting without finalization skips that window. Only for these CPU smoke runs: the GPU paths exit
+    normally."""
+    dist.barrier()
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
