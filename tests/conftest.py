@@ -80,6 +80,19 @@ def run_ranks(worker: Callable[..., None], world: int, task: str, tmp_path: Path
     return torch.load(out_path)
 
 
+def shared_launches(worker: Callable[..., None], tmp_path_factory, timeout_s: float = 240) -> Callable[[int], dict]:
+    """``launch(world)``: what rank 0 saved from one launch of ``worker`` on ``world`` processes, made once and shared
+    by every test that asks (starting the processes costs more than most cases, so a worker runs all of its cases)."""
+    results: dict[int, dict] = {}
+
+    def launch(world: int) -> dict:
+        if world not in results:
+            results[world] = run_ranks(worker, world, "cases", tmp_path_factory.mktemp("ranks"), timeout_s)
+        return results[world]
+
+    return launch
+
+
 # ------------------------------------------------------------------ shared by the FLUX sequence-parallel tests
 # 72x40 pixels: a 36x20 token grid, whose quarter-resolution stage (9x5 = 45 tokens) no degree above 1 divides
 UNEVEN_SIZE = dict(height=72, width=40)

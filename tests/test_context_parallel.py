@@ -15,7 +15,7 @@ from conftest import (
     assert_every_step_matches,
     generate_flux_steps,
     ranks_agree_under_score_noise,
-    run_ranks,
+    shared_launches,
 )
 
 from fresco_plugin import FrescoConfig, apply_fresco
@@ -28,10 +28,8 @@ CONFIG = FrescoConfig(stage_scales=(0.25, 0.5, 1.0), promotion_rounds=1)
 TIMEOUT_S = 240
 
 
-def _pipe():
-    pipe = tiny_flux_pipeline(num_attention_heads=4)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+# Every case of one world size runs in one launch (``shared_launches``).
+CASES = {2: ("match", "match-fresco-first", "pad", "agree"), 4: ("match", "pad", "text", "heads", "unseeded")}
 
 
 def _worker(rank, world, port, task, out_path):
@@ -39,43 +37,42 @@ def _worker(rank, world, port, task, out_path):
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
     torch.accelerator.device_count = lambda: 1
     try:
-        from diffusers import ContextParallelConfig
-
-        pipe = _pipe() if task != "heads" else tiny_flux_pipeline(num_attention_heads=2)
-        pipe.set_progress_bar_config(disable=True)
-        parallel = ContextParallelConfig(ulysses_degree=world)
-        if task == "match-fresco-first":  # the other order: Fresco first, parallelism after
-            apply_fresco(pipe, CONFIG)
-            pipe.transformer.enable_parallelism(config=parallel)
-        else:
-            pipe.transformer.enable_parallelism(config=parallel)
-        result = {}
-        if task.startswith("match") or task == "pad":
-            if task in ("match", "pad"):
-                apply_fresco(pipe, CONFIG)
-            result["out"], result["steps"] = generate_flux_steps(pipe, **(UNEVEN_SIZE if task == "pad" else {}))
-        elif task == "agree":
-            result["same_on_all_ranks"] = ranks_agree_under_score_noise(pipe, world)
-        else:  # errors raised before any model call
-            apply_fresco(pipe, CONFIG)
-            try:
-                generate_flux_steps(pipe, text_tokens=6 if task == "text" else 8, seeded=task != "unseeded")
-            except ValueError as error:
-                result["error"] = str(error)
+        results = {case: _case(case, world) for case in CASES[world]}
         if rank == 0:
-            torch.save(result, out_path)
+            torch.save(results, out_path)
     finally:
-        dist.barrier()  # a rank that finishes early (a refusal) must not take the store down under the others
+        dist.barrier()  # a rank that finishes early must not take the store down under the others
         dist.destroy_process_group()
 
 
-def _spawn(world, task, tmp_path):
-    return run_ranks(_worker, world, task, tmp_path, TIMEOUT_S)
+def _case(case, world) -> dict:
+    from diffusers import ContextParallelConfig
+
+    pipe = tiny_flux_pipeline(num_attention_heads=2 if case == "heads" else 4)
+    pipe.set_progress_bar_config(disable=True)
+    if case == "match-fresco-first":  # the other order: Fresco first, parallelism after
+        apply_fresco(pipe, CONFIG)
+    pipe.transformer.enable_parallelism(config=ContextParallelConfig(ulysses_degree=world))
+    if case == "agree":
+        return {"same_on_all_ranks": ranks_agree_under_score_noise(pipe, world)}
+    if case != "match-fresco-first":
+        apply_fresco(pipe, CONFIG)
+    try:
+        out, steps = generate_flux_steps(pipe, text_tokens=6 if case == "text" else 8, seeded=case != "unseeded",
+                                         **(UNEVEN_SIZE if case == "pad" else {}))
+    except ValueError as error:  # the refusals, raised before any model call
+        return {"error": str(error)}
+    return {"out": out, "steps": steps}
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory):
+    return shared_launches(_worker, tmp_path_factory, TIMEOUT_S)
 
 
 @pytest.mark.parametrize("world,task", [(2, "match"), (4, "match"), (2, "match-fresco-first")])
-def test_every_step_matches_a_single_process_run(world, task, tmp_path):
-    assert_every_step_matches(_spawn(world, task, tmp_path), world)
+def test_every_step_matches_a_single_process_run(world, task, launched):
+    assert_every_step_matches(launched(world)[task], world)
 
 
 def test_the_padding_mask_follows_the_sequence_ulysses_assembles():
@@ -87,17 +84,18 @@ def test_the_padding_mask_follows_the_sequence_ulysses_assembles():
 
 
 @pytest.mark.parametrize("world", [2, 4])
-def test_a_stage_that_cannot_split_evenly_is_padded_with_masked_tokens(world, tmp_path):
+def test_a_stage_that_cannot_split_evenly_is_padded_with_masked_tokens(world, launched):
     """72x40 pixels: the quarter-resolution stage has 45 tokens; padded to a multiple of the degree, the pads masked
     out of every key, it still equals one process at every step."""
-    assert_every_step_matches(_spawn(world, "pad", tmp_path), world, UNEVEN_SIZE)
+    assert_every_step_matches(launched(world)["pad"], world, UNEVEN_SIZE)
 
 
-def test_ranks_take_rank_zeros_decision_even_when_their_scores_differ(tmp_path):
-    assert _spawn(2, "agree", tmp_path)["same_on_all_ranks"]
+def test_ranks_take_rank_zeros_decision_even_when_their_scores_differ(launched):
+    assert launched(2)["agree"]["same_on_all_ranks"]
 
 
-def test_degrees_that_cannot_work_are_refused(tmp_path):
-    assert "text tokens do not split over context-parallel degree 4" in _spawn(4, "text", tmp_path)["error"]
-    assert "2 attention heads, which Ulysses degree 4 does not divide" in _spawn(4, "heads", tmp_path)["error"]
-    assert "every rank must start from the same noise: pass generator=" in _spawn(2, "unseeded", tmp_path)["error"]
+def test_degrees_that_cannot_work_are_refused(launched):
+    errors = launched(4)
+    assert "text tokens do not split over context-parallel degree 4" in errors["text"]["error"]
+    assert "2 attention heads, which Ulysses degree 4 does not divide" in errors["heads"]["error"]
+    assert "every rank must start from the same noise: pass generator=" in errors["unseeded"]["error"]

@@ -11,7 +11,7 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-from conftest import generate_video_steps, run_ranks
+from conftest import generate_video_steps, shared_launches
 
 from fresco_plugin import FrescoConfig, apply_fresco
 from fresco_plugin.integrations.hunyuan_video_parallel import interleave_mask
@@ -29,34 +29,46 @@ def _pipe(heads=4):
     return pipe
 
 
+# Every case of one world size runs in one launch (``shared_launches``).
+CASES = {2: ("stock", "fresco", "fresco-first"), 4: ("stock", "fresco", "padded", "heads", "text")}
+
+
 def _worker(rank, world, port, task, out_path):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
     torch.accelerator.device_count = lambda: 1
     try:
-        from diffusers import ContextParallelConfig
-
-        from fresco_plugin.integrations.hunyuan_video_parallel import enable_hunyuan_video_parallelism
-
-        pipe = _pipe(heads=2 if task == "heads" else 4)
-        parallel = ContextParallelConfig(ulysses_degree=world)
-        result = {}
-        try:
-            if task == "fresco-first":
-                apply_fresco(pipe, CONFIG)
-            enable_hunyuan_video_parallelism(pipe.transformer, parallel)
-            if task in ("fresco", "text", "padded"):
-                apply_fresco(pipe, CONFIG)
-            # one latent frame: the half-resolution grid holds 2 x 3 = 6 tokens, which degree 4 does not divide
-            result["out"], result["steps"] = generate_video_steps(pipe, text_tokens=6 if task == "text" else 8,
-                                                                  num_frames=1 if task == "padded" else 5)
-        except ValueError as error:
-            result["error"] = str(error)
+        results = {case: _case(case, world) for case in CASES[world]}
         if rank == 0:
-            torch.save(result, out_path)
+            torch.save(results, out_path)
     finally:
-        dist.barrier()  # a rank that finishes early (a refusal) must not take the store down under the others
+        dist.barrier()  # a rank that finishes early must not take the store down under the others
         dist.destroy_process_group()
+
+
+def _case(case, world) -> dict:
+    from diffusers import ContextParallelConfig
+
+    from fresco_plugin.integrations.hunyuan_video_parallel import enable_hunyuan_video_parallelism
+
+    pipe = _pipe(heads=2 if case == "heads" else 4)
+    try:
+        if case == "fresco-first":
+            apply_fresco(pipe, CONFIG)
+        enable_hunyuan_video_parallelism(pipe.transformer, ContextParallelConfig(ulysses_degree=world))
+        if case in ("fresco", "text", "padded"):
+            apply_fresco(pipe, CONFIG)
+        # one latent frame: the half-resolution grid holds 2 x 3 = 6 tokens, which degree 4 does not divide
+        out, steps = generate_video_steps(pipe, text_tokens=6 if case == "text" else 8,
+                                          num_frames=1 if case == "padded" else 5)
+    except ValueError as error:  # the refusals
+        return {"error": str(error)}
+    return {"out": out, "steps": steps}
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory):
+    return shared_launches(_worker, tmp_path_factory, TIMEOUT_S)
 
 
 def test_the_mask_follows_the_sequence_ulysses_assembles():
@@ -66,8 +78,8 @@ def test_the_mask_follows_the_sequence_ulysses_assembles():
 
 @pytest.mark.parametrize("world,task", [(2, "stock"), (4, "stock"), (2, "fresco"), (4, "fresco"),
                                         (2, "fresco-first")])
-def test_every_step_matches_a_single_process_run(world, task, tmp_path):
-    result = run_ranks(_worker, world, task, tmp_path, TIMEOUT_S)
+def test_every_step_matches_a_single_process_run(world, task, launched):
+    result = launched(world)[task]
     single = _pipe()
     if task != "stock":
         apply_fresco(single, FrescoConfig(stage_scales=(0.5, 1.0), promotion_rounds=1, token_multiple=world))
@@ -79,17 +91,16 @@ def test_every_step_matches_a_single_process_run(world, task, tmp_path):
     assert torch.allclose(result["out"], out, atol=1e-5)
 
 
-def test_degrees_that_cannot_work_are_refused(tmp_path):
-    heads = run_ranks(_worker, 4, "heads", tmp_path, TIMEOUT_S)["error"]
-    assert "2 attention heads, which Ulysses degree 4 does not divide" in heads
-    text = run_ranks(_worker, 4, "text", tmp_path, TIMEOUT_S)["error"]
-    assert "6 text tokens do not split over context-parallel degree 4" in text
+def test_degrees_that_cannot_work_are_refused(launched):
+    refusals = launched(4)
+    assert "2 attention heads, which Ulysses degree 4 does not divide" in refusals["heads"]["error"]
+    assert "6 text tokens do not split over context-parallel degree 4" in refusals["text"]["error"]
 
 
-def test_a_stage_that_cannot_split_evenly_is_padded_with_masked_tokens(tmp_path):
+def test_a_stage_that_cannot_split_evenly_is_padded_with_masked_tokens(launched):
     """One latent frame: the half-resolution stage holds 2 x 3 = 6 tokens; over 4 ranks it runs as a strip of 8
     whose last 2 are masked out of every key (and dropped), and still equals one process at every step."""
-    result = run_ranks(_worker, 4, "padded", tmp_path, TIMEOUT_S)
+    result = launched(4)["padded"]
     single = _pipe()
     apply_fresco(single, FrescoConfig(stage_scales=(0.5, 1.0), promotion_rounds=1, token_multiple=4))
     out, steps = generate_video_steps(single, num_frames=1)

@@ -101,13 +101,7 @@ class TransformerFlops:
         return int(value)
 
     def _build(self):
-        import diffusers
-
-        classes = {"flux": diffusers.FluxTransformer2DModel, "hunyuan-video": diffusers.HunyuanVideoTransformer3DModel,
-                   "wan": diffusers.WanTransformer3DModel, "qwen-image": diffusers.QwenImageTransformer2DModel,
-                   "flux2": diffusers.Flux2Transformer2DModel, "z-image": diffusers.ZImageTransformer2DModel}
-        with torch.device("meta"):
-            return classes[self.family](**self.config)
+        return _meta_transformer(self.family, json.dumps(self.config, sort_keys=True))
 
     def _inputs(self, n: int) -> dict[str, Any]:
         c, t = self.config, self.text_tokens
@@ -238,6 +232,18 @@ def _quadratic_through(points: list[tuple[int, int]]) -> tuple[Fraction, Fractio
     c1 = Fraction(y1 - y0, x1 - x0) - c2 * (x0 + x1)
     c0 = y0 - c1 * x0 - c2 * x0 * x0
     return c0, c1, c2
+
+
+@cache
+def _meta_transformer(family: str, config_json: str) -> torch.nn.Module:
+    """One meta-device build per architecture (seconds for the large ones), shared by every text-token count."""
+    import diffusers
+
+    classes = {"flux": diffusers.FluxTransformer2DModel, "hunyuan-video": diffusers.HunyuanVideoTransformer3DModel,
+               "wan": diffusers.WanTransformer3DModel, "qwen-image": diffusers.QwenImageTransformer2DModel,
+               "flux2": diffusers.Flux2Transformer2DModel, "z-image": diffusers.ZImageTransformer2DModel}
+    with torch.device("meta"):
+        return classes[family](**json.loads(config_json))
 
 
 @cache
