@@ -5,14 +5,11 @@
 
 from __future__ import annotations
 
+from fresco_plugin.config import PRESET_BASELINES
 from fresco_plugin.flops import count_plan_flops
 
-ROWS = [
-    ("flux-dev-3x", "flux-dev", {}),
-    ("flux-dev-5x", "flux-dev", {}),
-    ("flux-dev-10x", "flux-dev", {}),
-    ("flux-schnell-22x", "flux-schnell", {}),
-    ("hunyuan-video-5x", "hunyuan-video", {}),
+# every preset on the model and step count it is named for, then two more settings
+ROWS = [(preset, model, {"baseline_steps": steps}) for preset, (model, steps) in PRESET_BASELINES.items()] + [
     ("hunyuan-video-5x", "wan2.1-t2v-14b", {}),
     ("flux-dev-10x", "flux-dev", {"height": 2048, "width": 2048}),
 ]

@@ -13,10 +13,12 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 
 from fresco_plugin import config as config_module
-from fresco_plugin.config import PRESETS, FrescoConfig
+from fresco_plugin.config import PRESET_BASELINES, PRESETS, FrescoConfig
 
 OUTPUT = Path(__file__).resolve().parent / "configuration.md"
-PRESET_MODELS = {"flux-dev": "FLUX.1-dev", "flux-schnell": "FLUX.1-schnell", "hunyuan-video": "HunyuanVideo"}
+MODEL_LABELS = {"flux-dev": "FLUX.1-dev", "flux-schnell": "FLUX.1-schnell", "hunyuan-video": "HunyuanVideo",
+                "flux-kontext": "FLUX.1-Kontext-dev", "flux2-dev": "FLUX.2-dev", "qwen-image": "Qwen-Image",
+                "z-image": "Z-Image", "wan2.1-t2v-14b": "Wan2.1-T2V-14B", "wan2.2-t2v-a14b": "Wan2.2-T2V-A14B"}
 
 
 def field_docs() -> dict[str, str]:
@@ -58,12 +60,17 @@ def render() -> str:
         lines.append(f"| `{field.name}` | {default_of(field)} | {docs[field.name]} |")
     lines += ["", "## Presets", "",
               "`FrescoConfig.preset(name, **overrides)`; `apply_fresco(pipe, name)` takes the name directly. Each "
-              "preset's transformer-FLOPs speedup over its model's 50-step full-resolution run, as `fresco flops` "
-              "counts it, is at least its name (`tests/test_flops.py`).", "",
-              "| preset | model | plan | function evaluations |", "|---|---|---|---|"]
+              "preset's transformer-FLOPs speedup over its model's full-resolution run at the listed step count "
+              "(schnell: FLUX.1-dev's), as `fresco flops --preset NAME` counts it at the model's usual size, is at "
+              "least its name (`tests/test_flops.py`). The FLUX.1-dev plans were measured on the shipped scenes "
+              "model; the other models' plans follow the same rule by FLOPs (`FrescoConfig.for_speedup`), and "
+              "`flux-schnell-22x` and `hunyuan-video-5x` the paper's step counts; none of those is measured on "
+              "its model here.", "",
+              "| preset | model | baseline steps | plan | function evaluations |", "|---|---|---|---|---|"]
     for name, preset in PRESETS.items():
-        model = next(label for prefix, label in PRESET_MODELS.items() if name.startswith(prefix))
-        lines.append(f"| `{name}` | {model} | {plan_of(preset)} | {sum(preset.stage_steps)} |")
+        model, baseline_steps = PRESET_BASELINES[name]
+        lines.append(f"| `{name}` | {MODEL_LABELS[model]} | {baseline_steps} | {plan_of(preset)} | "
+                     f"{sum(preset.stage_steps)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
-__all__ = ["FrescoConfig", "PRESETS"]
+__all__ = ["FrescoConfig", "PRESETS", "PRESET_BASELINES"]
 
 PromotionOrder = Literal["settled_first", "unsettled_first"]
 Expansion = Literal["hadamard", "nearest", "dct"]
@@ -257,8 +257,15 @@ class FrescoConfig:
         return tuple(int(round(-math.log2(s))) for s in self.stage_scales)
 
 
-# Presets. Each meets its named transformer-FLOPs speedup against the named model's 50-step full-resolution run as
-# `fresco flops` counts it (schnell against FLUX.1-dev, the paper's comparison); tests/test_flops.py holds them to it.
+def _rule_plan(sketch_ratio: float, full_steps: int) -> FrescoConfig:
+    """The measured preset shape: 3 half-resolution steps with one promotion round of ``sketch_ratio``, then
+    ``full_steps`` at full resolution restarting at twice its own shift."""
+    return FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(3, full_steps), promotion_ratio=sketch_ratio,
+                        restart_shift_scale=2.0)
+
+
+# Presets. Each meets its named transformer-FLOPs speedup against its PRESET_BASELINES entry as `fresco flops` counts
+# it; tests/test_flops.py holds them to it.
 # The FLUX.1-dev plans were chosen by `benchmarks/preset_sweep.py` on the shipped scenes model (BENCHMARKS.md,
 # "Choosing the presets"): fidelity to the stock picture rose steadily as steps moved out of the half-resolution
 # stage, so each plan keeps the shortest sketch that still has a promotion round (3 steps: the score needs 2 before
@@ -267,13 +274,30 @@ class FrescoConfig:
 # realism at every budget in both regimes, adherence kept).
 # flux-schnell-22x and hunyuan-video-5x follow the paper's NFE (4 and 18) and are not measured: no distilled or video
 # model ships with the repo.
+# The other models' presets are `FrescoConfig.for_speedup(target, model=..., steps_budget=...)` at each model's usual
+# size and step count: the FLUX.1-dev rule carried over by FLOPs, not measured on those models. Kontext's reference
+# tokens stay whole at every step, so a sketch saves less there.
 PRESETS: dict[str, FrescoConfig] = {
-    "flux-dev-3x": FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(3, 15), promotion_ratio=0.5,
-                                restart_shift_scale=2.0),
-    "flux-dev-5x": FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(3, 9), promotion_ratio=0.1,
-                                restart_shift_scale=2.0),
-    "flux-dev-10x": FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(3, 4), promotion_ratio=0.1,
-                                 restart_shift_scale=2.0),
+    "flux-dev-3x": _rule_plan(0.5, 15), "flux-dev-5x": _rule_plan(0.1, 9), "flux-dev-10x": _rule_plan(0.1, 4),
     "flux-schnell-22x": FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(3, 1), promotion_ratio=0.25),
     "hunyuan-video-5x": FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(10, 8), promotion_ratio=0.25),
+    "flux-kontext-2x": _rule_plan(0.5, 12), "flux-kontext-3x": _rule_plan(0.5, 7),
+    "flux2-dev-3x": _rule_plan(0.5, 15), "flux2-dev-5x": _rule_plan(0.1, 9), "flux2-dev-10x": _rule_plan(0.1, 4),
+    "qwen-image-3x": _rule_plan(0.5, 15), "qwen-image-5x": _rule_plan(0.1, 9), "qwen-image-10x": _rule_plan(0.1, 4),
+    "z-image-3x": _rule_plan(0.5, 15), "z-image-5x": _rule_plan(0.1, 9), "z-image-10x": _rule_plan(0.1, 4),
+    "wan2.1-3x": _rule_plan(0.5, 15), "wan2.1-5x": _rule_plan(0.1, 9),
+    "wan2.2-3x": _rule_plan(0.5, 12), "wan2.2-5x": _rule_plan(0.1, 7),
+}
+
+# What each preset's name is measured against: a `fresco flops` model (its architecture and usual size) and the stock
+# step count of the full-resolution run (schnell: FLUX.1-dev's 50 steps, the paper's comparison).
+PRESET_BASELINES: dict[str, tuple[str, int]] = {
+    "flux-dev-3x": ("flux-dev", 50), "flux-dev-5x": ("flux-dev", 50), "flux-dev-10x": ("flux-dev", 50),
+    "flux-schnell-22x": ("flux-schnell", 50), "hunyuan-video-5x": ("hunyuan-video", 50),
+    "flux-kontext-2x": ("flux-kontext", 28), "flux-kontext-3x": ("flux-kontext", 28),
+    "flux2-dev-3x": ("flux2-dev", 50), "flux2-dev-5x": ("flux2-dev", 50), "flux2-dev-10x": ("flux2-dev", 50),
+    "qwen-image-3x": ("qwen-image", 50), "qwen-image-5x": ("qwen-image", 50), "qwen-image-10x": ("qwen-image", 50),
+    "z-image-3x": ("z-image", 50), "z-image-5x": ("z-image", 50), "z-image-10x": ("z-image", 50),
+    "wan2.1-3x": ("wan2.1-t2v-14b", 50), "wan2.1-5x": ("wan2.1-t2v-14b", 50),
+    "wan2.2-3x": ("wan2.2-t2v-a14b", 40), "wan2.2-5x": ("wan2.2-t2v-a14b", 40),
 }

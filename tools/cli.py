@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from fresco_plugin.config import PRESETS, FrescoConfig
+from fresco_plugin.config import PRESET_BASELINES, PRESETS, FrescoConfig
 
 __all__ = ["main"]
 
@@ -44,10 +44,12 @@ def _flops(args: argparse.Namespace) -> int:
     if args.recorded:
         return _recorded_flops(args)
     config = _load_config(args)
+    # a preset is measured against its own model and step count unless the command names others
+    model, baseline_steps = PRESET_BASELINES[args.preset or "flux-dev-10x"] if not args.config else ("flux-dev", 50)
     report = count_plan_flops(
-        config, args.model, height=args.height, width=args.width, frames=args.frames, steps=args.steps,
-        baseline_steps=args.baseline_steps, text_tokens=args.text_tokens, guidance_scale=args.guidance_scale,
-        true_cfg_scale=args.true_cfg_scale,
+        config, args.model or model, height=args.height, width=args.width, frames=args.frames, steps=args.steps,
+        baseline_steps=baseline_steps if args.baseline_steps is None else args.baseline_steps,
+        text_tokens=args.text_tokens, guidance_scale=args.guidance_scale, true_cfg_scale=args.true_cfg_scale,
     )
     print(report.to_json() if args.json else report.table())
     return 0
@@ -92,20 +94,22 @@ def _parser() -> argparse.ArgumentParser:
                         help="show third-party libraries' import warnings and loading bars (hidden by default)")
     commands = parser.add_subparsers(dest="command", required=True)
     flops = commands.add_parser(
-        "flops", help="transformer FLOPs of a Fresco plan vs the 50-step full-resolution baseline",
+        "flops", help="transformer FLOPs of a Fresco plan vs the model's full-resolution baseline",
         description="Count the transformer FLOPs of a Fresco plan on the real architecture (built on the meta "
-                    "device from its public config) and compare with the model's 50-step full-resolution run.",
+                    "device from its public config) and compare with the model's full-resolution run (50 steps unless "
+                    "the preset names another count).",
     )
-    flops.add_argument("--model", default="flux-dev", choices=sorted(MODELS),
-                       help="architecture (default: %(default)s)")
+    flops.add_argument("--model", choices=sorted(MODELS),
+                       help="architecture (default: the preset's model; flux-dev with --config)")
     flops.add_argument("--preset", choices=sorted(PRESETS), help="a FrescoConfig preset (default: flux-dev-10x)")
     flops.add_argument("--config", help="a JSON file of FrescoConfig fields (instead of --preset)")
     flops.add_argument("--height", type=int, help="pixels (default: the model's usual size)")
     flops.add_argument("--width", type=int, help="pixels (default: the model's usual size)")
     flops.add_argument("--frames", type=int, help="video frames, 4k + 1 (default: the video model's usual count)")
     flops.add_argument("--steps", type=int, help="Fresco steps, when the config does not fix them (default: 50)")
-    flops.add_argument("--baseline-steps", type=int, default=50,
-                       help="steps of the full-resolution baseline (default: %(default)s)")
+    flops.add_argument("--baseline-steps", type=int,
+                       help="steps of the full-resolution baseline (default: the preset's, as docs/configuration.md "
+                            "lists them; 50 with --config)")
     flops.add_argument("--text-tokens", type=int, help="text sequence length (default: the pipeline's)")
     flops.add_argument("--guidance-scale", type=float, default=None,
                        help="guidance scale; a CFG model (Wan) runs two forwards per step unless it is <= 1, "
