@@ -28,7 +28,7 @@ from fresco_plugin.registry import get_strategy
 from fresco_plugin.sampler import SamplerResult, Step, min_score_history, sample
 from fresco_plugin.schedule import StagePlan, StageSchedule, fit_plan, plan_stages, shift_sigmas
 
-from ._context_parallel import context_parallel_of
+from ._context_parallel import ContextParallel, context_parallel_of
 from .diffusers_caches import check_cache
 from .para_attention import para_attention_caches, rewrap_pipeline_class
 
@@ -141,11 +141,7 @@ class DiffusersFrescoRunner:
         if config.stage_steps is not None:
             plan_stages(config, None, min_score_history=self.min_history)  # fail at apply time, not mid-call
         self._signature = inspect.signature(type(pipe).__call__)
-        context_parallel_of(pipe.transformer)  # refuse a parallel setup Fresco cannot follow now, not at the call
-        for expert in pipeline_transformers(pipe)[1:]:
-            if context_parallel_of(expert) is not None:
-                raise ValueError("Fresco follows context parallelism on pipe.transformer only; this pipeline's second "
-                                 "expert is parallelized too, which Fresco does not handle yet")
+        _context_parallel_of_every_expert(pipe)  # refuse a parallel setup Fresco cannot follow now, not at the call
 
     def close(self, fresco_class: type) -> None:
         """Fresco was removed; ``fresco_class`` is the class the pipeline had while it ran."""
@@ -385,7 +381,7 @@ class DiffusersFrescoRunner:
         for transformer in pipeline_transformers(pipe):
             check_cache(getattr(transformer, "_cache_config", None), images=images,
                         promotion_rounds=config.promotion_rounds)
-        parallel = context_parallel_of(pipe.transformer)
+        parallel = _context_parallel_of_every_expert(pipe)
         agree = None
         if parallel is not None:
             if call.generator is None and call.latents is None:
@@ -579,6 +575,21 @@ def _attention_broadcast_states(transformer: Any) -> list[Any]:
 def pipeline_transformers(pipe: Any) -> list[Any]:
     """The pipeline's denoising transformers: ``transformer``, then a second expert (Wan2.2's ``transformer_2``)."""
     return [pipe.transformer] + [t for t in (getattr(pipe, "transformer_2", None),) if t is not None]
+
+
+def _context_parallel_of_every_expert(pipe: Any) -> ContextParallel | None:
+    """The sequence split of ``pipe.transformer``, which a second expert (Wan2.2's ``transformer_2``) must share:
+    Fresco rounds every forward's tokens to one degree and lets one group decide promotions."""
+    transformers = pipeline_transformers(pipe)
+    parallel = context_parallel_of(transformers[0])
+    for expert in transformers[1:]:
+        other = context_parallel_of(expert)
+        degrees = [None if p is None else (p.ulysses, p.ring) for p in (parallel, other)]
+        if degrees[0] != degrees[1]:
+            raise ValueError(f"pipe.transformer is split over (ulysses, ring) = {degrees[0]} ranks and the second "
+                             f"expert over {degrees[1]}; enable the same ContextParallelConfig on both experts (or on "
+                             "neither)")
+    return parallel
 
 
 def _compose(images: slice, group: slice) -> slice:

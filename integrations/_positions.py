@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
+from diffusers.hooks.context_parallel import ContextParallelSplitHook
 
 from fresco_plugin.config import FrescoConfig
 from fresco_plugin.layout import TokenGeometry, pack, unpack
@@ -53,7 +54,17 @@ class PositionHook:
     def __call__(self, module: torch.nn.Module, args: tuple, output: Any) -> Any:
         if self.positions is None:
             return None
-        return self.positions_at(module, self.positions.to(args[0].device))
+        return _split_like_the_engine(module, self.positions_at(module, self.positions.to(args[0].device)))
+
+
+def _split_like_the_engine(module: torch.nn.Module, answer: Any) -> Any:
+    """``answer`` split over the ranks as a context-parallel plan that splits this module's output has split the
+    stock one by now (diffusers' plan for Wan shards the ``rope`` module's output along the sequence)."""
+    registry = getattr(module, "_diffusers_hook", None)
+    for hook in registry.hooks.values() if registry is not None else ():
+        if isinstance(hook, ContextParallelSplitHook):
+            answer = hook.post_forward(module, answer)
+    return answer
 
 
 def _attach(module: torch.nn.Module, hook: PositionHook) -> None:
