@@ -23,6 +23,7 @@ from fresco_plugin.layout import TokenGeometry
 from fresco_plugin.noise import FreshNoise, NoiseField
 from fresco_plugin.sampler import Step
 
+from ._context_parallel import context_parallel_of
 from ._diffusers_runner import CallArguments, rows_for
 from ._positions import StripDenoiser
 from ._video import VideoFrescoRunner
@@ -52,6 +53,9 @@ class HunyuanVideo15FrescoRunner(VideoFrescoRunner):
 
     def check(self, call: CallArguments) -> CallArguments:
         pipe = self.pipe
+        if context_parallel_of(pipe.transformer) is not None:  # diffusers has no plan for it; a custom one is unchecked
+            raise ValueError("Fresco does not run HunyuanVideo15Pipeline under context parallelism yet; disable "
+                             "parallelism or call remove_fresco(pipe)")
         pipe.check_inputs(
             prompt=call.prompt, height=call.height, width=call.width, negative_prompt=call.negative_prompt,
             prompt_embeds=call.prompt_embeds, negative_prompt_embeds=call.negative_prompt_embeds,

@@ -21,6 +21,7 @@ from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit import calculate_dime
 from fresco_plugin.layout import TokenGeometry
 from fresco_plugin.sampler import Step
 
+from ._context_parallel import context_parallel_of
 from ._diffusers_runner import CallArguments, TransformerDenoiser, rows_for
 from ._positions import GridPositionsRunner, PositionHook
 from .diffusers_flux import FluxFrescoRunner
@@ -84,6 +85,9 @@ class QwenImageFrescoRunner(GridPositionsRunner, FluxFrescoRunner):
 
     def check(self, call: CallArguments) -> CallArguments:
         pipe = self.pipe
+        if context_parallel_of(pipe.transformer) is not None:  # its plan splits the rope output the hook rebuilds
+            raise ValueError(f"Fresco does not run {type(pipe).__name__} under context parallelism yet; disable "
+                             "parallelism or call remove_fresco(pipe)")
         if getattr(pipe.transformer.config, "zero_cond_t", False):
             raise ValueError("Fresco does not run a zero_cond_t transformer yet (Qwen-Image-Edit-2511: it modulates "
                              "tokens by their index in the full grid); call remove_fresco(pipe) to use it")

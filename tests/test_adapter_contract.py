@@ -15,6 +15,7 @@ import pickle
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import diffusers
@@ -194,6 +195,9 @@ class Case:
     guided_branches: int = 2  # transformer forwards per step under guidance (1: guidance-distilled, an embedded scale)
     no_cache: str | None = None  # why stock diffusers runs no FirstBlockCache on this model (the cache check skips)
     no_callbacks: bool = False  # the stock pipeline takes no callback_on_step_end (the callback check skips)
+    # Fresco refuses a context-parallel transformer here; the others run across gloo processes in
+    # test_context_parallel.py, test_hunyuan_video_parallel.py and test_wan_parallel.py
+    no_context_parallel: bool = False
 
 
 CASES = [
@@ -202,7 +206,7 @@ CASES = [
     # editing: max_area keeps stock at the requested size; no resize of the tiny reference to Kontext's resolutions
     Case("flux-kontext", diffusers.FluxKontextPipeline, tiny_flux_kontext_pipeline, _flux_text, _flux_negative,
          dict(height=64, width=64), (32, 32), "images", _kontext_tokens,
-         extra=dict(image=_KONTEXT_REFERENCE, max_area=64 * 64, _auto_resize=False)),
+         extra=dict(image=_KONTEXT_REFERENCE, max_area=64 * 64, _auto_resize=False), no_context_parallel=True),
     # image to image at strength 1 (every step kept, as the checks count them), the image given as latents (encoding a
     # picture samples the VAE from the first generator, so stock's batch differs from its single calls);
     # test_flux_img2img.py covers pictures and lower strengths
@@ -211,33 +215,35 @@ CASES = [
          extra=dict(image=torch.randn(1, 4, 64, 64, generator=torch.Generator().manual_seed(6)), strength=1.0)),
     # Qwen-Image: positions from img_shapes through the rope hook; CFG rescaled by norms; a terminal shift
     Case("qwen-image", diffusers.QwenImagePipeline, tiny_qwen_image_pipeline, _qwen_text, _qwen_negative,
-         dict(height=64, width=64), (16, 16), "images", _sequence_tokens),
+         dict(height=64, width=64), (16, 16), "images", _sequence_tokens, no_context_parallel=True),
     # Qwen-Image-Edit: stock resizes the reference to a 1024x1024 area (64x64 reference tokens, 3 s of VAE per call
     # on a CPU): slow; test_qwen_image.py checks identity and the reference in the default run
     Case("qwen-image-edit", diffusers.QwenImageEditPipeline, tiny_qwen_image_edit_pipeline, _qwen_text, _qwen_negative,
          dict(height=128, width=128), (8, 8), "images", lambda kwargs: kwargs["hidden_states"].shape[1] - 52 * 78,
-         extra=dict(image=PIL.Image.new("RGB", (48, 32), (90, 140, 200))), slow=True),
+         extra=dict(image=PIL.Image.new("RGB", (48, 32), (90, 140, 200))), slow=True, no_context_parallel=True),
     # FLUX.2-dev: guidance embedded (one forward a step), batch-normalised packed latents, a step-dependent shift
     Case("flux2", diffusers.Flux2Pipeline, tiny_flux2_pipeline, _flux2_text, _flux2_embedded_guidance,
-         dict(height=64, width=64), (32, 32), "images", _sequence_tokens, guided_branches=1, no_cache=_FLUX2_NO_CACHE),
+         dict(height=64, width=64), (32, 32), "images", _sequence_tokens, guided_branches=1, no_cache=_FLUX2_NO_CACHE,
+         no_context_parallel=True),
     # FLUX.2-klein: true CFG against an empty prompt; a reference picture rides along whole
     Case("flux2-klein", diffusers.Flux2KleinPipeline, tiny_flux2_klein_pipeline, _flux2_klein_text,
          _flux2_klein_negative, dict(height=64, width=64), (32, 32), "images", _flux2_reference_tokens,
-         extra=dict(image=_FLUX2_REFERENCE), no_cache=_FLUX2_NO_CACHE),
+         extra=dict(image=_FLUX2_REFERENCE), no_cache=_FLUX2_NO_CACHE, no_context_parallel=True),
     # 64x80 pixels, 5 frames: 2 latent frames of 4x5 tokens (an odd side)
     Case("hunyuan-video", diffusers.HunyuanVideoPipeline, tiny_hunyuan_video_pipeline, _hunyuan_text,
          _hunyuan_negative, dict(height=64, width=80, num_frames=5), (4, 5, 2), "frames", _video_tokens),
     # Z-Image: a list of latents and of per-prompt captions; guidance in the same forward as the condition
     Case("z-image", diffusers.ZImagePipeline, tiny_z_image_pipeline, _z_image_text, _z_image_negative,
          dict(height=64, width=64), (32, 32), "images", _z_image_tokens, guided_branches=1,
-         no_cache="ZImageTransformer2DModel takes no diffusers cache in 0.42.1 (it has no enable_cache)"),
+         no_cache="ZImageTransformer2DModel takes no diffusers cache in 0.42.1 (it has no enable_cache)",
+         no_context_parallel=True),
     # HunyuanVideo-1.5 with its guider off (CFG is the pipeline's guider, checked in test_hunyuan_video15.py); 48x80
     # pixels, 5 frames: 2 latent frames of 12x20 tokens (1x1 patches)
     Case("hunyuan-video15", diffusers.HunyuanVideo15Pipeline,
          functools.partial(tiny_hunyuan_video15_pipeline, guidance_scale=1.0), _hunyuan_video15_text,
          _pipeline_guider, dict(height=48, width=80, num_frames=5), (12, 20, 2), "frames",
          lambda kwargs: int(np.prod(kwargs["hidden_states"].shape[2:])), guided_branches=1, no_callbacks=True,
-         no_cache=_HUNYUAN_VIDEO15_NO_CACHE),
+         no_cache=_HUNYUAN_VIDEO15_NO_CACHE, no_context_parallel=True),
     # 48x80 pixels, 5 frames: 2 latent frames of 3x5 tokens (odd both ways)
     Case("wan", diffusers.WanPipeline, tiny_wan_pipeline, _wan_text, _wan_negative,
          dict(height=48, width=80, num_frames=5), (3, 5, 2), "frames", _video_tokens),
@@ -581,6 +587,18 @@ def test_the_fresco_class_itself_builds_stock_pipelines(case):
 
 
 # ---------------------------------------------------------------------------------------- what stacks on it
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.no_context_parallel and not c.slow],
+                         ids=[c.name for c in CASES if c.no_context_parallel and not c.slow])
+def test_a_split_transformer_fresco_cannot_follow_is_refused_naming_the_way_out(case):
+    pipe = _pipe(case)
+    apply_fresco(pipe, CONFIG)
+    # what enable_parallelism(ContextParallelConfig(ulysses_degree=2)) leaves on the transformer, without the processes
+    pipe.transformer._parallel_config = SimpleNamespace(
+        context_parallel_config=SimpleNamespace(ulysses_degree=2, ring_degree=1))
+    with pytest.raises(ValueError, match="under context parallelism yet.*disable parallelism or call remove_fresco"):
+        _call(case, pipe)
 
 
 def test_a_cache_that_never_skips_changes_nothing_and_one_that_skips_runs(case):
