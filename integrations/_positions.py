@@ -24,7 +24,8 @@ from fresco_plugin.sampler import Step
 
 from ._diffusers_runner import DiffusersFrescoRunner, TransformerDenoiser, pipeline_transformers
 
-__all__ = ["GridPositionsRunner", "PositionHook", "PositionsAt", "StripDenoiser"]
+__all__ = ["GridPositionsRunner", "PositionHook", "PositionsAt", "StripDenoiser", "split_like_the_engine",
+           "whole_stock_answer"]
 
 PositionsAt = Callable[[torch.nn.Module, torch.Tensor], Any]
 
@@ -51,20 +52,29 @@ class PositionHook:
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "positions": None, "_owner": None}
 
-    def __call__(self, module: torch.nn.Module, args: tuple, output: Any) -> Any:
+    def __call__(self, module: torch.nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> Any:
         if self.positions is None:
             return None
-        return _split_like_the_engine(module, self.positions_at(module, self.positions.to(args[0].device)))
+        return split_like_the_engine(module, self.positions_at(module, self.positions.to(args[0].device)))
 
 
-def _split_like_the_engine(module: torch.nn.Module, answer: Any) -> Any:
-    """``answer`` split over the ranks as a context-parallel plan that splits this module's output has split the
-    stock one by now (diffusers' plan for Wan shards the ``rope`` module's output along the sequence)."""
+def _engine_splits(module: torch.nn.Module) -> list[ContextParallelSplitHook]:
     registry = getattr(module, "_diffusers_hook", None)
-    for hook in registry.hooks.values() if registry is not None else ():
-        if isinstance(hook, ContextParallelSplitHook):
-            answer = hook.post_forward(module, answer)
+    return [hook for hook in (registry.hooks.values() if registry is not None else ())
+            if isinstance(hook, ContextParallelSplitHook)]
+
+
+def split_like_the_engine(module: torch.nn.Module, answer: Any) -> Any:
+    """``answer`` split over the ranks as a context-parallel plan that splits this module's output has split the
+    stock one by now (diffusers' plans for Wan and Qwen-Image shard the rope module's output along the sequence)."""
+    for hook in _engine_splits(module):
+        answer = hook.post_forward(module, answer)
     return answer
+
+
+def whole_stock_answer(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> Any:
+    """The module's stock output before a context-parallel plan split it (``output`` itself when none did)."""
+    return type(module).forward(module, *args, **kwargs) if _engine_splits(module) else output
 
 
 def _attach(module: torch.nn.Module, hook: PositionHook) -> None:
@@ -73,7 +83,7 @@ def _attach(module: torch.nn.Module, hook: PositionHook) -> None:
     for registered in list(module._forward_hooks.values()):
         if isinstance(registered, PositionHook) and registered.stale:
             _detach(module, registered)
-    module.register_forward_hook(hook)
+    module.register_forward_hook(hook, with_kwargs=True)
     weakref.finalize(hook._owner(), _detach, module, hook)
 
 

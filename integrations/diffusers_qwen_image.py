@@ -23,7 +23,7 @@ from fresco_plugin.sampler import Step
 
 from ._context_parallel import context_parallel_of
 from ._diffusers_runner import CallArguments, TransformerDenoiser, rows_for
-from ._positions import GridPositionsRunner, PositionHook
+from ._positions import GridPositionsRunner, PositionHook, split_like_the_engine, whole_stock_answer
 from .diffusers_flux import FluxFrescoRunner
 
 __all__ = ["QwenImageEditFrescoRunner", "QwenImageFrescoRunner", "qwen_guidance", "qwen_rope_at_positions"]
@@ -52,7 +52,7 @@ class _QwenPositionHook(PositionHook):
 
     _frequencies: tuple[torch.Tensor, tuple[int, int], torch.Tensor] | None = None
 
-    def __call__(self, module: torch.nn.Module, args: tuple, output: Any) -> Any:
+    def __call__(self, module: torch.nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> Any:
         if self.positions is None:
             return None
         _, rows, cols = args[0][0][0]  # img_shapes: per image, a list of (frames, rows, cols)
@@ -61,7 +61,8 @@ class _QwenPositionHook(PositionHook):
         if cached is None or cached[0] is not self.positions or cached[1] != (rows, cols):
             cached = self._frequencies = (self.positions, (rows, cols),
                                           self.positions_at(module, self.positions, rows, cols))
-        return torch.cat([cached[2], output[0][rows * cols:]]), output[1]
+        images, text = whole_stock_answer(module, args, kwargs, output)
+        return split_like_the_engine(module, (torch.cat([cached[2], images[rows * cols:]]), text))
 
     def __getstate__(self) -> dict[str, Any]:
         return {**super().__getstate__(), "_frequencies": None}
@@ -85,9 +86,6 @@ class QwenImageFrescoRunner(GridPositionsRunner, FluxFrescoRunner):
 
     def check(self, call: CallArguments) -> CallArguments:
         pipe = self.pipe
-        if context_parallel_of(pipe.transformer) is not None:  # its plan splits the rope output the hook rebuilds
-            raise ValueError(f"Fresco does not run {type(pipe).__name__} under context parallelism yet; disable "
-                             "parallelism or call remove_fresco(pipe)")
         if getattr(pipe.transformer.config, "zero_cond_t", False):
             raise ValueError("Fresco does not run a zero_cond_t transformer yet (Qwen-Image-Edit-2511: it modulates "
                              "tokens by their index in the full grid); call remove_fresco(pipe) to use it")
@@ -202,6 +200,10 @@ class QwenImageEditFrescoRunner(QwenImageFrescoRunner):
         return height, width
 
     def check(self, call: CallArguments) -> CallArguments:
+        if context_parallel_of(self.pipe.transformer) is not None:
+            raise ValueError("Fresco does not run QwenImageEditPipeline under context parallelism yet (the reference "
+                             "tokens would have to be split with the edited ones); disable parallelism or call "
+                             "remove_fresco(pipe)")
         if call.image is None:
             raise ValueError("QwenImageEditPipeline needs image=, the picture to edit")
         height, width = self.reference_size(call)

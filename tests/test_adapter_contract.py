@@ -196,7 +196,7 @@ class Case:
     no_cache: str | None = None  # why stock diffusers runs no FirstBlockCache on this model (the cache check skips)
     no_callbacks: bool = False  # the stock pipeline takes no callback_on_step_end (the callback check skips)
     # Fresco refuses a context-parallel transformer here; the others run across gloo processes in
-    # test_context_parallel.py, test_hunyuan_video_parallel.py and test_wan_parallel.py
+    # test_context_parallel.py, test_hunyuan_video_parallel.py and test_diffusers_plans_parallel.py
     no_context_parallel: bool = False
 
 
@@ -215,7 +215,7 @@ CASES = [
          extra=dict(image=torch.randn(1, 4, 64, 64, generator=torch.Generator().manual_seed(6)), strength=1.0)),
     # Qwen-Image: positions from img_shapes through the rope hook; CFG rescaled by norms; a terminal shift
     Case("qwen-image", diffusers.QwenImagePipeline, tiny_qwen_image_pipeline, _qwen_text, _qwen_negative,
-         dict(height=64, width=64), (16, 16), "images", _sequence_tokens, no_context_parallel=True),
+         dict(height=64, width=64), (16, 16), "images", _sequence_tokens),
     # Qwen-Image-Edit: stock resizes the reference to a 1024x1024 area (64x64 reference tokens, 3 s of VAE per call
     # on a CPU): slow; test_qwen_image.py checks identity and the reference in the default run
     Case("qwen-image-edit", diffusers.QwenImageEditPipeline, tiny_qwen_image_edit_pipeline, _qwen_text, _qwen_negative,
@@ -589,9 +589,10 @@ def test_the_fresco_class_itself_builds_stock_pipelines(case):
 # ---------------------------------------------------------------------------------------- what stacks on it
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c.no_context_parallel and not c.slow],
-                         ids=[c.name for c in CASES if c.no_context_parallel and not c.slow])
+@pytest.mark.parametrize("case", [c for c in CASES if c.no_context_parallel],
+                         ids=[c.name for c in CASES if c.no_context_parallel])
 def test_a_split_transformer_fresco_cannot_follow_is_refused_naming_the_way_out(case):
+    """Refused at the call, before the reference (Kontext, Qwen-Image-Edit) is encoded: quick for every row."""
     pipe = _pipe(case)
     apply_fresco(pipe, CONFIG)
     # what enable_parallelism(ContextParallelConfig(ulysses_degree=2)) leaves on the transformer, without the processes

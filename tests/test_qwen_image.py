@@ -49,9 +49,9 @@ def test_the_image_frequencies_are_computed_once_per_layout_not_per_forward():
     cached_class = type(hook)
 
     class Uncached(cached_class):  # the frequencies afresh at every forward, as before the cache
-        def __call__(self, module, args, output):
+        def __call__(self, module, args, kwargs, output):
             self._frequencies = None
-            return super().__call__(module, args, output)
+            return super().__call__(module, args, kwargs, output)
 
     hook.__class__ = Uncached
     reference = pipe(**call, generator=torch.Generator().manual_seed(0)).images

@@ -1,10 +1,10 @@
-"""Wan under diffusers context parallelism (Ulysses, Wan's own plan), with and without Fresco, really run across 2 gloo
-processes on the CPU and compared with a single process at every step: Wan2.1, Wan2.2's two experts and TI2V's
-per-token timesteps.
+"""Models that take diffusers' own context-parallel plan (Ulysses), with and without Fresco, really run across 2 gloo
+processes on the CPU and compared with a single process at every step: Wan2.1, Wan2.2's two experts, TI2V's per-token
+timesteps, and Qwen-Image under true CFG.
 
-Wan's plan shards the ``rope`` module's output along the sequence; Fresco's position hook answers at the tokens' real
-positions and must shard its answer the same way. Each worker sets ``torch.accelerator.device_count`` to 1 (diffusers'
-CPU mesh).
+These plans shard the output of the module that builds the rotary embedding (Wan's ``rope``, Qwen-Image's
+``pos_embed``) along the sequence; Fresco's position hook answers there at the tokens' real positions and must shard
+its answer the same way. Each worker sets ``torch.accelerator.device_count`` to 1 (diffusers' CPU mesh).
 """
 
 import datetime
@@ -16,26 +16,30 @@ import torch.distributed as dist
 from conftest import shared_launches
 
 from fresco_plugin import FrescoConfig, apply_fresco
-from fresco_plugin.tools.tiny import tiny_wan_pipeline
+from fresco_plugin.tools.tiny import tiny_qwen_image_pipeline, tiny_wan_pipeline
 
 pytestmark = pytest.mark.multiprocess
 
 TIMEOUT_S = 240
 WORLD = 2
 CONFIG = FrescoConfig(stage_scales=(0.5, 1.0), promotion_rounds=1, token_multiple=WORLD)
-# case: (pipeline options, Fresco on)
-CASES = {"stock": ({}, False), "fresco": ({}, True), "experts": ({"two_experts": True}, True),
-         "ti2v": ({"expand_timesteps": True}, True)}
+# case: (pipeline, Fresco on)
+CASES = {"wan-stock": ("wan", False), "wan-fresco": ("wan", True), "wan2.2-experts": ("wan2.2-experts", True),
+         "wan2.2-ti2v": ("wan2.2-ti2v", True), "qwen-image-stock": ("qwen-image", False),
+         "qwen-image-fresco": ("qwen-image", True)}
+BUILDS = {"wan": tiny_wan_pipeline, "wan2.2-experts": lambda: tiny_wan_pipeline(two_experts=True),
+          "wan2.2-ti2v": lambda: tiny_wan_pipeline(expand_timesteps=True), "qwen-image": tiny_qwen_image_pipeline}
 
 
-def _pipe(**options):
-    pipe = tiny_wan_pipeline(**options)
+def _pipe(model):
+    pipe = BUILDS[model]()
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
 def _generate(pipe) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """8 guided steps at 64x64 pixels, 5 frames: the output latents and the latents after every step."""
+    """8 guided steps (Wan: 64x64 pixels, 5 frames; Qwen-Image: 64x64, padded text): the output latents and the latents
+    after every step."""
     steps = []
 
     def record(pipe, index, timestep, kwargs):
@@ -43,10 +47,18 @@ def _generate(pipe) -> tuple[torch.Tensor, list[torch.Tensor]]:
         return {}
 
     g = torch.Generator().manual_seed(1)
-    text = [torch.randn(1, 8, 32, generator=g) for _ in range(2)]
-    out = pipe(prompt_embeds=text[0], negative_prompt_embeds=text[1], height=64, width=64, num_frames=5,
-               num_inference_steps=8, guidance_scale=3.0, output_type="latent",
-               generator=torch.Generator().manual_seed(0), callback_on_step_end=record).frames
+    common = dict(height=64, width=64, num_inference_steps=8, output_type="latent",
+                  generator=torch.Generator().manual_seed(0), callback_on_step_end=record)
+    if type(pipe).__name__ == "WanPipeline":
+        text = [torch.randn(1, 8, 32, generator=g) for _ in range(2)]
+        out = pipe(prompt_embeds=text[0], negative_prompt_embeds=text[1], num_frames=5, guidance_scale=3.0,
+                   **common).frames
+    else:
+        text = [torch.randn(1, 8, 32, generator=g) for _ in range(2)]
+        mask = torch.ones(1, 8, dtype=torch.long)
+        mask[:, 5:] = 0  # padded text, the padding in the second rank's shard
+        out = pipe(prompt_embeds=text[0], prompt_embeds_mask=mask, negative_prompt_embeds=text[1],
+                   negative_prompt_embeds_mask=mask, true_cfg_scale=3.0, **common).images
     return out, steps
 
 
@@ -58,15 +70,15 @@ def _worker(rank, world, port, task, out_path):
         from diffusers import ContextParallelConfig
 
         results = {}
-        for case, (options, fresco) in CASES.items():
-            pipe = _pipe(**options)
-            for transformer in filter(None, (pipe.transformer, pipe.transformer_2)):
+        for case, (model, fresco) in CASES.items():
+            pipe = _pipe(model)
+            for transformer in filter(None, (pipe.transformer, getattr(pipe, "transformer_2", None))):
                 transformer.enable_parallelism(config=ContextParallelConfig(ulysses_degree=world))
             if fresco:
                 apply_fresco(pipe, CONFIG)
             results[case] = _generate(pipe)
         # one expert split and the other not: Fresco cannot round the tokens for both, refused at apply time
-        pipe = _pipe(two_experts=True)
+        pipe = _pipe("wan2.2-experts")
         pipe.transformer.enable_parallelism(config=ContextParallelConfig(ulysses_degree=world))
         try:
             apply_fresco(pipe, CONFIG)
@@ -87,8 +99,8 @@ def launched(tmp_path_factory):
 @pytest.mark.parametrize("case", list(CASES))
 def test_every_step_matches_a_single_process_run(case, launched):
     parallel_out, parallel_steps = launched(WORLD)[case]
-    options, fresco = CASES[case]
-    single = _pipe(**options)
+    model, fresco = CASES[case]
+    single = _pipe(model)
     if fresco:
         apply_fresco(single, CONFIG)
     out, steps = _generate(single)
