@@ -16,7 +16,11 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
-from diffusers.hooks.context_parallel import ContextParallelSplitHook
+
+try:
+    from diffusers.hooks.context_parallel import ContextParallelSplitHook
+except ImportError:  # diffusers before its context parallelism (ParaAttention's 0.34): no plan splits anything
+    ContextParallelSplitHook = None
 
 from fresco_plugin.config import FrescoConfig
 from fresco_plugin.layout import TokenGeometry, pack, unpack
@@ -60,8 +64,9 @@ class PositionHook:
 
 def _engine_splits(module: torch.nn.Module) -> list[ContextParallelSplitHook]:
     registry = getattr(module, "_diffusers_hook", None)
-    return [hook for hook in (registry.hooks.values() if registry is not None else ())
-            if isinstance(hook, ContextParallelSplitHook)]
+    if registry is None or ContextParallelSplitHook is None:
+        return []
+    return [hook for hook in registry.hooks.values() if isinstance(hook, ContextParallelSplitHook)]
 
 
 def split_like_the_engine(module: torch.nn.Module, answer: Any) -> Any:
