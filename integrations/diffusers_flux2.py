@@ -42,11 +42,12 @@ class Flux2FrescoRunner(FluxFrescoRunner):
 
     def check(self, call: CallArguments) -> CallArguments:
         pipe = self.pipe
-        if context_parallel_of(pipe.transformer) is not None:
-            raise ValueError(f"Fresco does not run {type(pipe).__name__} under context parallelism yet; disable "
-                             "parallelism or call remove_fresco(pipe)")
         self.check_inputs(call)
         images = self.reference_pictures(call)
+        if images and context_parallel_of(pipe.transformer) is not None:
+            raise ValueError(f"Fresco does not run {type(pipe).__name__} with reference images (image=) under context "
+                             "parallelism yet (their tokens would have to be split with the generated ones); disable "
+                             "parallelism or call remove_fresco(pipe)")
         height = call.height or (images[0].shape[-2] if images else pipe.default_sample_size * pipe.vae_scale_factor)
         width = call.width or (images[0].shape[-1] if images else pipe.default_sample_size * pipe.vae_scale_factor)
         multiple = pipe.vae_scale_factor * 2  # stock floors the sizes to whole packed latents
@@ -188,7 +189,7 @@ class _Flux2Denoiser(TransformerDenoiser):
             guidance=rows_for(self.guidance, rows),
             encoder_hidden_states=rows_for(text["prompt_embeds"], rows),
             txt_ids=text["text_ids"],
-            img_ids=image_ids,
+            img_ids=image_ids[None],  # batched, as stock passes them (diffusers' context-parallel plan splits them so)
             joint_attention_kwargs=self.pipe.attention_kwargs,
             return_dict=False,
         )[0][:, :tokens]

@@ -223,9 +223,9 @@ CASES = [
          extra=dict(image=PIL.Image.new("RGB", (48, 32), (90, 140, 200))), slow=True, no_context_parallel=True),
     # FLUX.2-dev: guidance embedded (one forward a step), batch-normalised packed latents, a step-dependent shift
     Case("flux2", diffusers.Flux2Pipeline, tiny_flux2_pipeline, _flux2_text, _flux2_embedded_guidance,
-         dict(height=64, width=64), (32, 32), "images", _sequence_tokens, guided_branches=1, no_cache=_FLUX2_NO_CACHE,
-         no_context_parallel=True),
-    # FLUX.2-klein: true CFG against an empty prompt; a reference picture rides along whole
+         dict(height=64, width=64), (32, 32), "images", _sequence_tokens, guided_branches=1, no_cache=_FLUX2_NO_CACHE),
+    # FLUX.2-klein: true CFG against an empty prompt; a reference picture rides along whole (refused under context
+    # parallelism; without references it is run across processes)
     Case("flux2-klein", diffusers.Flux2KleinPipeline, tiny_flux2_klein_pipeline, _flux2_klein_text,
          _flux2_klein_negative, dict(height=64, width=64), (32, 32), "images", _flux2_reference_tokens,
          extra=dict(image=_FLUX2_REFERENCE), no_cache=_FLUX2_NO_CACHE, no_context_parallel=True),

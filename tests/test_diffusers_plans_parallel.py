@@ -1,10 +1,11 @@
 """Models that take diffusers' own context-parallel plan (Ulysses), with and without Fresco, really run across 2 gloo
 processes on the CPU and compared with a single process at every step: Wan2.1, Wan2.2's two experts, TI2V's per-token
-timesteps, and Qwen-Image under true CFG.
+timesteps, Qwen-Image under true CFG, FLUX.2 and FLUX.2-klein.
 
-These plans shard the output of the module that builds the rotary embedding (Wan's ``rope``, Qwen-Image's
-``pos_embed``) along the sequence; Fresco's position hook answers there at the tokens' real positions and must shard
-its answer the same way. Each worker sets ``torch.accelerator.device_count`` to 1 (diffusers' CPU mesh).
+Wan's and Qwen-Image's plans shard the output of the module that builds the rotary embedding (``rope``, ``pos_embed``)
+along the sequence; Fresco's position hook answers there at the tokens' real positions and must shard its answer the
+same way. FLUX.2's plan splits ``img_ids`` as stock passes them (batched). Each worker sets
+``torch.accelerator.device_count`` to 1 (diffusers' CPU mesh).
 """
 
 import datetime
@@ -16,7 +17,7 @@ import torch.distributed as dist
 from conftest import shared_launches
 
 from fresco_plugin import FrescoConfig, apply_fresco
-from fresco_plugin.tools.tiny import tiny_qwen_image_pipeline, tiny_wan_pipeline
+from fresco_plugin.tools.tiny import tiny_flux2_pipeline, tiny_qwen_image_pipeline, tiny_wan_pipeline
 
 pytestmark = pytest.mark.multiprocess
 
@@ -26,9 +27,11 @@ CONFIG = FrescoConfig(stage_scales=(0.5, 1.0), promotion_rounds=1, token_multipl
 # case: (pipeline, Fresco on)
 CASES = {"wan-stock": ("wan", False), "wan-fresco": ("wan", True), "wan2.2-experts": ("wan2.2-experts", True),
          "wan2.2-ti2v": ("wan2.2-ti2v", True), "qwen-image-stock": ("qwen-image", False),
-         "qwen-image-fresco": ("qwen-image", True)}
+         "qwen-image-fresco": ("qwen-image", True), "flux2-fresco": ("flux2", True),
+         "flux2-klein-fresco": ("flux2-klein", True)}
 BUILDS = {"wan": tiny_wan_pipeline, "wan2.2-experts": lambda: tiny_wan_pipeline(two_experts=True),
-          "wan2.2-ti2v": lambda: tiny_wan_pipeline(expand_timesteps=True), "qwen-image": tiny_qwen_image_pipeline}
+          "wan2.2-ti2v": lambda: tiny_wan_pipeline(expand_timesteps=True), "qwen-image": tiny_qwen_image_pipeline,
+          "flux2": tiny_flux2_pipeline, "flux2-klein": lambda: tiny_flux2_pipeline(klein=True)}
 
 
 def _pipe(model):
@@ -38,8 +41,8 @@ def _pipe(model):
 
 
 def _generate(pipe) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """8 guided steps (Wan: 64x64 pixels, 5 frames; Qwen-Image: 64x64, padded text): the output latents and the latents
-    after every step."""
+    """8 guided steps at 64x64 pixels (Wan: 5 frames; Qwen-Image: padded text): the output latents and the latents after
+    every step."""
     steps = []
 
     def record(pipe, index, timestep, kwargs):
@@ -53,6 +56,11 @@ def _generate(pipe) -> tuple[torch.Tensor, list[torch.Tensor]]:
         text = [torch.randn(1, 8, 32, generator=g) for _ in range(2)]
         out = pipe(prompt_embeds=text[0], negative_prompt_embeds=text[1], num_frames=5, guidance_scale=3.0,
                    **common).frames
+    elif type(pipe).__name__ == "Flux2Pipeline":  # guidance embedded
+        out = pipe(prompt_embeds=torch.randn(1, 8, 32, generator=g), guidance_scale=4.0, **common).images
+    elif type(pipe).__name__ == "Flux2KleinPipeline":  # true CFG
+        text = [torch.randn(1, 8, 32, generator=g) for _ in range(2)]
+        out = pipe(prompt_embeds=text[0], negative_prompt_embeds=text[1], guidance_scale=3.0, **common).images
     else:
         text = [torch.randn(1, 8, 32, generator=g) for _ in range(2)]
         mask = torch.ones(1, 8, dtype=torch.long)
