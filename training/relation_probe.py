@@ -2,6 +2,9 @@
 
     python training/relation_probe.py train --layout-weight 0.5 --out probe.json   # ~35 min on 1 thread
     python training/relation_probe.py train --layout-weight 0.5 --absolute-positions --out probe.json
+    python training/relation_probe.py train --layout-weight 2 --layout-min-sigma 0.8 --out probe.json
+    python training/relation_probe.py train --high-noise-share 0.5 --out probe.json
+    python training/relation_probe.py train --coarse-weight 10 --out probe.json
     python training/relation_probe.py layout-only --out probe.json                  # ~9 min on 1 thread
     python training/relation_probe.py shipped-x0 --out probe.json                   # ~3 min on 2 threads
 
@@ -11,6 +14,11 @@ fresh transformer of the shipped size, trained on 64-pixel scenes only (8x8 toke
 unguided and at CFG 3, at 64 pixels. ``--layout-weight`` is the script's per-token layout loss;
 ``--absolute-positions`` is a diagnostic, not a stock FLUX transformer: a fixed sine code of each token's row and
 column added after the patch embedding, so a token knows where it is without reading the rotary phase against the text.
+``--layout-min-sigma`` keeps the layout loss to samples at least that noisy (below, the noisy image shows the layout
+and the loss puts no pressure on the text binding); ``--high-noise-share`` draws that share of each batch's sigma
+uniformly in [0.8, 1], where the shipped model's clean-image prediction has the order at chance; ``--coarse-weight``
+adds a loss on the clean-image prediction's quadrant means (where each colour goes), which the flow loss weighs as a
+tiny share of its total.
 
 ``layout-only``: the same fresh encoders and transformer, trained on the layout loss alone with pure noise as the image
 input (sigma 1), so only the prompt and the token's position can answer; then, on 128 held-out scenes, whether the
@@ -102,7 +110,9 @@ def probe_training(args, log) -> dict:
     pretrain_text_encoders(pipe, tokens, 400, torch.Generator().manual_seed(0), device, log)
     training = argparse.Namespace(lr=1e-3, seed=0, batch=16, large_per_cycle=0, small_per_cycle=1,
                                   transformer_steps=args.steps, caption_dropout=0.1, sketch_positions="stage",
-                                  ema=0.999, layout_weight=args.layout_weight)
+                                  ema=0.999, layout_weight=args.layout_weight,
+                                  layout_min_sigma=args.layout_min_sigma, high_noise_share=args.high_noise_share,
+                                  coarse_weight=args.coarse_weight)
     train_transformer(pipe, latents, prompt_ids, tokens, training, device, log, {SIZE // 2: torch.stack(labels)})
     report = {}
     for split, held_out in (("train", False), ("held_out", True)):
@@ -231,6 +241,9 @@ def main() -> None:
     parser.add_argument("mode", choices=("train", "layout-only", "shipped-x0"))
     parser.add_argument("--layout-weight", type=float, default=0.0)
     parser.add_argument("--absolute-positions", action="store_true")
+    parser.add_argument("--layout-min-sigma", type=float, default=0.0)
+    parser.add_argument("--high-noise-share", type=float, default=0.0)
+    parser.add_argument("--coarse-weight", type=float, default=0.0)
     parser.add_argument("--steps", type=int, default=None, help="2500 for train, 1500 for layout-only")
     parser.add_argument("--scenes", type=int, default=8000)
     parser.add_argument("--threads", type=int, default=None, help="1, or 2 for shipped-x0")

@@ -167,6 +167,7 @@ def train_vae(vae, steps: int, rng: np.random.Generator, device: torch.device, l
 
 PIXELS_PER_TOKEN = 8  # the VAE's 4x downsampling times the transformer's 2x2 patches
 LAYOUT_CLASSES = 1 + len(COLORS) * len(SHAPES)  # background, then each (colour, shape) object
+HIGH_NOISE = 0.8  # --high-noise-share draws sigma uniformly above this
 
 
 def layout_labels(scene, size: int) -> torch.Tensor:
@@ -289,6 +290,12 @@ def encode_text(pipe, clip_ids: torch.Tensor, t5_ids: torch.Tensor) -> tuple[tor
     return sequence, pooled
 
 
+def quadrant_means(tokens: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """``(B, rows * cols, D)`` packed tokens averaged over each quadrant of their grid: ``(B, 4, D)``."""
+    grid = tokens.unflatten(1, (2, rows // 2, 2, cols // 2))
+    return grid.mean(dim=(2, 4)).flatten(1, 2)
+
+
 def train_transformer(pipe, latents: dict[int, torch.Tensor], prompt_ids: torch.Tensor, tokens: PromptTokens,
                       args, device: torch.device, log, labels: dict[int, torch.Tensor] | None = None) -> None:
     """Rectified flow on the cached latents. With ``args.layout_weight > 0`` a linear head also reads, from the image
@@ -321,6 +328,10 @@ def train_transformer(pipe, latents: dict[int, torch.Tensor], prompt_ids: torch.
                      SCHEDULER["base_shift"], SCHEDULER["max_shift"])
         u = torch.sigmoid(torch.randn(batch, generator=generator))
         sigma = (math.exp(mu) * u / (1 + (math.exp(mu) - 1) * u)).to(device)
+        if args.high_noise_share > 0:  # where the layout is decided; drawn only when asked (the shipped run's RNG)
+            high = (torch.rand(batch, generator=generator) < args.high_noise_share).to(device)
+            uniform = (HIGH_NOISE + (1 - HIGH_NOISE) * torch.rand(batch, generator=generator)).to(device)
+            sigma = torch.where(high, uniform, sigma)
         noise = torch.randn(x0.shape, generator=generator).to(device)
         noisy = (1 - sigma[:, None, None]) * x0 + sigma[:, None, None] * noise
         drop = torch.rand(batch, generator=generator) < args.caption_dropout
@@ -331,11 +342,19 @@ def train_transformer(pipe, latents: dict[int, torch.Tensor], prompt_ids: torch.
         prediction = pipe.transformer(hidden_states=noisy, encoder_hidden_states=embeds, pooled_projections=pooled,
                                       timestep=sigma, img_ids=image_ids, txt_ids=txt_ids, return_dict=False)[0]
         loss = flow_loss = (prediction - (noise - x0)).pow(2).mean()
+        if args.coarse_weight > 0:  # the clean-image prediction's quadrant means: where each colour goes, weighted up
+            predicted = noisy - sigma[:, None, None] * prediction
+            loss = loss + args.coarse_weight * (quadrant_means(predicted, height // 2, width // 2)
+                                                - quadrant_means(x0, height // 2, width // 2)).pow(2).mean()
         if layout_head is not None:
             logits = layout_head(image_features.pop("tokens"))
-            layout_loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1),
-                                                            labels[size][index].flatten().to(device))
-            loss = flow_loss + args.layout_weight * layout_loss
+            targets = labels[size][index].flatten().to(device)
+            per_sample = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets,
+                                                           reduction="none").view(batch, -1).mean(1)
+            # Below ``layout_min_sigma`` the noisy image itself shows the layout: no pressure on the text binding.
+            weights = (sigma >= args.layout_min_sigma).float()
+            layout_loss = (per_sample * weights).sum() / weights.sum().clamp(min=1)
+            loss = loss + args.layout_weight * layout_loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         lr = cosine_lr(args.lr, step, args.transformer_steps)
@@ -435,6 +454,12 @@ def main() -> None:
                         help="64-pixel batches at the 128-pixel grid's coordinates (final) or the stock integer grid")
     parser.add_argument("--layout-weight", type=float, default=0.0,
                         help="weight of the auxiliary per-token layout loss (0: off, the shipped weights)")
+    parser.add_argument("--layout-min-sigma", type=float, default=0.0,
+                        help="the layout loss only on samples at least this noisy (0: every sample)")
+    parser.add_argument("--coarse-weight", type=float, default=0.0,
+                        help="weight of a loss on the clean-image prediction's quadrant means (0: off)")
+    parser.add_argument("--high-noise-share", type=float, default=0.0,
+                        help=f"share of each batch drawn uniformly in sigma [{HIGH_NOISE}, 1] instead of logit-normal")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--ema", type=float, default=0.999)
     parser.add_argument("--caption-dropout", type=float, default=0.1)
