@@ -584,11 +584,11 @@ def _context_parallel_of_every_expert(pipe: Any) -> ContextParallel | None:
     parallel = context_parallel_of(transformers[0])
     for expert in transformers[1:]:
         other = context_parallel_of(expert)
-        degrees = [None if p is None else (p.ulysses, p.ring) for p in (parallel, other)]
-        if degrees[0] != degrees[1]:
-            raise ValueError(f"pipe.transformer is split over (ulysses, ring) = {degrees[0]} ranks and the second "
-                             f"expert over {degrees[1]}; enable the same ContextParallelConfig on both experts (or on "
-                             "neither)")
+        splits = ["not split" if p is None else f"split over ulysses={p.ulysses}, ring={p.ring}"
+                  for p in (parallel, other)]
+        if splits[0] != splits[1]:
+            raise ValueError(f"pipe.transformer is {splits[0]} and the second expert is {splits[1]}; enable the same "
+                             "ContextParallelConfig on both experts (or on neither)")
     return parallel
 
 

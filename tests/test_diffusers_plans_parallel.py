@@ -120,4 +120,6 @@ def test_every_step_matches_a_single_process_run(case, launched):
 
 
 def test_experts_split_differently_are_refused(launched):
-    assert "enable the same ContextParallelConfig on both experts" in launched(WORLD)["one expert split"]
+    error = launched(WORLD)["one expert split"]
+    assert "split over ulysses=2, ring=1 and the second expert is not split" in error
+    assert "enable the same ContextParallelConfig on both experts" in error
