@@ -28,7 +28,7 @@ FORWARD_FLOPS_FILE = "model_configs/forward_flops.json"
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    family: str  # "flux" | "flux2" | "qwen-image" | "z-image" | "hunyuan-video" | "wan"
+    family: str  # "flux" | "flux2" | "qwen-image" | "z-image" | "hunyuan-video" | "hunyuan-video15" | "wan"
     text_tokens: int  # the pipeline's default max_sequence_length
     classifier_free_guidance: bool  # True: two forwards per step unless guidance_scale <= 1
     baseline: str  # the model whose 50-step full-resolution run is the reference
@@ -49,7 +49,7 @@ class ModelSpec:
 
     @property
     def video(self) -> bool:
-        return self.family in ("hunyuan-video", "wan")
+        return self.family in ("hunyuan-video", "hunyuan-video15", "wan")
 
     def token_grid(self, height: int, width: int, frames: int) -> tuple[int, int, int]:
         """(latent frames, token rows, token cols): VAE 8x spatial (4x temporal for video), 2x2 patches."""
@@ -82,6 +82,11 @@ MODELS: dict[str, ModelSpec] = {
     "z-image": ModelSpec("z-image", "z-image", 512, True, "z-image", (1024, 1024, 1), guidance_off_at=0.0,
                          sequence_multiple=32),
     "hunyuan-video": ModelSpec("hunyuan-video", "hunyuan-video", 256, False, "hunyuan-video", (720, 1280, 125)),
+    # HunyuanVideo-1.5 (8.3B, the 480p text-to-video checkpoint): classifier-free guidance (scale 6) as two forwards;
+    # 1000 Qwen tokens plus the fixed glyph and image streams in every forward; 16x VAE with 1x1 patches (16 pixels
+    # a token, as above); 848x480, what the pipeline picks for this checkpoint's target size without height/width
+    "hunyuan-video15": ModelSpec("hunyuan-video15", "hunyuan-video15", 1000, True, "hunyuan-video15",
+                                 (480, 848, 121)),
     "wan2.1-t2v-14b": ModelSpec("wan2.1-t2v-14b", "wan", 512, True, "wan2.1-t2v-14b", (720, 1280, 81)),
     # two 14B experts split at a timestep, one per step: a forward costs what Wan2.1-14B's does; 40 steps by default
     "wan2.2-t2v-a14b": ModelSpec("wan2.2-t2v-a14b", "wan", 512, True, "wan2.2-t2v-a14b", (720, 1280, 81),

@@ -43,10 +43,23 @@ def test_the_stored_forward_costs_are_the_traced_architecture(model):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["wan2.1-t2v-14b", "wan2.2-t2v-a14b"])
-def test_the_stored_forward_costs_hold_for_wan(model):
+@pytest.mark.parametrize("model", ["wan2.1-t2v-14b", "wan2.2-t2v-a14b", "hunyuan-video15"])
+def test_the_stored_forward_costs_hold_for_wan_and_hunyuan_video15(model):
     stored = json.loads((Path(fresco_plugin.__file__).parent / FORWARD_FLOPS_FILE).read_text())[model]
     assert stored == derive_forward_flops(model)
+
+
+def test_hunyuan_video15_is_priced_with_the_streams_it_joins():
+    """Traced part by part (its forward packs the valid text tokens by value, which the meta device cannot run): the
+    stored polynomial gives a direct trace at a size and Qwen length no fit used, and its per-image-token cost is
+    the 54 joint blocks over the image, the 1000 Qwen tokens and the fixed 256 glyph + 729 image-stream tokens, by
+    hand: 24 d^2 for the projections and MLP of a token, 8 d per text token for its attention, plus embed and head."""
+    counter = TransformerFlops(MODELS["hunyuan-video15"].family, MODELS["hunyuan-video15"].config(), 200)
+    assert forward_flops("hunyuan-video15", 3000, 200) == counter.trace(3000)
+    d, fixed_text = 16 * 128, 256 + 729
+    stored = json.loads((Path(fresco_plugin.__file__).parent / FORWARD_FLOPS_FILE).read_text())["hunyuan-video15"]
+    assert stored[1][0] == 54 * (24 * d * d + 8 * fixed_text * d) + 2 * 65 * d + 2 * d * 32
+    assert stored[2][0] == 54 * 4 * d and stored[1][1] == 2 * stored[2][0]  # joint attention: (image + text)^2
 
 
 @pytest.mark.slow

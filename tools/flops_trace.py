@@ -28,6 +28,10 @@ __all__ = ["ForwardRecord", "ForwardRecorder", "TransformerFlops", "derive_forwa
            "recorded_flops"]
 
 _Quadratic = tuple[Fraction, Fraction, Fraction]
+# HunyuanVideo-1.5's pipeline pads its glyph (byT5) text to 256 tokens and its image stream (SigLIP) to 729, zeros in
+# text to video; the Qwen tokens (1000) are the text count the coefficients take
+HUNYUAN_VIDEO15_GLYPH_TOKENS = 256
+HUNYUAN_VIDEO15_IMAGE_TOKENS = 729
 
 
 class TransformerFlops:
@@ -77,12 +81,41 @@ class TransformerFlops:
 
         if self._transformer is None:
             self._transformer = self._build()
+        if self.family == "hunyuan-video15":
+            return self._trace_hunyuan_video15(image_tokens)
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             self._transformer(**self._inputs(image_tokens), return_dict=False)
         per_module = counter.get_flop_counts()
         root = type(self._transformer).__name__
         blocks = {kind: int(sum(per_module.get(f"{root}.{kind}.0", {}).values())) for kind in self.block_counts()}
         return int(counter.get_total_flops()), blocks
+
+    def _trace_hunyuan_video15(self, image_tokens: int) -> tuple[int, dict[str, int]]:
+        """HunyuanVideo-1.5's forward reads its image stream's values (zeros: text to video) and keeps only the valid
+        text tokens, which the meta device cannot do; its parts are traced one by one instead, as the forward calls
+        them. The joint sequence is always the Qwen tokens, the glyph tokens and the image-stream tokens, valid or not
+        (the pipeline pads each to its fixed length)."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        model, c, t, n = self._transformer, self.config, self.text_tokens, image_tokens
+        width = c["num_attention_heads"] * c["attention_head_dim"]
+        joint_text = t + HUNYUAN_VIDEO15_GLYPH_TOKENS + HUNYUAN_VIDEO15_IMAGE_TOKENS
+        with torch.device("meta"), torch.no_grad(), FlopCounterMode(display=False) as counter:
+            hidden = torch.empty(1, c["in_channels"], 1, 1, n)  # a 1-frame, 1 x n strip (patch 1)
+            timestep = torch.empty(1)
+            rotary = model.rope(hidden)
+            temb = model.time_embed(timestep)
+            hidden = model.x_embedder(hidden)
+            model.context_embedder(torch.empty(1, t, c["text_embed_dim"]), timestep, torch.ones(1, t))
+            model.context_embedder_2(torch.empty(1, HUNYUAN_VIDEO15_GLYPH_TOKENS, c["text_embed_2_dim"]))
+            model.image_embedder(torch.empty(1, HUNYUAN_VIDEO15_IMAGE_TOKENS, c["image_embed_dim"]))
+            text, mask = torch.empty(1, joint_text, width), torch.ones(1, joint_text, dtype=torch.bool)
+            with FlopCounterMode(display=False) as first_block:
+                hidden, text = model.transformer_blocks[0](hidden, text, temb, mask, rotary)
+            for block in model.transformer_blocks[1:]:
+                hidden, text = block(hidden, text, temb, mask, rotary)
+            model.proj_out(model.norm_out(hidden, temb))
+        return int(counter.get_total_flops()), {"transformer_blocks": int(first_block.get_total_flops())}
 
     def _fit(self):
         if self._coefficients is None:
@@ -241,7 +274,8 @@ def _meta_transformer(family: str, config_json: str) -> torch.nn.Module:
 
     classes = {"flux": diffusers.FluxTransformer2DModel, "hunyuan-video": diffusers.HunyuanVideoTransformer3DModel,
                "wan": diffusers.WanTransformer3DModel, "qwen-image": diffusers.QwenImageTransformer2DModel,
-               "flux2": diffusers.Flux2Transformer2DModel, "z-image": diffusers.ZImageTransformer2DModel}
+               "flux2": diffusers.Flux2Transformer2DModel, "z-image": diffusers.ZImageTransformer2DModel,
+               "hunyuan-video15": diffusers.HunyuanVideo15Transformer3DModel}
     with torch.device("meta"):
         return classes[family](**json.loads(config_json))
 
