@@ -13,7 +13,7 @@ import json
 import time
 from dataclasses import replace
 
-from fresco_plugin.config import PRESETS
+from fresco_plugin.config import PRESETS, FrescoConfig
 from fresco_plugin.flops import count_plan_flops
 from fresco_plugin.speedup import BANDS, SketchShape, most_full_steps
 from fresco_plugin.tools.bench import BASELINE_STEPS, Method, _json_safe, run_benchmark
@@ -41,12 +41,27 @@ RESTART_VARIANTS = {
     "2-step sketch, full stage at shift 6": dict(stage_steps=(2, 4), promotion_rounds=0,
                                                  stage_shifts=(SKETCH_SHIFT, 6.0)),
 }
-SETS = {"plan": VARIANTS, "restart": RESTART_VARIANTS}
+# the promotion round's choices, re-measured under the presets' restart (the ratio was chosen by fidelity before it)
+ROUND_VARIANTS = {
+    "preset": {},
+    "ratio 0.3": dict(promotion_ratio=0.3),
+    "ratio 0.5": dict(promotion_ratio=0.5),
+    "no round": dict(promotion_rounds=0),
+    "unsettled first": dict(promotion_order="unsettled_first"),
+    "latent step variance": dict(score="latent_step_variance"),
+    "channel variance": dict(score="channel_variance"),
+    "dct expansion": dict(expansion="dct"),
+}
+SETS = {"plan": VARIANTS, "restart": RESTART_VARIANTS, "round": ROUND_VARIANTS}
 # sketch lengths re-measured once the full-resolution stage restarts higher (the presets' 3 was chosen by fidelity
 # before it): each with the most full-resolution steps that still reach the budget on FLUX.1-dev, as for_speedup plans
 SHAPE_BUDGETS = {"5x": 5.0, "10x": 10.0}
 SHAPE_SKETCH_STEPS = (1, 2, 3, 4)
 BUDGET_PRESETS = {"3x": "flux-dev-3x", "5x": "flux-dev-5x", "10x": "flux-dev-10x"}
+# the default FrescoConfig() follows the call's steps: candidates for its target, each with its band's promotion ratio,
+# at FLUX.1-dev's pipeline default (28 steps) and at the presets' 50
+DEFAULT_TARGETS = (3.0, 5.0)
+DEFAULT_CALL_STEPS = (28, 50)
 
 
 def main() -> None:
@@ -55,15 +70,29 @@ def main() -> None:
     parser.add_argument("--held-out", type=int, default=16)
     parser.add_argument("--seed", type=int, default=7, help="prompt-set seed (the bench uses 2026)")
     parser.add_argument("--regime", default="unguided", choices=["unguided", "guided", "both"])
-    parser.add_argument("--set", default="plan", choices=[*sorted(SETS), "presets", "shapes"],
+    parser.add_argument("--set", default="plan", choices=[*sorted(SETS), "presets", "shapes", "default"],
                         help="which variants: plan (the first sweep), restart (higher full-resolution restarts), "
-                        "presets (each budget's preset with and without --restart-shift-scale, against its steps@), or "
-                        "shapes (sketch lengths at 5x and 10x with the presets' restart, against steps@)")
+                        "round (the 10x preset's promotion round: ratio, order, score, expansion), "
+                        "presets (each budget's preset with and without --restart-shift-scale, against its steps@), "
+                        "shapes (sketch lengths at 5x and 10x with the presets' restart, against steps@), or default "
+                        "(FrescoConfig(target_speedup=T) on calls of 28 and 50 steps, against the stock call and "
+                        "steps@ at equal FLOPs)")
     parser.add_argument("--restart-shift-scale", type=float, default=2.0)
     parser.add_argument("--out", default="unguided_sweep.json")
     args = parser.parse_args()
     methods = [Method("baseline", "baseline", steps=BASELINE_STEPS)]
-    if args.set == "shapes":
+    if args.set == "default":
+        for call_steps in DEFAULT_CALL_STEPS:
+            if call_steps != BASELINE_STEPS:
+                methods.append(Method(f"stock {call_steps} steps", "stock call", steps=call_steps))
+            for target in DEFAULT_TARGETS:
+                ratio = next(shape for low, shape in reversed(BANDS) if target >= low).promotion_ratio
+                config = FrescoConfig(target_speedup=target, promotion_ratio=ratio)
+                budget = f"{target:g}x of {call_steps}"
+                methods += [Method(f"steps@{budget}", "fewer steps", budget=budget),
+                            Method(f"default {budget}", "FrescoConfig(target_speedup=...)", config=config,
+                                   steps=call_steps, budget=budget)]
+    elif args.set == "shapes":
         for budget, target in SHAPE_BUDGETS.items():
             methods.append(Method(f"steps@{budget}", "fewer steps", budget=budget))
             ratio = next(shape for low, shape in reversed(BANDS) if target >= low).promotion_ratio

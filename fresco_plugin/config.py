@@ -21,6 +21,7 @@ MAX_STAGES = 8
 MAX_STEPS = 10_000
 MAX_TOKEN_MULTIPLE = 1 << 16
 SHIFT_RANGE = (1e-2, 1e3)
+MAX_TARGET_SPEEDUP = 1e3
 
 
 def _number(name: str, value: Any) -> float:
@@ -67,19 +68,29 @@ class FrescoConfig:
     half-resolution sketch stage is the paper's basic case: 4x fewer tokens, and the Hadamard expansion is 2x per
     axis, so each stage doubles the last."""
     stage_steps: tuple[int, ...] | None = None
-    """Denoising steps per stage. ``None`` splits the call's ``num_inference_steps`` by ``stage_fractions``, so a
-    plain config respects the step count a call already passes; presets fix it (their budget is part of them)."""
+    """Denoising steps per stage. ``None`` follows the call's ``num_inference_steps`` (by ``target_speedup``, or by
+    ``stage_fractions`` when given), so a config respects the step count a call already passes; presets fix it
+    (their budget is part of them)."""
     stage_fractions: tuple[float, ...] | None = None
-    """Share of the call's steps per stage when ``stage_steps`` is None; ``None`` means equal shares (only the
-    ratios matter)."""
+    """Share of the call's steps per stage when ``stage_steps`` is None (only the ratios matter); ``None`` lets
+    ``target_speedup`` plan the stages instead."""
+    target_speedup: float | None = 3.0
+    """With ``stage_steps`` and ``stage_fractions`` None: the plan for a call's N steps is the measured preset shape
+    aimed at N/``target_speedup`` full-resolution steps' worth of image tokens: every stage before the last runs a
+    3-step sketch (more if its promotion rounds need them), the last stage the most full-resolution steps that keep
+    the image tokens of the whole plan within that budget (at least 1). In [1, 1000]; ``None`` splits N into equal
+    shares. At 50 steps the default is the ``flux-dev-3x`` preset's plan, at 28 it is 3 + 8; with too few steps for
+    the target the sketch shrinks and a warning says what runs. 3 was measured against 5 at 28 and 50 steps
+    (BENCHMARKS.md, "The default"): level with fewer steps at equal FLOPs except unguided realism at 28 steps."""
     stage_shifts: tuple[float, ...] | None = None
     """Per-stage sigma shift, in [0.01, 1000]. ``None``: each stage's own resolution decides (FLUX's ``mu`` from its
     token count, or the scheduler's static shift), as the pipeline would for a stock run at that resolution."""
     promotion_rounds: int = 1
     """Rounds of partial promotion inside every stage but the last (0: whole stages only). One round per
     low-resolution stage is the smallest progressive plan (the paper promotes tokens before the whole latent)."""
-    promotion_ratio: float = 0.3
-    """Share of the stage's base-level tokens promoted per round, in (0, 1]. 0.3 is RALU's default up-ratio."""
+    promotion_ratio: float = 0.5
+    """Share of the stage's base-level tokens promoted per round, in (0, 1]. 0.5 is the ``flux-dev-3x`` preset's,
+    chosen by the preset sweep (BENCHMARKS.md; the 5x and 10x presets promote 0.1: differences within noise)."""
     promotion_threshold: float | None = None
     """If set, promote the tokens whose score passes this threshold instead of a fixed ratio. A threshold's scale
     depends on the model and makes the cost depend on the image; a ratio fixes the cost in advance."""
@@ -119,7 +130,7 @@ class FrescoConfig:
     """Keep every step's image-token count a multiple of this (promotion counts round to fit), in [1, 65536].
     Context parallelism raises it to its degree by itself; set it to reproduce a parallel run's plan on one
     process."""
-    restart_shift_scale: float = 1.0
+    restart_shift_scale: float = 2.0
     """Multiplies the sigma shift of every stage after the first, in [0.01, 100] (1: each stage's own shift, as its
     resolution or ``stage_shifts`` gives it). Above 1, a stage restarts at a higher noise level and stays higher, so
     it redraws the coarse stage's picture instead of inheriting its artefacts. The FLUX.1-dev presets use 2: on the
@@ -133,6 +144,8 @@ class FrescoConfig:
         object.__setattr__(self, "stage_steps", _counts("stage_steps", self.stage_steps, optional=True))
         for name in ("stage_fractions", "stage_shifts"):
             object.__setattr__(self, name, _numbers(name, getattr(self, name), optional=True))
+        if self.target_speedup is not None:
+            object.__setattr__(self, "target_speedup", _number("target_speedup", self.target_speedup))
         object.__setattr__(self, "restart_shift_scale", _number("restart_shift_scale", self.restart_shift_scale))
         for name in ("promotion_rounds", "token_multiple", "score_window"):
             object.__setattr__(self, name, _count(name, getattr(self, name)))
@@ -186,6 +199,10 @@ class FrescoConfig:
         if self.stage_shifts is not None and not all(low <= s <= high for s in self.stage_shifts):
             raise ValueError(f"FrescoConfig.stage_shifts={self.stage_shifts}: every shift must be in [{low}, {high}] "
                              "(1 is no shift; FLUX's resolution shifts are 1.6-3.2, HunyuanVideo's 7-17)")
+        if self.target_speedup is not None and not 1 <= self.target_speedup <= MAX_TARGET_SPEEDUP:
+            raise ValueError(f"FrescoConfig.target_speedup={self.target_speedup}: give a factor in "
+                             f"[1, {MAX_TARGET_SPEEDUP}] (3 for a third of the call's image tokens), or None to split "
+                             "the steps into equal shares")
         if not 1e-2 <= self.restart_shift_scale <= 1e2:
             raise ValueError(f"FrescoConfig.restart_shift_scale={self.restart_shift_scale}: give a finite factor in "
                              "[0.01, 100] (1 keeps each stage's own shift)")
@@ -279,8 +296,10 @@ def _rule_plan(sketch_ratio: float, full_steps: int) -> FrescoConfig:
 # tokens stay whole at every step, so a sketch saves less there.
 PRESETS: dict[str, FrescoConfig] = {
     "flux-dev-3x": _rule_plan(0.5, 15), "flux-dev-5x": _rule_plan(0.1, 9), "flux-dev-10x": _rule_plan(0.1, 4),
-    "flux-schnell-22x": FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(3, 1), promotion_ratio=0.25),
-    "hunyuan-video-5x": FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(10, 8), promotion_ratio=0.25),
+    "flux-schnell-22x": FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(3, 1), promotion_ratio=0.25,
+                                     restart_shift_scale=1.0),
+    "hunyuan-video-5x": FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(10, 8), promotion_ratio=0.25,
+                                     restart_shift_scale=1.0),
     "flux-kontext-2x": _rule_plan(0.5, 12), "flux-kontext-3x": _rule_plan(0.5, 7),
     "flux2-dev-3x": _rule_plan(0.5, 15), "flux2-dev-5x": _rule_plan(0.1, 9), "flux2-dev-10x": _rule_plan(0.1, 4),
     "qwen-image-3x": _rule_plan(0.5, 15), "qwen-image-5x": _rule_plan(0.1, 9), "qwen-image-10x": _rule_plan(0.1, 4),

@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from .config import FrescoConfig
+from .config import MAX_STEPS, FrescoConfig
 
 __all__ = ["StagePlan", "StageSchedule", "fit_plan", "plan_stages", "base_sigmas", "flux_mu", "shift_sigmas",
            "static_schedules"]
@@ -32,13 +32,60 @@ class StagePlan:
         return self.first_step + self.num_steps
 
 
-def _split_steps(config: FrescoConfig, total: int) -> tuple[int, ...]:
+# the measured preset shape's sketch: the score needs 2 steps of history before a round and 1 step after it
+SKETCH_STEPS = 3
+
+
+def _plans_by_target(config: FrescoConfig) -> bool:
+    return config.stage_fractions is None and config.target_speedup is not None and config.num_stages > 1
+
+
+def _split_steps(config: FrescoConfig, total: int, min_score_history: int) -> tuple[int, ...]:
     n = config.num_stages
+    if _plans_by_target(config):
+        return _steps_for_speedup(config, total, min_score_history)
     shares = config.stage_fractions or (1.0,) * n
     weight = sum(shares)
     steps = [max(1, math.floor(total * share / weight)) for share in shares]
     steps[-1] = total - sum(steps[:-1])
     return tuple(steps)
+
+
+def _steps_for_speedup(config: FrescoConfig, total: int, min_score_history: int) -> tuple[int, ...]:
+    """``config.target_speedup``'s plan for a call of ``total`` steps: a sketch per coarse stage (3 steps, or the
+    fewest that host its promotion rounds), then the most full-resolution steps that keep the plan's image tokens
+    within ``total / target_speedup`` full-resolution steps' worth, at least 1. When even one full-resolution step
+    after that sketch costs as much as the call's ``total`` stock steps, shorter sketches without rounds (2, then 1
+    step) are tried; ``fit_plan`` drops the rounds such a sketch cannot host."""
+    coarse_stages = config.num_stages - 1
+    rounds = config.promotion_rounds
+    hosted = next((n for n in range(max(SKETCH_STEPS, rounds + 1), MAX_STEPS + 1)
+                   if _rounds_fit(n, rounds, min_score_history)), None)
+    if hosted is None:  # more rounds than any stage can host: fit_plan drops them
+        hosted, rounds = SKETCH_STEPS, 0
+    shapes = [(hosted, rounds), *((n, 0) for n in (2, 1) if n < hosted)]
+    for sketch, sketch_rounds in shapes:
+        steps = (sketch,) * coarse_stages + (1,)
+        coarse = _image_token_cost(replace(config, stage_steps=steps, promotion_rounds=sketch_rounds)) - 1
+        if coarse + 1 < total or sketch == 1:
+            budget = total / config.target_speedup - coarse
+            return steps[:-1] + (max(1, math.floor(budget + 1e-9)),)
+    raise AssertionError("unreachable: the 1-step sketch is always returned")
+
+
+def _rounds_fit(steps: int, rounds: int, min_score_history: int) -> bool:
+    after = [math.ceil(steps * (j + 1) / (rounds + 1)) for j in range(rounds)]
+    return not rounds or (len(set(after)) == rounds and after[0] >= min_score_history and after[-1] < steps)
+
+
+def _image_token_cost(config: FrescoConfig) -> float:
+    """Image tokens of a fixed-step plan, in full-resolution steps (the same at any grid the coarsest stage divides;
+    text tokens and attention's quadratic term are left out: ``fresco flops`` prices a plan exactly). A threshold's
+    share depends on the image, so ``promotion_ratio`` stands in for it."""
+    side = 1 << (max(config.stage_levels) + 6)
+    config = replace(config, promotion_threshold=None)
+    stages = plan_stages(config, None, min_score_history=1)
+    return sum(plan_token_counts(config, stages, side, side)) / grid_tokens(side, side, 0)
 
 
 def plan_stages(config: FrescoConfig, num_inference_steps: int | None, *, min_score_history: int) -> list[StagePlan]:
@@ -62,7 +109,7 @@ def plan_stages(config: FrescoConfig, num_inference_steps: int | None, *, min_sc
                 f"num_inference_steps={total} is fewer than the {config.num_stages} stages of "
                 f"stage_scales={config.stage_scales}; give at least one step per stage"
             )
-        steps = _split_steps(config, total)
+        steps = _split_steps(config, total, min_score_history)
         if min(steps) < 1:
             raise ValueError(f"stage_fractions={config.stage_fractions} leave a stage without steps at {total} steps")
 
@@ -71,7 +118,7 @@ def plan_stages(config: FrescoConfig, num_inference_steps: int | None, *, min_sc
     for index, (level, n) in enumerate(zip(config.stage_levels, steps)):
         rounds = config.promotion_rounds if index < last else 0
         after = tuple(math.ceil(n * (j + 1) / (rounds + 1)) for j in range(rounds))
-        if rounds and (len(set(after)) != rounds or after[0] < min_score_history or after[-1] >= n):
+        if not _rounds_fit(n, rounds, min_score_history):
             raise ValueError(
                 f"stage {index} (scale {config.stage_scales[index]}) has {n} steps, too few for "
                 f"promotion_rounds={rounds} with score {config.score!r} (it needs {min_score_history} step(s) before "
@@ -102,7 +149,7 @@ def fit_plan(config: FrescoConfig, num_inference_steps: int | None, *,
             notes.append(
                 f"FrescoConfig.stage_steps={config.stage_steps} fixes {sum(config.stage_steps)} steps (a preset's "
                 f"budget); num_inference_steps={num_inference_steps} is not used. For a plan that follows your step "
-                "count, use FrescoConfig(stage_steps=None, stage_fractions=...)"
+                "count, use FrescoConfig(target_speedup=...)"
             )
         return plan_stages(config, None, min_score_history=min_score_history), notes
     total = 28 if num_inference_steps is None else num_inference_steps
@@ -114,7 +161,7 @@ def fit_plan(config: FrescoConfig, num_inference_steps: int | None, *,
                      f"{config.stage_scales}; running stages {kept}")
         config = replace(config, stage_scales=kept, stage_fractions=_last(config.stage_fractions, total),
                          stage_shifts=_last(config.stage_shifts, total))
-    steps = _split_steps(config, total)
+    steps = _split_steps(config, total, min_score_history)
     rounds = config.promotion_rounds
     while rounds > 0:
         try:
@@ -130,6 +177,12 @@ def fit_plan(config: FrescoConfig, num_inference_steps: int | None, *,
     if rounds != config.promotion_rounds:
         notes.append(f"num_inference_steps={total} gives the stages {steps} steps, too few for promotion_rounds="
                      f"{config.promotion_rounds}; running {rounds} round(s)")
+    if _plans_by_target(config):
+        reached = total / _image_token_cost(replace(config, stage_steps=steps, promotion_rounds=rounds))
+        if reached < config.target_speedup * (1 - 1e-9):
+            notes.append(f"num_inference_steps={total} is too few for target_speedup={config.target_speedup:g}: "
+                         f"running {steps} steps per stage, {reached:.2f}x fewer image tokens than {total} "
+                         "full-resolution steps")
     return plans, notes
 
 

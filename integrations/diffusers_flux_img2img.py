@@ -63,11 +63,17 @@ class FluxImg2ImgFrescoRunner(FluxFrescoRunner):
         return super().plan(call.resolved(num_inference_steps=kept_steps(call.num_inference_steps, call.strength)))
 
     def base_sigmas(self, steps: int, call: CallArguments) -> np.ndarray:
-        """The tail ``strength`` keeps of stock's schedule: of the call's ``num_inference_steps``, or, for a config
-        that fixes its ``steps``, of the shortest schedule that keeps that many."""
-        total = call.num_inference_steps
-        if self.config.stage_steps is not None:
-            total = next(n for n in range(steps, MAX_STEPS + 1) if kept_steps(n, call.strength) >= steps)
+        """The tail ``strength`` keeps of stock's schedule: of the call's ``num_inference_steps`` when the plan runs
+        every step that keeps; for a plan that follows the call with fewer steps (``target_speedup``), the last
+        ``steps`` of a schedule as much longer, so it starts where the stock call starts; for a config that fixes its
+        steps, of the shortest schedule that keeps that many."""
+        total, kept = call.num_inference_steps, kept_steps(call.num_inference_steps, call.strength)
+        if steps == kept:
+            return super().base_sigmas(total, call)[total - kept:]
+        if self.config.stage_steps is None:
+            total = max(steps, round(steps * total / kept))
+            return super().base_sigmas(total, call)[total - steps:]
+        total = next(n for n in range(steps, MAX_STEPS + 1) if kept_steps(n, call.strength) >= steps)
         return super().base_sigmas(total, call)[total - kept_steps(total, call.strength):]
 
     def clean_start(self, call: CallArguments, count: int, geometry: TokenGeometry, text: dict[str, Any],

@@ -17,7 +17,7 @@ from diffusers.hooks import (
 from fresco_plugin import FrescoConfig, apply_fresco
 from fresco_plugin.tools.tiny import tiny_flux_pipeline
 
-CONFIG = FrescoConfig(stage_scales=(0.25, 0.5, 1.0), promotion_rounds=1)
+CONFIG = FrescoConfig(stage_scales=(0.25, 0.5, 1.0), promotion_rounds=1, target_speedup=None)  # 4 steps per stage
 
 
 def _pipe():

@@ -30,6 +30,7 @@ from fresco_plugin.tools.tiny import (
 
 CONFIGS = {
     "default": FrescoConfig(),
+    "equal shares": FrescoConfig(target_speedup=None),
     "fixed steps": FrescoConfig(stage_steps=(3, 2)),
     "three stages": FrescoConfig(stage_scales=(0.25, 0.5, 1.0)),
     "whole stages": FrescoConfig(promotion_rounds=0, strategy="fresh-noise"),

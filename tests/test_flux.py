@@ -120,8 +120,9 @@ def test_callback_sees_every_step_and_can_edit_the_latents(flux_pipe):
 
     halved = _call(flux_pipe, callback_on_step_end=callback,
                    callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"])
-    assert [s[0] for s in seen] == list(range(8))
-    assert [s[1] for s in seen] == _expected_tokens(FrescoConfig(), 8, 1024)
+    expected = _expected_tokens(FrescoConfig(), 8, 1024)  # the default's plan for 8 steps: 3 + 1
+    assert [s[0] for s in seen] == list(range(len(expected))) and len(expected) == 4
+    assert [s[1] for s in seen] == expected
     assert not torch.equal(halved, _call(flux_pipe))
 
     def wrong_shape(pipe, step, timestep, kwargs):
@@ -204,8 +205,10 @@ def test_a_subclass_with_its_own_call_is_refused():
     ("flux-dev-10x", 28, "fixes 7 steps .* num_inference_steps=28 is not used"),  # FLUX.1-dev examples pass 28 or 50
     ("flux-dev-10x", 50, "num_inference_steps=50 is not used"),
     ("flux-schnell-22x", 4, None),  # schnell examples pass 4: the preset's own count
-    (FrescoConfig(), 4, "too few for promotion_rounds=1; running 0 round"),
+    (FrescoConfig(), 28, None),  # the pipeline's default count: 3 + 8 steps, a third of its image tokens
+    (FrescoConfig(), 4, r"too few for target_speedup=3: running \(3, 1\) steps per stage, 1.88x"),
     (FrescoConfig(), 2, "too few for promotion_rounds=1; running 0 round"),
+    (FrescoConfig(target_speedup=None), 4, "too few for promotion_rounds=1; running 0 round"),
     (FrescoConfig(), 1, r"fewer than the 2 stages .* running stages \(1.0,\)"),
     (FrescoConfig(stage_scales=(0.25, 0.5, 1.0)), 2, r"running stages \(0.5, 1.0\)"),
 ])

@@ -8,7 +8,7 @@ from diffusers.pipelines.flux2.pipeline_flux2 import compute_empirical_mu
 from fresco_plugin import FrescoConfig, apply_fresco
 from fresco_plugin.tools.tiny import tiny_flux2_klein_pipeline, tiny_flux2_pipeline
 
-CONFIG = FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(2, 2), promotion_rounds=0)
+CONFIG = FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(2, 2), promotion_rounds=0, restart_shift_scale=1.0)
 
 
 def _forwards(pipe, **kwargs):

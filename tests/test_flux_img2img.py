@@ -12,7 +12,7 @@ from fresco_plugin.layout import pack
 from fresco_plugin.tools.tiny import tiny_flux_img2img_pipeline
 
 PICTURE = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-TWO_STAGES = FrescoConfig(stage_scales=(0.5, 1.0), promotion_rounds=0)
+TWO_STAGES = FrescoConfig(stage_scales=(0.5, 1.0), promotion_rounds=0, target_speedup=None)  # equal shares
 
 
 @pytest.fixture
@@ -55,6 +55,20 @@ def test_the_plan_runs_the_steps_strength_keeps_and_the_sketch_starts_from_the_i
     # stock's scale_noise at the sketch's first sigma: (1 - sigma) of the image plus independent noise
     assert weight(first[0], image) == pytest.approx(1 - run.sigmas_used[0], abs=0.1)
     assert abs(weight(first[0], other)) < 0.1
+
+
+def test_the_default_plan_of_the_kept_steps_starts_where_stock_starts(pipe):
+    """strength 0.25 keeps 10 of 40 steps; the default spends a third of them (3 + 2 steps) from the same sigma."""
+    image = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(1))
+    starts = []
+    for config in (TWO_STAGES, FrescoConfig()):
+        apply_fresco(pipe, config)
+        _call(pipe, image=image, strength=0.25, num_inference_steps=40)
+        run = last_fresco_run(pipe)
+        starts.append(run.sigmas_used[0])
+        remove_fresco(pipe)
+    assert len(run.tokens_per_step) == 5
+    assert starts[1] == pytest.approx(starts[0], abs=1e-6)
 
 
 def test_a_config_with_fixed_steps_runs_them_as_the_tail_strength_keeps(pipe):

@@ -21,8 +21,8 @@ from torch._dynamo.testing import CompileCounter
 from fresco_plugin import FrescoConfig, apply_fresco
 from fresco_plugin.tools.tiny import tiny_hunyuan_video_pipeline
 
-CONFIG = FrescoConfig(stage_scales=(0.5, 1.0), promotion_rounds=1)  # 3 token counts per generation
-WHOLE_STAGES = FrescoConfig(stage_scales=(0.5, 1.0), promotion_rounds=0)
+CONFIG = FrescoConfig(stage_scales=(0.5, 1.0), promotion_rounds=1, target_speedup=None)  # 3 token counts, 8 steps
+WHOLE_STAGES = FrescoConfig(stage_scales=(0.5, 1.0), promotion_rounds=0, target_speedup=None)
 SIZE = dict(height=64, width=80, num_frames=5)  # 2 latent frames x 4 x 5 tokens
 STEPS = 8
 

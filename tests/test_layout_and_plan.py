@@ -165,3 +165,71 @@ def test_level_map_paints_each_token_over_the_area_it_covers():
     assert torch.equal(levels[0, 0], expected)
     odd = TokenGeometry(channels=16, patch=2, rows=5, cols=3)  # the coarse grid pads past the picture
     assert torch.equal(TokenLayout.uniform(2, odd, 1, CPU).level_map(odd), torch.ones(2, 1, 5, 3, dtype=torch.int8))
+
+
+def _fitted(config, steps):
+    from fresco_plugin.schedule import fit_plan
+
+    stages, notes = fit_plan(config, steps, min_score_history=2)
+    return tuple(s.num_steps for s in stages), tuple(len(s.promotion_after) for s in stages), notes
+
+
+@pytest.mark.parametrize("target,preset", [(3, "flux-dev-3x"), (5, "flux-dev-5x"), (10, "flux-dev-10x")])
+def test_a_target_speedup_plan_of_fifty_steps_is_the_flux_dev_preset(target, preset):
+    from dataclasses import replace
+
+    from fresco_plugin.flops import count_plan_flops
+
+    config = FrescoConfig(target_speedup=target, promotion_ratio=FrescoConfig.preset(preset).promotion_ratio)
+    steps, _, notes = _fitted(config, 50)
+    assert steps == FrescoConfig.preset(preset).stage_steps and not notes
+    assert replace(config, stage_steps=steps) == replace(FrescoConfig.preset(preset), target_speedup=target)
+    assert count_plan_flops(config, "flux-dev", steps=50).speedup >= target
+
+
+def test_the_default_config_is_the_3x_preset_at_fifty_steps():
+    from dataclasses import replace
+
+    assert replace(FrescoConfig(), stage_steps=(3, 15)) == FrescoConfig.preset("flux-dev-3x")
+
+
+@pytest.mark.parametrize("steps", range(5, 201))
+def test_a_target_speedup_plan_spends_the_most_full_steps_within_its_image_token_budget(steps):
+    from dataclasses import replace
+
+    from fresco_plugin.schedule import plan_token_counts
+
+    def tokens(plan):  # full-resolution grid 16x16
+        fixed = replace(FrescoConfig(), stage_steps=plan)
+        return sum(plan_token_counts(fixed, plan_stages(fixed, None, min_score_history=2), 16, 16)) / 256
+
+    plan, rounds, notes = _fitted(FrescoConfig(), steps)
+    assert plan[0] == 3 and rounds == (1, 0)
+    if not notes:
+        assert tokens(plan) <= steps / 3 < tokens((3, plan[1] + 1))
+    else:  # only where one full-resolution step is already over a third
+        assert plan == (3, 1) and steps / 3 < tokens(plan) and "too few for target_speedup=3" in notes[0]
+
+
+def test_too_few_steps_for_the_target_shrink_the_sketch_and_say_so():
+    assert _fitted(FrescoConfig(), 28)[:2] == ((3, 8), (1, 0))
+    plan, rounds, notes = _fitted(FrescoConfig(), 4)
+    assert (plan, rounds) == ((3, 1), (1, 0)) and "1.88x fewer image tokens" in notes[0]
+    plan, rounds, notes = _fitted(FrescoConfig(), 2)  # a 3-step sketch would cost more than the stock call
+    assert (plan, rounds) == ((2, 1), (0, 0)) and "running 0 round(s)" in notes[0]
+    assert _fitted(FrescoConfig(), 1)[0] == (1,)  # the stock step
+    # a threshold's share is unknown before the call: the ratio stands in for it when the plan is sized
+    assert _fitted(FrescoConfig(promotion_threshold=0.1), 28)[:2] == ((3, 8), (1, 0))
+
+
+def test_fractions_or_no_target_split_the_call_steps_and_one_stage_runs_them_all():
+    assert _fitted(FrescoConfig(stage_fractions=(1, 3)), 28)[0] == (7, 21)
+    assert _fitted(FrescoConfig(target_speedup=None), 28)[0] == (14, 14)
+    assert _fitted(FrescoConfig(stage_scales=(1.0,)), 28)[0] == (28,)
+    assert _fitted(FrescoConfig(stage_scales=(0.25, 0.5, 1.0)), 50)[0] == (3, 3, 15)
+
+
+@pytest.mark.parametrize("value", [0.5, 1e4, float("nan"), "3"])
+def test_target_speedup_out_of_range_is_refused_by_name(value):
+    with pytest.raises(ValueError, match="FrescoConfig.target_speedup"):
+        FrescoConfig(target_speedup=value)

@@ -66,7 +66,8 @@ def test_the_image_frequencies_are_computed_once_per_layout_not_per_forward():
 def test_the_terminal_shift_stretches_the_whole_schedule_once():
     pipe = tiny_qwen_image_pipeline()
     pipe.set_progress_bar_config(disable=True)
-    apply_fresco(pipe, FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(4, 4), promotion_rounds=0))
+    apply_fresco(pipe, FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(4, 4), promotion_rounds=0,
+                                    restart_shift_scale=1.0))
     pipe(prompt_embeds=torch.randn(1, 5, 32), true_cfg_scale=1.0, height=64, width=64, output_type="latent")
     sigmas = last_fresco_run(pipe).sigmas_used
     assert sigmas[3] > 0.3  # the sketch's slice is not stretched down to the terminal value on its own

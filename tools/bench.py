@@ -187,12 +187,16 @@ class _Runner:
         return unpacked[0].float(), picture[0]
 
 
-def equal_flops_steps(runner: _Runner, prompt: ScenePrompt) -> dict[str, int]:
+def equal_flops_steps(runner: _Runner, prompt: ScenePrompt, methods: Sequence[Method] = ()) -> dict[str, int]:
     """Per budget, the stock step count whose transformer FLOPs come nearest its Fresco plan's (counted, one run
-    each; a plan's FLOPs do not depend on the prompt, and guidance doubles both sides alike)."""
+    each; a plan's FLOPs do not depend on the prompt, and guidance doubles both sides alike). The plan of a budget
+    is its preset, or for a budget of ``methods`` that no preset names, the first Fresco method at that budget."""
+    plans = {budget: Method(preset, "Fresco", config=PRESETS[preset]) for budget, preset in BUDGETS.items()}
+    for method in methods:
+        if method.budget is not None and method.config is not None:
+            plans.setdefault(method.budget, method)
     one_step = runner(Method("one step", "baseline", steps=1), prompt, 1.0)[2]
-    return {budget: max(1, round(runner(Method(preset, "Fresco", config=PRESETS[preset]), prompt, 1.0)[2] / one_step))
-            for budget, preset in BUDGETS.items()}
+    return {budget: max(1, round(runner(plan, prompt, 1.0)[2] / one_step)) for budget, plan in plans.items()}
 
 
 # -------------------------------------------------------------------------------------------------- metrics
@@ -305,7 +309,7 @@ def run_benchmark(prompts: list[ScenePrompt], methods: list[Method], *, regimes:
     pipe.set_progress_bar_config(disable=True)
     runner = _Runner(pipe)
     runner(Method("warm-up", "baseline", steps=2), prompts[0], 1.0)  # first-call costs stay out of the timings
-    matched = equal_flops_steps(runner, prompts[0])
+    matched = equal_flops_steps(runner, prompts[0], methods)
     methods = [replace(m, steps=matched[m.budget]) if m.steps is None and m.config is None else m for m in methods]
     order = [*methods, Method(REPEAT, "baseline", steps=BASELINE_STEPS)]
     runs = {regime: {m.name: _Runs() for m in order} for regime in regimes}
