@@ -178,8 +178,8 @@ def count_plan_flops(
     """FLOPs of Fresco's plan for ``model`` and of that model's 50-step full-resolution baseline.
 
     Guidance settings decide the forwards per step, for Fresco and the baseline alike: ``true_cfg_scale > 1`` doubles
-    them; a classifier-free-guidance model (Wan) runs two unless ``guidance_scale <= 1``. ``steps`` is the Fresco step
-    count when the config does not fix it.
+    them; a classifier-free-guidance model (Wan) runs two unless ``guidance_scale <= 1``. ``steps`` is the call's
+    ``num_inference_steps`` for a config that follows them (its plan may run fewer: ``target_speedup``).
     """
     if isinstance(config, str):
         config = FrescoConfig.preset(config)

@@ -106,7 +106,10 @@ def _parser() -> argparse.ArgumentParser:
     flops.add_argument("--height", type=int, help="pixels (default: the model's usual size)")
     flops.add_argument("--width", type=int, help="pixels (default: the model's usual size)")
     flops.add_argument("--frames", type=int, help="video frames, 4k + 1 (default: the video model's usual count)")
-    flops.add_argument("--steps", type=int, help="Fresco steps, when the config does not fix them (default: 50)")
+    flops.add_argument("--steps", type=int,
+                       help="the call's num_inference_steps, for a config that follows them (stage_steps unset: the "
+                            "default FrescoConfig() runs a third of them); default: the model's usual count. Pass "
+                            "the same --baseline-steps to compare with that call")
     flops.add_argument("--baseline-steps", type=int,
                        help="steps of the full-resolution baseline (default: the preset's, as docs/configuration.md "
                             "lists them; 50 with --config)")
