@@ -18,7 +18,8 @@ from fresco_plugin.config import PRESET_BASELINES, PRESETS, FrescoConfig
 OUTPUT = Path(__file__).resolve().parent / "configuration.md"
 MODEL_LABELS = {"flux-dev": "FLUX.1-dev", "flux-schnell": "FLUX.1-schnell", "hunyuan-video": "HunyuanVideo",
                 "flux-kontext": "FLUX.1-Kontext-dev", "flux2-dev": "FLUX.2-dev", "qwen-image": "Qwen-Image",
-                "z-image": "Z-Image", "wan2.1-t2v-14b": "Wan2.1-T2V-14B", "wan2.2-t2v-a14b": "Wan2.2-T2V-A14B"}
+                "z-image": "Z-Image", "wan2.1-t2v-14b": "Wan2.1-T2V-14B", "wan2.2-t2v-a14b": "Wan2.2-T2V-A14B",
+                "hunyuan-video15": "HunyuanVideo-1.5 480p"}
 
 
 def field_docs() -> dict[str, str]:

@@ -306,6 +306,7 @@ PRESETS: dict[str, FrescoConfig] = {
     "z-image-3x": _rule_plan(0.5, 15), "z-image-5x": _rule_plan(0.1, 9), "z-image-10x": _rule_plan(0.1, 4),
     "wan2.1-3x": _rule_plan(0.5, 15), "wan2.1-5x": _rule_plan(0.1, 9),
     "wan2.2-3x": _rule_plan(0.5, 12), "wan2.2-5x": _rule_plan(0.1, 7),
+    "hunyuan-video15-3x": _rule_plan(0.5, 15), "hunyuan-video15-5x": _rule_plan(0.1, 9),
 }
 
 # What each preset's name is measured against: a `fresco flops` model (its architecture and usual size) and the stock
@@ -319,4 +320,5 @@ PRESET_BASELINES: dict[str, tuple[str, int]] = {
     "z-image-3x": ("z-image", 50), "z-image-5x": ("z-image", 50), "z-image-10x": ("z-image", 50),
     "wan2.1-3x": ("wan2.1-t2v-14b", 50), "wan2.1-5x": ("wan2.1-t2v-14b", 50),
     "wan2.2-3x": ("wan2.2-t2v-a14b", 40), "wan2.2-5x": ("wan2.2-t2v-a14b", 40),
+    "hunyuan-video15-3x": ("hunyuan-video15", 50), "hunyuan-video15-5x": ("hunyuan-video15", 50),
 }

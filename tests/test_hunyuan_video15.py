@@ -5,7 +5,7 @@ import pytest
 import torch
 from diffusers.guiders import ClassifierFreeGuidance
 
-from fresco_plugin import FrescoConfig, apply_fresco
+from fresco_plugin import FrescoConfig, apply_fresco, last_fresco_run
 from fresco_plugin.integrations.diffusers_hunyuan_video15 import HunyuanVideo15FrescoRunner
 from fresco_plugin.schedule import plan_stages, plan_token_counts
 from fresco_plugin.tools.tiny import tiny_hunyuan_video15_pipeline
@@ -81,3 +81,13 @@ def test_the_rope_at_integer_positions_is_the_stock_grid():
     stock = rope(torch.zeros(1, 9, 2, 3, 5))
     ours = HunyuanVideo15FrescoRunner.positions_at(rope, grid)
     assert all(torch.equal(a, b) for a, b in zip(ours, stock))
+
+
+@pytest.mark.parametrize("preset", ["hunyuan-video15-3x", "hunyuan-video15-5x"])
+def test_its_presets_run_their_plan_with_the_call_s_steps_superseded_once(preset):
+    pipe = _pipe()
+    apply_fresco(pipe, preset)
+    with pytest.warns(UserWarning, match="num_inference_steps=6 is not used"):
+        out = _run(pipe)
+    run = last_fresco_run(pipe)
+    assert len(run.tokens_per_step) == sum(FrescoConfig.preset(preset).stage_steps) and torch.isfinite(out).all()
