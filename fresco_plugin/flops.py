@@ -75,6 +75,11 @@ MODELS: dict[str, ModelSpec] = {
                               reference_image=True),
     # FLUX.2-dev (32B): guidance-distilled like FLUX.1-dev (one forward per step), Mistral-3 text of 512 tokens
     "flux2-dev": ModelSpec("flux2-dev", "flux2", 512, False, "flux2-dev", (1024, 1024, 1)),
+    # FLUX.2 [klein] 4B and 9B: the pipeline's defaults (50 steps, true CFG at guidance_scale 4 against an empty
+    # prompt: two forwards a step; 512 Qwen3 tokens); the step-distilled checkpoints run one forward a step at any
+    # scale, priced with --guidance-scale 1 (and their 4 steps)
+    "flux2-klein-4b": ModelSpec("flux2-klein-4b", "flux2", 512, True, "flux2-klein-4b", (1024, 1024, 1)),
+    "flux2-klein-9b": ModelSpec("flux2-klein-9b", "flux2", 512, True, "flux2-klein-9b", (1024, 1024, 1)),
     # Qwen-Image (20B): true CFG by default (true_cfg_scale 4 with a negative prompt), so two forwards per step
     "qwen-image": ModelSpec("qwen-image", "qwen-image", 512, True, "qwen-image", (1024, 1024, 1)),
     # Z-Image (6B, the base model; Turbo is the same architecture): CFG by default (guidance_scale 5), one forward

@@ -31,8 +31,8 @@ def test_the_quadratic_fit_predicts_a_direct_trace(model, tokens):
     assert counter(tokens) == counter.trace(tokens)
 
 
-@pytest.mark.parametrize("model", ["flux-dev", "flux-schnell", "flux-kontext", "flux2-dev", "qwen-image", "z-image",
-                                   "hunyuan-video"])
+@pytest.mark.parametrize("model", ["flux-dev", "flux-schnell", "flux-kontext", "flux2-dev", "flux2-klein-4b",
+                                   "flux2-klein-9b", "qwen-image", "z-image", "hunyuan-video"])
 def test_the_stored_forward_costs_are_the_traced_architecture(model):
     """The core prices plans from stored coefficients; they are what tracing the architecture derives today, and
     they give a direct trace at a size and text length no fit used."""
@@ -47,6 +47,16 @@ def test_the_stored_forward_costs_are_the_traced_architecture(model):
 def test_the_stored_forward_costs_hold_for_wan_and_hunyuan_video15(model):
     stored = json.loads((Path(fresco_plugin.__file__).parent / FORWARD_FLOPS_FILE).read_text())[model]
     assert stored == derive_forward_flops(model)
+
+
+@pytest.mark.parametrize("model,width,blocks", [("flux2-klein-4b", 3072, 5 + 20), ("flux2-klein-9b", 4096, 8 + 24)])
+def test_klein_runs_true_cfg_unless_the_scale_turns_it_off(model, width, blocks):
+    """Klein's pipeline guides with an empty prompt at its default scale 4 (two forwards a step); a step-distilled
+    checkpoint, priced with guidance_scale 1, runs one. Its joint attention: 4 d per pair of tokens in every block."""
+    assert count_plan_flops("flux-dev-5x", model).forwards_per_step == 2
+    assert count_plan_flops("flux-dev-5x", model, guidance_scale=1.0).forwards_per_step == 1
+    stored = json.loads((Path(fresco_plugin.__file__).parent / FORWARD_FLOPS_FILE).read_text())[model]
+    assert stored[2][0] == 4 * width * blocks
 
 
 def test_hunyuan_video15_is_priced_with_the_streams_it_joins():

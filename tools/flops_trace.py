@@ -149,10 +149,11 @@ class TransformerFlops:
                 if c.get("guidance_embeds"):
                     inputs["guidance"] = torch.empty(1)
                 return inputs
-            if self.family == "flux2":  # no pooled text vector; positions on four axes
+            if self.family == "flux2":  # no pooled text vector; positions on four axes; Klein embeds no guidance
                 return dict(hidden_states=torch.empty(1, n, c["in_channels"]), timestep=torch.empty(1),
                             encoder_hidden_states=torch.empty(1, t, c["joint_attention_dim"]),
-                            img_ids=torch.empty(n, 4), txt_ids=torch.empty(t, 4), guidance=torch.empty(1))
+                            img_ids=torch.empty(n, 4), txt_ids=torch.empty(t, 4),
+                            guidance=torch.empty(1) if c["guidance_embeds"] else None)
             if self.family == "z-image":  # a list of latent grids, 2x2 patches; its rope table caps each side
                 rows = max(d for d in range(1, math.isqrt(n) + 1) if n % d == 0)
                 return dict(x=[torch.empty(c["in_channels"], 1, 2 * rows, 2 * (n // rows))], t=torch.empty(1),
