@@ -6,6 +6,7 @@ fresh process. Context parallelism really runs across 2 and 4 gloo processes, li
 
 import datetime
 import os
+from dataclasses import replace
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from conftest import UNEVEN_SIZE, generate_video_steps, run_ranks, text_inputs
 from fresco_plugin import FrescoConfig, apply_fresco, register_score, remove_fresco
 from fresco_plugin.tools.tiny import tiny_flux_pipeline, tiny_hunyuan_video_pipeline
 
-CONFIG = FrescoConfig(stage_scales=(0.25, 0.5, 1.0), promotion_rounds=1)
+CONFIG = FrescoConfig(stage_scales=(0.25, 0.5, 1.0), promotion_rounds=1, target_speedup=None)  # equal shares
 THRESHOLD = 0.3  # high enough that the tiny random model skips blocks at most steps
 # A batch's first forwards share one cache decision (the mean over the batch, as in stock ParaAttention), so a
 # batch can only match its images run alone if those forwards never skip: the warm-up covers the steps before the
@@ -140,7 +141,7 @@ def _parallel_worker(rank, world, port, task, out_path):
         config = CONFIG
         if task == "agree":
             register_score("noisy-x0", _noisy_x0_score, min_history=2, replace=True)
-            config = FrescoConfig(stage_scales=(0.25, 0.5, 1.0), promotion_rounds=1, score="noisy-x0")
+            config = replace(CONFIG, score="noisy-x0")
         if task == "match-fresco-first":
             apply_fresco(pipe, config)
         parallelize_pipe(pipe, mesh=init_context_parallel_mesh("cpu"))
@@ -175,7 +176,7 @@ def _noisy_x0_score(history):
 def test_every_step_matches_a_single_process_run(world, task, tmp_path):
     result = run_ranks(_parallel_worker, world, task, tmp_path, TIMEOUT_S)
     single = _pipe()
-    apply_fresco(single, FrescoConfig(stage_scales=(0.25, 0.5, 1.0), promotion_rounds=1, token_multiple=world))
+    apply_fresco(single, replace(CONFIG, token_multiple=world))
     out, steps = _generate(single)
     assert [s.shape[1] % world for s in steps] == [0] * len(steps)
     assert len({s.shape[1] for s in steps}) == 5
@@ -190,7 +191,7 @@ def test_a_stage_that_cannot_split_evenly_is_padded_with_masked_tokens(world, tm
     attention masks out (the same mask as under diffusers), equal to one process at every step."""
     result = run_ranks(_parallel_worker, world, "pad", tmp_path, TIMEOUT_S)
     single = _pipe()
-    apply_fresco(single, FrescoConfig(stage_scales=(0.25, 0.5, 1.0), promotion_rounds=1, token_multiple=world))
+    apply_fresco(single, replace(CONFIG, token_multiple=world))
     out, steps = _generate(single, **UNEVEN_SIZE)
     assert any(s.shape[1] % world for s in steps)  # padding was needed
     for parallel_step, single_step in zip(result["steps"], steps, strict=True):
@@ -222,13 +223,13 @@ def _video_parallel_worker(rank, world, port, task, out_path):
         result = {}
         try:
             if task == "fresco-first":
-                apply_fresco(pipe, FrescoConfig(stage_scales=(0.5, 1.0)))
+                apply_fresco(pipe, FrescoConfig(stage_scales=(0.5, 1.0), target_speedup=None))
             parallelize_pipe(pipe, mesh=init_context_parallel_mesh("cpu"))
             if task == "stock":
                 generate_video_steps(pipe)
             else:
                 if task == "parallel-first":
-                    apply_fresco(pipe, FrescoConfig(stage_scales=(0.5, 1.0)))
+                    apply_fresco(pipe, FrescoConfig(stage_scales=(0.5, 1.0), target_speedup=None))
                 generate_video_steps(pipe)
         except (ValueError, RuntimeError) as error:
             result["error"] = str(error)
