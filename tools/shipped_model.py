@@ -18,32 +18,46 @@ import torch
 
 from .scenes import Scene, is_held_out, sample_scene
 
-__all__ = ["GUIDANCE_SCALE", "MODEL_DIR", "SIZE", "TEXT_TOKENS", "ScenePrompt", "load_scenes_pipeline", "prompt_set"]
+__all__ = ["GUIDANCE_SCALE", "MODEL_DIR", "SCHNELL_STEPS", "SIZE", "TEXT_TOKENS", "VARIANTS", "ScenePrompt",
+           "load_scenes_pipeline", "prompt_set"]
 
 MODEL_DIR = Path(str(resources.files("fresco_plugin.tools").joinpath("models/scenes-flux")))
+# The teacher and its two distilled students (``training/distill_scenes_model.py``), each a whole diffusers folder.
+VARIANTS = {"base": MODEL_DIR, "dev": MODEL_DIR.parent / "scenes-flux-dev",
+            "schnell": MODEL_DIR.parent / "scenes-flux-schnell"}
+_TRAINING = {"base": "python training/train_scenes_model.py` (about 75 minutes on 2 CPU cores)",
+             "dev": "python training/distill_scenes_model.py dev` (about 30 minutes on 2 CPU cores)",
+             "schnell": "python training/distill_scenes_model.py schnell` (about 30 minutes, after the dev student)"}
+SCHNELL_STEPS = 4  # the schnell-like student's own step count, as FLUX.1-schnell's
 TEXT_TOKENS = 32
 SIZE = 128
 # The true classifier-free guidance scale (``true_cfg_scale``, with ``negative_prompt=""``) the model works best at:
-# the highest held-out adherence in its training report (``training_report.json``).
+# the highest held-out adherence in its training report (``training_report.json``). The dev-like student takes the
+# same scale as its ``guidance_scale`` input (one forward a step).
 GUIDANCE_SCALE = 3
 
 
-def load_scenes_pipeline(*, device: str | torch.device = "cpu", progress: bool = True) -> Any:
-    """The shipped scenes pipeline (fp32), loaded by ``FluxPipeline.from_pretrained`` from the package;
-    ``progress=False`` hides both the loading and the sampling progress bars."""
+def load_scenes_pipeline(variant: str = "base", *, device: str | torch.device = "cpu", progress: bool = True) -> Any:
+    """A shipped scenes pipeline (fp32), loaded by ``FluxPipeline.from_pretrained`` from the package: ``"base"`` (the
+    teacher: true CFG), ``"dev"`` (guidance-distilled, as FLUX.1-dev: pass ``guidance_scale``) or ``"schnell"``
+    (step-distilled: ``SCHNELL_STEPS`` steps, no guidance). ``progress=False`` hides both the loading and the sampling
+    progress bars."""
     from diffusers import FluxPipeline
     from diffusers.utils import logging as diffusers_logging
 
-    if not (MODEL_DIR / "model_index.json").is_file():
+    if variant not in VARIANTS:
+        raise ValueError(f"variant={variant!r} is not a shipped scenes model; choose one of {', '.join(VARIANTS)}")
+    folder = VARIANTS[variant]
+    if not (folder / "model_index.json").is_file():
         raise FileNotFoundError(
-            f"the shipped scenes model is missing from {MODEL_DIR}; reinstall the package, or train it again with "
-            "`python training/train_scenes_model.py` (about 75 minutes on 2 CPU cores)"
+            f"the shipped scenes model {variant!r} is missing from {folder}; reinstall the package, or train it again "
+            f"with `{_TRAINING[variant]}"
         )
     shown = diffusers_logging.is_progress_bar_enabled()
     if not progress:
         diffusers_logging.disable_progress_bar()
     try:
-        pipe = FluxPipeline.from_pretrained(MODEL_DIR).to(device)  # saved in fp32, loads in fp32
+        pipe = FluxPipeline.from_pretrained(folder).to(device)  # saved in fp32, loads in fp32
     finally:
         if shown:
             diffusers_logging.enable_progress_bar()
