@@ -1,13 +1,23 @@
-"""The shipped scenes model, ``fresco demo`` and ``fresco bench --quick`` (sanity only: no quality thresholds)."""
+"""The shipped scenes model and its distilled students, ``fresco demo`` and ``fresco bench --quick`` (sanity only: no
+quality thresholds)."""
 
 import json
 
+import pytest
+import torch
 from PIL import Image
 
-from fresco_plugin.tools.bench import REGIMES, benchmark_methods
+from fresco_plugin.tools.bench import DISTILLED, REGIMES, benchmark_methods, distilled_methods, run_benchmark
 from fresco_plugin.tools.cli import main
 from fresco_plugin.tools.scenes import parse_prompt
-from fresco_plugin.tools.shipped_model import SIZE, TEXT_TOKENS, load_scenes_pipeline
+from fresco_plugin.tools.shipped_model import (
+    SCHNELL_STEPS,
+    SIZE,
+    TEXT_TOKENS,
+    VARIANTS,
+    load_scenes_pipeline,
+    prompt_set,
+)
 
 
 def test_the_shipped_model_loads_with_the_stock_from_pretrained():
@@ -54,3 +64,55 @@ def test_demo_writes_its_grid(tmp_path, capsys):
     assert width == 3 * 2 * SIZE and height > 2 * SIZE  # stock, Fresco 10x, fewer steps at its FLOPs
     printed = capsys.readouterr().out
     assert "| Fresco 10x |" in printed and "(FLOPs of Fresco 10x)" in printed and str(out) in printed
+
+
+def test_the_distilled_students_load_and_take_their_own_inputs():
+    """The dev-like student is guidance-distilled (``guidance_embeds``: the scale is an input, one forward a step)
+    and the schnell-like one is step-distilled on FLUX.1-schnell's unshifted schedule; both keep the teacher's text
+    encoders and VAE."""
+    teacher = load_scenes_pipeline(progress=False)
+    dev, schnell = load_scenes_pipeline("dev", progress=False), load_scenes_pipeline("schnell", progress=False)
+    assert dev.transformer.config.guidance_embeds and not schnell.transformer.config.guidance_embeds
+    assert not schnell.scheduler.config.use_dynamic_shifting and schnell.scheduler.config.shift == 1.0
+    for student in (dev, schnell):
+        for name in ("text_encoder", "text_encoder_2", "vae"):
+            ours, theirs = getattr(student, name).state_dict(), getattr(teacher, name).state_dict()
+            assert all(torch.equal(ours[k], theirs[k]) for k in theirs), name
+    call = dict(prompt="a red circle left of a blue square on a white background", height=SIZE, width=SIZE,
+                max_sequence_length=TEXT_TOKENS, num_inference_steps=4, output_type="latent")
+    pictures = {scale: dev(**call, guidance_scale=scale, generator=torch.Generator().manual_seed(0)).images
+                for scale in (1.0, 5.0)}
+    # a trained guidance embedder moves the picture (an untrained, zeroed one would leave it unchanged)
+    assert (pictures[1.0] - pictures[5.0]).abs().mean() > 0.05
+    fast = schnell(**{**call, "num_inference_steps": SCHNELL_STEPS}, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(fast.images).all()
+
+
+def test_unknown_or_missing_variants_say_what_to_do(monkeypatch, tmp_path):
+    with pytest.raises(ValueError, match="variant='pro' .* base, dev, schnell"):
+        load_scenes_pipeline("pro")
+    monkeypatch.setitem(VARIANTS, "dev", tmp_path / "nothing")
+    with pytest.raises(FileNotFoundError, match="distill_scenes_model.py dev"):
+        load_scenes_pipeline("dev")
+
+
+def test_quick_distilled_bench_runs_the_students_and_their_stack(tmp_path, capsys):
+    assert main(["bench", "--distilled", "--quick", "--only", "fresco@10x", "fresco@22x", "fresco@22x+fbc+int8",
+                 "--resamples", "50", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert list(report["regimes"]) == [DISTILLED]
+    rows = {row["method"]: row for row in report["regimes"][DISTILLED]["methods"]}
+    assert list(rows) == ["baseline", "steps@10x", "fresco@10x", "steps@22x", "fresco@22x", "fresco@22x+fbc+int8",
+                          "baseline (timed again)"]
+    assert rows["baseline"]["model"] == "dev" and rows["fresco@22x"]["model"] == "schnell"
+    assert rows["baseline (timed again)"]["identical_to_baseline"]
+    assert rows["fresco@22x"]["flops_ratio"] > 15 and rows["fresco@22x"]["versus_fewer_steps"]["method"] == "steps@22x"
+    assert rows["steps@22x"]["steps"] == report["equal_flops_steps"]["22x"] < 4
+    assert "distilled (the students; dev-like guidance_scale 3)" in capsys.readouterr().out
+
+
+def test_the_distilled_regime_is_benchmarked_apart():
+    with pytest.raises(ValueError, match="separate benchmarks"):
+        run_benchmark(prompt_set(2, 0), distilled_methods(), regimes=["guided"])
+    with pytest.raises(ValueError, match="separate benchmarks"):
+        run_benchmark(prompt_set(2, 0), benchmark_methods(), regimes=[DISTILLED])

@@ -15,6 +15,12 @@ for). Per method and regime:
 Every figure has a 95% bootstrap interval over prompts, and each method's paired difference against the baseline
 and against **fewer steps at equal FLOPs** (``steps@<budget>``: the stock sampler with the step count whose FLOPs
 match the budget's Fresco plan) is given with its interval too.
+
+``--distilled`` runs the **distilled** regime instead, on the two students of the shipped model: the dev-like one
+(guidance-distilled, ``guidance_scale`` at the teacher's CFG scale, one forward a step) is the 50-step baseline, with
+fewer steps and the ``flux-dev-*`` presets on it; the schnell-like one (step-distilled, 4 steps) runs alone at 1 and 4
+steps and at the step count of ``flux-schnell-22x``'s FLOPs, with that preset, and with the whole stack (Fresco 22x,
+FirstBlockCache, int8 weights).
 """
 
 from __future__ import annotations
@@ -39,13 +45,24 @@ from fresco_plugin.tools.flops_trace import ForwardRecorder
 
 from .scene_features import embed_pictures, kid, kid_bootstrap, load_feature_encoder
 from .scenes import check_adherence, parse_prompt, render, scene_for_prompt
-from .shipped_model import GUIDANCE_SCALE, SIZE, TEXT_TOKENS, ScenePrompt, load_scenes_pipeline, prompt_set
+from .shipped_model import (
+    GUIDANCE_SCALE,
+    SCHNELL_STEPS,
+    SIZE,
+    TEXT_TOKENS,
+    VARIANTS,
+    ScenePrompt,
+    load_scenes_pipeline,
+    prompt_set,
+)
 
-__all__ = ["REGIMES", "Method", "benchmark_methods", "run_benchmark", "main"]
+__all__ = ["DISTILLED", "REGIMES", "Method", "benchmark_methods", "distilled_methods", "run_benchmark", "main"]
 
 BASELINE_STEPS = 50
 BUDGETS = {"3x": "flux-dev-3x", "5x": "flux-dev-5x", "10x": "flux-dev-10x"}
 REGIMES = {"unguided": 1.0, "guided": GUIDANCE_SCALE}  # true_cfg_scale
+# The students' regime: no true CFG; the dev-like student gets GUIDANCE_SCALE as its embedded guidance input.
+DISTILLED = "distilled"
 STACK_FBC_THRESHOLD = 0.1
 RESAMPLES = 1000
 REPEAT = "baseline (timed again)"
@@ -60,6 +77,7 @@ class Method:
     budget: str | None = None  # the FLOPs budget it is compared at ("3x", "5x", "10x"): steps@<budget> is its peer
     cache: Callable[[], Any] | None = None  # a diffusers cache config, built fresh per use
     int8: bool = False  # run on an int8 weight-only (torchao) copy of the transformer
+    model: str = "base"  # the shipped checkpoint it runs on: "base" (the teacher), "dev" or "schnell" (its students)
 
 
 def benchmark_methods() -> list[Method]:
@@ -97,6 +115,27 @@ def benchmark_methods() -> list[Method]:
     return methods
 
 
+def distilled_methods() -> list[Method]:
+    """The distilled regime: the dev-like student at 50 steps (baseline), 25 steps and each budget's equal FLOPs, with
+    the ``flux-dev-*`` presets; the schnell-like student alone (1 and 4 steps, and the steps of 22x's FLOPs), with
+    ``flux-schnell-22x``, and with the whole stack."""
+    methods = [Method("baseline", "baseline", steps=BASELINE_STEPS, model="dev"),
+               Method("steps-25", "fewer steps", steps=25, model="dev")]
+    methods += [Method(f"steps@{budget}", "fewer steps", budget=budget, model="dev") for budget in BUDGETS]
+    methods += [Method(f"fresco@{budget}", "Fresco", config=PRESETS[preset], budget=budget, model="dev")
+                for budget, preset in BUDGETS.items()]
+    schnell, twenty_two = "schnell-like student alone", PRESETS["flux-schnell-22x"]
+    methods += [Method("schnell-1", schnell, steps=1, model="schnell"),
+                Method(f"schnell-{SCHNELL_STEPS}", schnell, steps=SCHNELL_STEPS, model="schnell"),
+                Method("steps@22x", schnell, budget="22x", model="schnell"),
+                Method("fresco@22x", "Fresco on the schnell-like student", config=twenty_two, budget="22x",
+                       model="schnell"),
+                Method("fresco@22x+fbc+int8", "stacks: schnell-like + Fresco 22x / FirstBlockCache / int8 weights",
+                       config=twenty_two, cache=lambda: _first_block_cache(STACK_FBC_THRESHOLD), int8=True,
+                       budget="22x", model="schnell")]
+    return methods
+
+
 def _first_block_cache(threshold: float) -> Any:
     from diffusers.hooks import FirstBlockCacheConfig
 
@@ -115,17 +154,25 @@ class _Runs:
 
 
 class _Runner:
-    """Renders one prompt with one method in one regime on the shipped pipeline; turns Fresco and caches on and off
-    around it."""
+    """Renders one prompt with one method in one regime on the shipped pipeline (or, for a method on a student, on
+    that student's pipeline, loaded on first use); turns Fresco and caches on and off around it."""
 
     def __init__(self, pipe: Any):
         self.pipe = pipe
+        self.pipes = {"base": pipe}
         self.embeddings: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.full_precision = pipe.transformer
-        self._int8: torch.nn.Module | None = None
+        self.full_precision = {"base": pipe.transformer}
+        self._int8: dict[str, torch.nn.Module] = {}
 
-    def int8_transformer(self) -> torch.nn.Module:
-        if self._int8 is None:
+    def pipeline(self, model: str) -> Any:
+        if model not in self.pipes:
+            pipe = load_scenes_pipeline(model, progress=False)
+            pipe.set_progress_bar_config(disable=True)
+            self.pipes[model], self.full_precision[model] = pipe, pipe.transformer
+        return self.pipes[model]
+
+    def int8_transformer(self, model: str = "base") -> torch.nn.Module:
+        if model not in self._int8:
             import copy
             import warnings
 
@@ -133,9 +180,10 @@ class _Runner:
                 warnings.simplefilter("ignore")
                 from torchao.quantization import Int8WeightOnlyConfig, quantize_
 
-            self._int8 = copy.deepcopy(self.full_precision)
-            quantize_(self._int8, Int8WeightOnlyConfig())
-        return self._int8
+            self.pipeline(model)
+            self._int8[model] = copy.deepcopy(self.full_precision[model])
+            quantize_(self._int8[model], Int8WeightOnlyConfig())
+        return self._int8[model]
 
     def embed(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
         if prompt not in self.embeddings:
@@ -147,34 +195,38 @@ class _Runner:
     def __call__(self, method: Method, prompt: ScenePrompt, cfg: float):
         from fresco_plugin import apply_fresco, remove_fresco
 
+        # The students share the teacher's text encoders, so one prompt encoding serves every model.
         embeds, pooled = self.embed(prompt.prompt)
+        pipe = self.pipeline(method.model)
         kwargs: dict[str, Any] = dict(prompt_embeds=embeds, pooled_prompt_embeds=pooled, height=SIZE, width=SIZE,
                                       output_type="latent", generator=torch.Generator().manual_seed(prompt.seed))
+        if pipe.transformer.config.guidance_embeds:
+            kwargs["guidance_scale"] = GUIDANCE_SCALE
         if cfg > 1:
             negative, negative_pooled = self.embed("")
             kwargs.update(true_cfg_scale=cfg, negative_prompt_embeds=negative,
                           negative_pooled_prompt_embeds=negative_pooled)
         if method.steps is not None:
             kwargs["num_inference_steps"] = method.steps
-        self.pipe.transformer = self.int8_transformer() if method.int8 else self.full_precision
+        pipe.transformer = self.int8_transformer(method.model) if method.int8 else self.full_precision[method.model]
         if method.config is not None:
-            apply_fresco(self.pipe, method.config)
+            apply_fresco(pipe, method.config)
         if method.cache is not None:
-            self.pipe.transformer.enable_cache(method.cache())
+            pipe.transformer.enable_cache(method.cache())
         maps: list[tuple[int, np.ndarray]] = []
         try:
-            with ForwardRecorder(self.pipe.transformer) as recorder:
+            with ForwardRecorder(pipe.transformer) as recorder:
                 start = time.perf_counter()
-                latents = self.pipe(**kwargs).images
+                latents = pipe(**kwargs).images
                 seconds = time.perf_counter() - start
             if method.config is not None:
-                maps = [(step, levels[0, 0].numpy()) for step, levels in last_fresco_run(self.pipe).resolution_maps]
+                maps = [(step, levels[0, 0].numpy()) for step, levels in last_fresco_run(pipe).resolution_maps]
         finally:
             if method.cache is not None:
-                self.pipe.transformer.disable_cache()
+                pipe.transformer.disable_cache()
             if method.config is not None:
-                remove_fresco(self.pipe)
-            self.pipe.transformer = self.full_precision
+                remove_fresco(pipe)
+            pipe.transformer = self.full_precision[method.model]
         return latents, seconds, recorder.flops(), maps
 
     @torch.no_grad()
@@ -195,7 +247,8 @@ def equal_flops_steps(runner: _Runner, prompt: ScenePrompt, methods: Sequence[Me
     for method in methods:
         if method.budget is not None and method.config is not None:
             plans.setdefault(method.budget, method)
-    one_step = runner(Method("one step", "baseline", steps=1), prompt, 1.0)[2]
+    one_step = runner(Method("one step", "baseline", steps=1, model=methods[0].model if methods else "base"), prompt,
+                      1.0)[2]
     return {budget: max(1, round(runner(plan, prompt, 1.0)[2] / one_step)) for budget, plan in plans.items()}
 
 
@@ -302,22 +355,27 @@ def run_benchmark(prompts: list[ScenePrompt], methods: list[Method], *, regimes:
 
     if methods[0].name != "baseline":
         raise ValueError("the first method must be the baseline")
-    unknown = set(regimes) - set(REGIMES)
+    unknown = set(regimes) - {*REGIMES, DISTILLED}
     if unknown:
-        raise ValueError(f"unknown regimes {sorted(unknown)}; known: {', '.join(REGIMES)}")
+        raise ValueError(f"unknown regimes {sorted(unknown)}; known: {', '.join([*REGIMES, DISTILLED])}")
+    on_students = any(m.model != "base" for m in methods)
+    if on_students != (DISTILLED in regimes) or (on_students and len(regimes) > 1):
+        raise ValueError("the distilled regime runs the students' methods alone (distilled_methods()), and the "
+                         "unguided and guided regimes the teacher's; run them as separate benchmarks")
     pipe = pipe or load_scenes_pipeline(progress=False)
     pipe.set_progress_bar_config(disable=True)
     runner = _Runner(pipe)
-    runner(Method("warm-up", "baseline", steps=2), prompts[0], 1.0)  # first-call costs stay out of the timings
+    for model in dict.fromkeys(m.model for m in methods):  # first-call costs stay out of the timings
+        runner(Method("warm-up", "baseline", steps=2, model=model), prompts[0], 1.0)
     matched = equal_flops_steps(runner, prompts[0], methods)
     methods = [replace(m, steps=matched[m.budget]) if m.steps is None and m.config is None else m for m in methods]
-    order = [*methods, Method(REPEAT, "baseline", steps=BASELINE_STEPS)]
+    order = [*methods, replace(methods[0], name=REPEAT)]
     runs = {regime: {m.name: _Runs() for m in order} for regime in regimes}
     bar = tqdm(total=len(prompts) * len(order) * len(regimes), desc=label, unit="run", disable=not progress)
     for prompt in prompts:
         for regime in regimes:
             for method in order:
-                latents, seconds, flops, maps = runner(method, prompt, REGIMES[regime])
+                latents, seconds, flops, maps = runner(method, prompt, REGIMES.get(regime, 1.0))
                 unpacked, picture = runner.decode(latents)
                 r = runs[regime][method.name]
                 r.seconds.append(seconds)
@@ -340,9 +398,11 @@ def run_benchmark(prompts: list[ScenePrompt], methods: list[Method], *, regimes:
     for regime in regimes:
         scored = {m.name: _score(runs[regime][m.name].images, prompts, encoder, truth_features, index) for m in order}
         rows = [_row(m, runs[regime], scored, prompts, truth, truth_features, index) for m in order]
-        report_regimes[regime] = dict(true_cfg_scale=REGIMES[regime], methods=rows)
+        guidance = dict(guidance_scale=GUIDANCE_SCALE) if regime == DISTILLED else dict(true_cfg_scale=REGIMES[regime])
+        report_regimes[regime] = dict(**guidance, methods=rows)
+    models = [f"tools/models/{VARIANTS[m].name}" for m in dict.fromkeys(m.model for m in methods)]
     return dict(
-        model="tools/models/scenes-flux", size=SIZE, text_tokens=TEXT_TOKENS, resamples=resamples,
+        model=", ".join(models), size=SIZE, text_tokens=TEXT_TOKENS, resamples=resamples,
         prompts=[dict(prompt=p.prompt, seed=p.seed, held_out=p.held_out) for p in prompts],
         equal_flops_steps=matched,
         true_renders=dict(adherence=_interval(floor.facts["whole"].mean(), floor.facts["whole"][index].mean(1)),
@@ -377,7 +437,7 @@ def _row(method: Method, runs: dict[str, _Runs], scored: dict[str, _Scored], pro
     ssims = np.array(per_prompt["ssim"])
     peer = f"steps@{method.budget}" if method.budget and not method.name.startswith("steps@") else None
     return dict(
-        method=method.name, family=method.family, budget=method.budget, steps=method.steps,
+        method=method.name, family=method.family, model=method.model, budget=method.budget, steps=method.steps,
         config=None if method.config is None else _config_fields(method.config),
         flops_ratio=sum(base.flops) / sum(r.flops), wall_ratio=baseline_seconds / sum(r.seconds),
         kid=_interval(kid(s.features, truth_features), s.kid_resampled),
@@ -444,8 +504,15 @@ def _figure(entry: dict[str, Any], digits: int = 3) -> str:
     return f"{entry['value']:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
+def _regime_title(report: dict[str, Any], regime: str) -> str:
+    block = report["regimes"][regime]
+    if "guidance_scale" in block:
+        return f"{regime} (the students; dev-like guidance_scale {block['guidance_scale']:g})"
+    return f"{regime} (true_cfg_scale {block['true_cfg_scale']:g})"
+
+
 def table(report: dict[str, Any], regime: str) -> str:
-    lines = [f"{regime} (true_cfg_scale {report['regimes'][regime]['true_cfg_scale']:g}); [95% bootstrap interval]",
+    lines = [f"{_regime_title(report, regime)}; [95% bootstrap interval]",
              "| method | FLOPs ratio | wall ratio | KID x1e3 | adherence | held-out adherence | shapes | relation | "
              "adherence - fewer steps | KID - fewer steps | SSIM to baseline | PSNR |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -489,7 +556,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
                 errors = np.array([[pick(r)["value"] - pick(r)["ci"][0], pick(r)["ci"][1] - pick(r)["value"]]
                                    for r in rows]).T
                 if family == "baseline":
-                    axis.errorbar(xs, ys, yerr=errors, fmt="k*", markersize=12, capsize=3, label="50-step baseline")
+                    label_base = "50-step baseline" + (" (dev-like)" if rows[0].get("model") == "dev" else "")
+                    axis.errorbar(xs, ys, yerr=errors, fmt="k*", markersize=12, capsize=3, label=label_base)
                     axis.axhspan(pick(rows[0])["ci"][0], pick(rows[0])["ci"][1], color="k", alpha=0.07)
                     continue
                 loose = family.startswith("stacks") or family.startswith("FirstBlockCache")
@@ -498,10 +566,10 @@ def plot(report: dict[str, Any], path: Path) -> None:
             axis.set_xscale("log")
             axis.set_xlabel("transformer FLOPs saving vs 50-step baseline (x)")
             axis.set_ylabel(label)
-            axis.set_title(f"{regime} (true_cfg_scale {report['regimes'][regime]['true_cfg_scale']:g})")
+            axis.set_title(_regime_title(report, regime))
             axis.grid(True, alpha=0.3)
         row_axes[1].legend(fontsize=7, loc="lower left")
-    figure.suptitle(f"fresco bench on the shipped scenes model: {len(report['prompts'])} prompts, 95% bootstrap "
+    figure.suptitle(f"fresco bench on {report['model']}: {len(report['prompts'])} prompts, 95% bootstrap "
                     f"intervals, commit {report['commit']}")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
@@ -528,6 +596,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--regime", nargs="+", choices=list(REGIMES), default=list(REGIMES),
                         help="unguided (one forward a step) and/or guided (true CFG at the model's scale, "
                              f"{GUIDANCE_SCALE:g}, empty negative prompt) (default: both)")
+    parser.add_argument("--distilled", action="store_true",
+                        help="the distilled regime instead: the dev-like and schnell-like students of the shipped "
+                             "model (methods: " + ", ".join(m.name for m in distilled_methods()) + ")")
     parser.add_argument("--quick", action="store_true",
                         help="3 prompts; checks sanity only (every method runs, finite figures, exact baseline repeat)")
     parser.add_argument("--only", nargs="+", metavar="METHOD",
@@ -543,14 +614,15 @@ def main(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     count, held_out = (3, 1) if args.quick else (args.prompts, args.held_out)
-    methods = benchmark_methods()
+    methods = distilled_methods() if args.distilled else benchmark_methods()
+    regimes = [DISTILLED] if args.distilled else args.regime
     if args.only:
         unknown = set(args.only) - {m.name for m in methods}
         if unknown:
             raise ValueError(f"unknown methods {sorted(unknown)}; known: {', '.join(m.name for m in methods)}")
         needed = set(args.only) | {f"steps@{m.budget}" for m in methods if m.name in args.only and m.budget}
         methods = [m for m in methods if m.name == "baseline" or m.name in needed]
-    report = run_benchmark(prompt_set(count, held_out), methods, regimes=args.regime, resamples=args.resamples)
+    report = run_benchmark(prompt_set(count, held_out), methods, regimes=regimes, resamples=args.resamples)
     args.out.mkdir(parents=True, exist_ok=True)
     pictures, maps = report.pop("_pictures"), report.pop("_resolution_maps")
     (args.out / "bench.json").write_text(json.dumps(_json_safe(report), indent=1) + "\n")
@@ -558,7 +630,7 @@ def main(args: argparse.Namespace) -> int:
     plot(report, args.out / "bench.png")
     available = next(iter(pictures.values()))
     shown = [m for m in ("baseline", "steps@10x", "fresco@3x", "fresco@5x", "fresco@10x", "bottleneck@10x",
-                         "ralu-whole@10x") if m in available]
+                         "ralu-whole@10x", f"schnell-{SCHNELL_STEPS}", "steps@22x", "fresco@22x") if m in available]
     picture_grid(report, shown, args.out / "bench_pictures.png")
     for regime in report["regimes"]:
         print(table(report, regime) + "\n")
