@@ -64,9 +64,10 @@ def render() -> str:
               "preset's transformer-FLOPs speedup over its model's full-resolution run at the listed step count "
               "(schnell: FLUX.1-dev's), as `fresco flops --preset NAME` counts it at the model's usual size, is at "
               "least its name (`tests/test_flops.py`). The FLUX.1-dev plans were measured on the shipped scenes "
-              "model; the other models' plans follow the same rule by FLOPs (`FrescoConfig.for_speedup`), and "
-              "`flux-schnell-22x` and `hunyuan-video-5x` the paper's step counts; none of those is measured on "
-              "its model here.", "",
+              "model and on its guidance-distilled student; the other models' plans follow the same rule by FLOPs "
+              "(`FrescoConfig.for_speedup`), and `flux-schnell-22x` and `hunyuan-video-5x` the paper's step counts; "
+              "none of those is measured on its model here, and `flux-schnell-22x` fails realism on the shipped "
+              "model's step-distilled student (BENCHMARKS.md, \"The distilled students\").", "",
               "| preset | model | baseline steps | plan | function evaluations |", "|---|---|---|---|---|"]
     for name, preset in PRESETS.items():
         model, baseline_steps = PRESET_BASELINES[name]

@@ -289,8 +289,9 @@ def _rule_plan(sketch_ratio: float, full_steps: int) -> FrescoConfig:
 # it) and spends the rest of the budget at full resolution; the ratio is the measured best (differences within noise).
 # The full-resolution stage restarts at twice its own shift (`benchmarks/unguided_sweep.py --set presets`: better
 # realism at every budget in both regimes, adherence kept).
-# flux-schnell-22x and hunyuan-video-5x follow the paper's NFE (4 and 18) and are not measured: no distilled or video
-# model ships with the repo.
+# flux-schnell-22x and hunyuan-video-5x follow the paper's NFE (4 and 18). On the shipped model's step-distilled
+# student the 22x plan fails realism: its one full-resolution step cannot draw the texture the sketch could not
+# (BENCHMARKS.md, "The distilled students"); it is kept until a replacement is measured on a schnell-like model.
 # The other models' presets are `FrescoConfig.for_speedup(target, model=..., steps_budget=...)` at each model's usual
 # size and step count: the FLUX.1-dev rule carried over by FLOPs, not measured on those models. Kontext's reference
 # tokens stay whole at every step, so a sketch saves less there.
