@@ -111,7 +111,9 @@ def test_quick_distilled_bench_runs_the_students_and_their_stack(tmp_path, capsy
     assert "distilled (the students; dev-like guidance_scale 3)" in capsys.readouterr().out
 
 
-def test_the_distilled_regime_is_benchmarked_apart():
+def test_the_distilled_regime_is_benchmarked_apart(tmp_path, capsys):
+    assert main(["bench", "--distilled", "--regime", "guided", "--quick", "--out", str(tmp_path)]) == 2
+    assert "--regime chooses among the teacher's regimes; --distilled" in capsys.readouterr().err
     with pytest.raises(ValueError, match="separate benchmarks"):
         run_benchmark(prompt_set(2, 0), distilled_methods(), regimes=["guided"])
     with pytest.raises(ValueError, match="separate benchmarks"):

@@ -593,7 +593,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompts", type=int, default=128, help="prompt count (default: %(default)s)")
     parser.add_argument("--held-out", type=int, default=32,
                         help="how many of them come from the held-out split (default: %(default)s)")
-    parser.add_argument("--regime", nargs="+", choices=list(REGIMES), default=list(REGIMES),
+    parser.add_argument("--regime", nargs="+", choices=list(REGIMES),
                         help="unguided (one forward a step) and/or guided (true CFG at the model's scale, "
                              f"{GUIDANCE_SCALE:g}, empty negative prompt) (default: both)")
     parser.add_argument("--distilled", action="store_true",
@@ -614,8 +614,11 @@ def main(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     count, held_out = (3, 1) if args.quick else (args.prompts, args.held_out)
+    if args.distilled and args.regime:
+        raise ValueError("--regime chooses among the teacher's regimes; --distilled runs the students' regime alone: "
+                         "pass one or the other")
     methods = distilled_methods() if args.distilled else benchmark_methods()
-    regimes = [DISTILLED] if args.distilled else args.regime
+    regimes = [DISTILLED] if args.distilled else args.regime or list(REGIMES)
     if args.only:
         unknown = set(args.only) - {m.name for m in methods}
         if unknown:

@@ -25,9 +25,9 @@ MODEL_DIR = Path(str(resources.files("fresco_plugin.tools").joinpath("models/sce
 # The teacher and its two distilled students (``training/distill_scenes_model.py``), each a whole diffusers folder.
 VARIANTS = {"base": MODEL_DIR, "dev": MODEL_DIR.parent / "scenes-flux-dev",
             "schnell": MODEL_DIR.parent / "scenes-flux-schnell"}
-_TRAINING = {"base": "python training/train_scenes_model.py` (about 75 minutes on 2 CPU cores)",
-             "dev": "python training/distill_scenes_model.py dev` (about 30 minutes on 2 CPU cores)",
-             "schnell": "python training/distill_scenes_model.py schnell` (about 30 minutes, after the dev student)"}
+_TRAINING = {"base": ("python training/train_scenes_model.py", "about 75 minutes on 2 CPU cores"),
+             "dev": ("python training/distill_scenes_model.py dev", "about 30 minutes on 2 CPU cores"),
+             "schnell": ("python training/distill_scenes_model.py schnell", "about 30 minutes, after the dev student")}
 SCHNELL_STEPS = 4  # the schnell-like student's own step count, as FLUX.1-schnell's
 TEXT_TOKENS = 32
 SIZE = 128
@@ -49,10 +49,9 @@ def load_scenes_pipeline(variant: str = "base", *, device: str | torch.device = 
         raise ValueError(f"variant={variant!r} is not a shipped scenes model; choose one of {', '.join(VARIANTS)}")
     folder = VARIANTS[variant]
     if not (folder / "model_index.json").is_file():
-        raise FileNotFoundError(
-            f"the shipped scenes model {variant!r} is missing from {folder}; reinstall the package, or train it again "
-            f"with `{_TRAINING[variant]}"
-        )
+        command, duration = _TRAINING[variant]
+        raise FileNotFoundError(f"the shipped scenes model {variant!r} is missing from {folder}; reinstall the "
+                                f"package, or train it again with `{command}` ({duration})")
     shown = diffusers_logging.is_progress_bar_enabled()
     if not progress:
         diffusers_logging.disable_progress_bar()
