@@ -19,7 +19,11 @@ OUTPUT = Path(__file__).resolve().parent / "configuration.md"
 MODEL_LABELS = {"flux-dev": "FLUX.1-dev", "flux-schnell": "FLUX.1-schnell", "hunyuan-video": "HunyuanVideo",
                 "flux-kontext": "FLUX.1-Kontext-dev", "flux2-dev": "FLUX.2-dev", "qwen-image": "Qwen-Image",
                 "z-image": "Z-Image", "wan2.1-t2v-14b": "Wan2.1-T2V-14B", "wan2.2-t2v-a14b": "Wan2.2-T2V-A14B",
-                "hunyuan-video15": "HunyuanVideo-1.5 480p"}
+                "hunyuan-video15": "HunyuanVideo-1.5 480p", "z-image-turbo": "Z-Image-Turbo",
+                "qwen-image-lightning": "Qwen-Image + Lightning LoRA",
+                "flux2-klein-4b-distilled": "FLUX.2 [klein] 4B (distilled)",
+                "flux2-klein-9b-distilled": "FLUX.2 [klein] 9B (distilled)",
+                "wan2.2-lightning": "Wan2.2-T2V-A14B + Lightning LoRAs"}
 
 
 def field_docs() -> dict[str, str]:
@@ -67,7 +71,10 @@ def render() -> str:
               "model and on its guidance-distilled student; the other models' plans follow the same rule by FLOPs "
               "(`FrescoConfig.for_speedup`), and `flux-schnell-22x` and `hunyuan-video-5x` the paper's step counts; "
               "none of those is measured on its model here, and `flux-schnell-22x` fails realism on the shipped "
-              "model's step-distilled student (BENCHMARKS.md, \"The distilled students\").", "",
+              "model's step-distilled student (BENCHMARKS.md, \"The distilled students\"). The step-distilled "
+              "checkpoints' presets keep the checkpoint's own steps, sketch the first half, and are measured "
+              "against the checkpoint at those steps (`flux-schnell-19x`: FLUX.1-dev at 50, like the 22x one); "
+              "[distilled.md](distilled.md) gives each one's call and what was and was not measured.", "",
               "| preset | model | baseline steps | plan | function evaluations |", "|---|---|---|---|---|"]
     for name, preset in PRESETS.items():
         model, baseline_steps = PRESET_BASELINES[name]

@@ -281,6 +281,13 @@ def _rule_plan(sketch_ratio: float, full_steps: int) -> FrescoConfig:
                         restart_shift_scale=2.0)
 
 
+def _distilled_plan(steps: int) -> FrescoConfig:
+    """A step-distilled checkpoint's plan: its own step count, the first half at half resolution (no promotion round:
+    too few steps for the score), the rest at full resolution restarting at twice its own shift."""
+    return FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(steps // 2, steps - steps // 2), promotion_rounds=0,
+                        restart_shift_scale=2.0)
+
+
 # Presets. Each meets its named transformer-FLOPs speedup against its PRESET_BASELINES entry as `fresco flops` counts
 # it; tests/test_flops.py holds them to it.
 # The FLUX.1-dev plans were chosen by `benchmarks/preset_sweep.py` on the shipped scenes model (BENCHMARKS.md,
@@ -295,6 +302,12 @@ def _rule_plan(sketch_ratio: float, full_steps: int) -> FrescoConfig:
 # The other models' presets are `FrescoConfig.for_speedup(target, model=..., steps_budget=...)` at each model's usual
 # size and step count: the FLUX.1-dev rule carried over by FLOPs, not measured on those models. Kontext's reference
 # tokens stay whole at every step, so a sketch saves less there.
+# The step-distilled checkpoints' presets keep the checkpoint's own steps and sketch the first half
+# (`_distilled_plan`), measured against the checkpoint at those steps. The shape is the one the shipped students
+# measured least bad (BENCHMARKS.md, "Why the 22x plan fails"): one full-resolution step cannot draw the texture a
+# sketch misses, two can on the guidance-distilled student, and the higher restart helped on both students; on the
+# reflow student every such plan still lost realism to fewer plain steps. flux-schnell-19x is that 2 + 2 plan on
+# FLUX.1-schnell (the paper's comparison, FLUX.1-dev at 50 steps). None is measured on the real checkpoints.
 PRESETS: dict[str, FrescoConfig] = {
     "flux-dev-3x": _rule_plan(0.5, 15), "flux-dev-5x": _rule_plan(0.1, 9), "flux-dev-10x": _rule_plan(0.1, 4),
     "flux-schnell-22x": FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(3, 1), promotion_ratio=0.25,
@@ -308,6 +321,10 @@ PRESETS: dict[str, FrescoConfig] = {
     "wan2.1-3x": _rule_plan(0.5, 15), "wan2.1-5x": _rule_plan(0.1, 9),
     "wan2.2-3x": _rule_plan(0.5, 12), "wan2.2-5x": _rule_plan(0.1, 7),
     "hunyuan-video15-3x": _rule_plan(0.5, 15), "hunyuan-video15-5x": _rule_plan(0.1, 9),
+    "flux-schnell-19x": _distilled_plan(4), "z-image-turbo-1.5x": _distilled_plan(8),
+    "qwen-image-lightning-1.5x": _distilled_plan(8), "qwen-image-lightning-4step-1.5x": _distilled_plan(4),
+    "flux2-klein-4b-distilled-1.5x": _distilled_plan(4), "flux2-klein-9b-distilled-1.5x": _distilled_plan(4),
+    "wan2.2-lightning-1.75x": _distilled_plan(4),
 }
 
 # What each preset's name is measured against: a `fresco flops` model (its architecture and usual size) and the stock
@@ -322,4 +339,10 @@ PRESET_BASELINES: dict[str, tuple[str, int]] = {
     "wan2.1-3x": ("wan2.1-t2v-14b", 50), "wan2.1-5x": ("wan2.1-t2v-14b", 50),
     "wan2.2-3x": ("wan2.2-t2v-a14b", 40), "wan2.2-5x": ("wan2.2-t2v-a14b", 40),
     "hunyuan-video15-3x": ("hunyuan-video15", 50), "hunyuan-video15-5x": ("hunyuan-video15", 50),
+    "flux-schnell-19x": ("flux-schnell", 50), "z-image-turbo-1.5x": ("z-image-turbo", 8),
+    "qwen-image-lightning-1.5x": ("qwen-image-lightning", 8),
+    "qwen-image-lightning-4step-1.5x": ("qwen-image-lightning", 4),
+    "flux2-klein-4b-distilled-1.5x": ("flux2-klein-4b-distilled", 4),
+    "flux2-klein-9b-distilled-1.5x": ("flux2-klein-9b-distilled", 4),
+    "wan2.2-lightning-1.75x": ("wan2.2-lightning", 4),
 }

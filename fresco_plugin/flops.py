@@ -41,10 +41,20 @@ class ModelSpec:
     guidance_off_at: float = 1.0
     # the transformer pads its image and text sequences to a multiple of this (Z-Image: 32), and computes the pads
     sequence_multiple: int = 1
+    # a checkpoint that runs another's transformer (a distilled one): priced with that model's config and forward costs
+    architecture: str | None = None
+    # the guidance scale the checkpoint is run at when the caller gives none (None: the pipeline's default, guidance on)
+    default_guidance_scale: float | None = None
+
+    @property
+    def priced_as(self) -> str:
+        """The model whose transformer config and stored forward costs price this one."""
+        return self.architecture or self.name
 
     def forwards_per_step(self, guidance_scale: float | None, true_cfg_scale: float) -> int:
         """Guidance-distilled models embed guidance (one forward); true CFG or a CFG model with scale > 1 needs two."""
-        cfg = self.classifier_free_guidance and (guidance_scale is None or guidance_scale > self.guidance_off_at)
+        scale = self.default_guidance_scale if guidance_scale is None else guidance_scale
+        cfg = self.classifier_free_guidance and (scale is None or scale > self.guidance_off_at)
         return 2 if cfg or true_cfg_scale > 1.0 else 1
 
     @property
@@ -62,7 +72,7 @@ class ModelSpec:
         return 1, height // 16, width // 16
 
     def config(self) -> dict[str, Any]:
-        text = resources.files("fresco_plugin").joinpath(f"model_configs/{self.name}.json").read_text()
+        text = resources.files("fresco_plugin").joinpath(f"model_configs/{self.priced_as}.json").read_text()
         return {k: v for k, v in json.loads(text).items() if not k.startswith("_")}
 
 
@@ -96,6 +106,24 @@ MODELS: dict[str, ModelSpec] = {
     # two 14B experts split at a timestep, one per step: a forward costs what Wan2.1-14B's does; 40 steps by default
     "wan2.2-t2v-a14b": ModelSpec("wan2.2-t2v-a14b", "wan", 512, True, "wan2.2-t2v-a14b", (720, 1280, 81),
                                  default_steps=40),
+    # Step-distilled checkpoints on the architectures above, each measured against its own run at its recommended
+    # steps and guidance (docs/distilled.md has their sources): Z-Image-Turbo, 8 steps at guidance 0
+    "z-image-turbo": ModelSpec("z-image-turbo", "z-image", 512, True, "z-image-turbo", (1024, 1024, 1),
+                               default_steps=8, guidance_off_at=0.0, sequence_multiple=32, architecture="z-image",
+                               default_guidance_scale=0.0),
+    # the Qwen-Image-Lightning LoRAs: 8 steps (4 for the 4-step ones) at true_cfg_scale 1
+    "qwen-image-lightning": ModelSpec("qwen-image-lightning", "qwen-image", 512, True, "qwen-image-lightning",
+                                      (1024, 1024, 1), default_steps=8, architecture="qwen-image",
+                                      default_guidance_scale=1.0),
+    # FLUX.2 [klein] 4B and 9B (the distilled ones; the "base" ones are the entries above): 4 steps, and the pipeline
+    # ignores the guidance scale (is_distilled), so one forward at any scale
+    "flux2-klein-4b-distilled": ModelSpec("flux2-klein-4b-distilled", "flux2", 512, False, "flux2-klein-4b-distilled",
+                                          (1024, 1024, 1), default_steps=4, architecture="flux2-klein-4b"),
+    "flux2-klein-9b-distilled": ModelSpec("flux2-klein-9b-distilled", "flux2", 512, False, "flux2-klein-9b-distilled",
+                                          (1024, 1024, 1), default_steps=4, architecture="flux2-klein-9b"),
+    # the Wan2.2-Lightning LoRA pair on Wan2.2-T2V-A14B's two experts: 4 steps at guidance 1 on both
+    "wan2.2-lightning": ModelSpec("wan2.2-lightning", "wan", 512, True, "wan2.2-lightning", (720, 1280, 81),
+                                  default_steps=4, architecture="wan2.2-t2v-a14b", default_guidance_scale=1.0),
 }
 
 
@@ -116,7 +144,7 @@ def forward_flops(model: str, image_tokens: int, text_tokens: int | None = None)
     spec = model_spec(model)
     text = spec.text_tokens if text_tokens is None else text_tokens
     image_tokens, text = (-(-n // spec.sequence_multiple) * spec.sequence_multiple for n in (image_tokens, text))
-    coefficients = _stored_coefficients()[spec.name]
+    coefficients = _stored_coefficients()[spec.priced_as]
     return sum(c * image_tokens ** i * text ** j for i, row in enumerate(coefficients) for j, c in enumerate(row))
 
 

@@ -112,9 +112,42 @@ def test_presets_reach_their_named_speedup(preset):
     assert report.speedup >= target
     assert report.baseline_steps == baseline_steps
     assert sum(s.steps for s in report.stages) == sum(FrescoConfig.preset(preset).stage_steps)
-    if preset not in ("flux-schnell-22x", "hunyuan-video-5x"):  # those two follow the paper's NFE
+    # schnell-22x and hunyuan-video-5x follow the paper's NFE; the distilled checkpoints' keep their own steps
+    if preset not in ("flux-schnell-22x", "hunyuan-video-5x", *DISTILLED_PRESETS):
         # the measured rule: one more full-resolution step would miss the target
         assert FrescoConfig.for_speedup(target, model=model, steps_budget=baseline_steps) == PRESETS[preset]
+
+
+# preset: the step count of the checkpoint it runs
+DISTILLED_PRESETS = {"flux-schnell-19x": 4, "z-image-turbo-1.5x": 8, "qwen-image-lightning-1.5x": 8,
+                     "qwen-image-lightning-4step-1.5x": 4, "flux2-klein-4b-distilled-1.5x": 4,
+                     "flux2-klein-9b-distilled-1.5x": 4, "wan2.2-lightning-1.75x": 4}
+
+
+@pytest.mark.parametrize("preset", sorted(DISTILLED_PRESETS))
+def test_distilled_presets_keep_the_checkpoints_steps_and_two_full_resolution_steps(preset):
+    """A step-distilled checkpoint's preset runs its own step count, half of it sketched, one forward a step (its
+    guidance is off or distilled), and at least the two full-resolution steps one full step could not replace on the
+    shipped students."""
+    config, steps = PRESETS[preset], DISTILLED_PRESETS[preset]
+    model, baseline_steps = PRESET_BASELINES[preset]
+    assert config.stage_steps == (steps // 2, steps - steps // 2) and config.stage_steps[-1] >= 2
+    report = count_plan_flops(preset, model, baseline_steps=baseline_steps)
+    assert report.forwards_per_step == 1
+    if model != "flux-schnell":  # the others are measured against the checkpoint itself at its own steps
+        assert report.baseline_model == model and baseline_steps == steps
+
+
+@pytest.mark.parametrize("checkpoint", ["z-image-turbo", "qwen-image-lightning", "flux2-klein-4b-distilled",
+                                        "flux2-klein-9b-distilled", "wan2.2-lightning"])
+def test_a_distilled_checkpoint_is_priced_on_its_architecture_with_its_own_guidance(checkpoint):
+    spec = MODELS[checkpoint]
+    assert spec.config() == MODELS[spec.architecture].config()
+    assert forward_flops(checkpoint, 3000, 200) == forward_flops(spec.architecture, 3000, 200)
+    assert count_plan_flops("flux-dev-5x", checkpoint).forwards_per_step == 1
+    # a caller who turns guidance on pays for it where the pipeline runs it (Klein's distilled pipeline never does)
+    guided = count_plan_flops("flux-dev-5x", checkpoint, guidance_scale=4.0).forwards_per_step
+    assert guided == (1 if checkpoint.startswith("flux2-klein") else 2)
 
 
 def test_flops_measures_a_preset_against_its_own_model_and_step_count(capsys):
@@ -125,6 +158,15 @@ def test_flops_measures_a_preset_against_its_own_model_and_step_count(capsys):
     assert main(command) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["baseline_model"] == "wan2.1-t2v-14b" and report["baseline_steps"] == 50
+
+
+def test_a_distilled_preset_is_priced_against_its_checkpoint_at_its_steps(capsys):
+    assert main(["flops", "--preset", "z-image-turbo-1.5x", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["baseline_model"] == "z-image-turbo" and report["baseline_steps"] == 8
+    assert report["forwards_per_step"] == 1 and report["speedup"] >= 1.5
+    assert main(["flops", "--preset", "z-image-turbo-1.5x", "--guidance-scale", "3", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["forwards_per_step"] == 2
 
 
 def test_report_adds_up_and_schnell_is_compared_with_dev():

@@ -52,7 +52,7 @@ class TransformerFlops:
     @classmethod
     def for_model(cls, name: str, text_tokens: int | None = None) -> TransformerFlops:
         spec = model_spec(name)
-        return _shared_counter(spec.name, spec.text_tokens if text_tokens is None else text_tokens)
+        return _shared_counter(spec.priced_as, spec.text_tokens if text_tokens is None else text_tokens)
 
     def __call__(self, image_tokens: int) -> int:
         return self._evaluate(self._fit()[0], image_tokens)
@@ -330,7 +330,7 @@ def main() -> None:
                                                  "architecture; --write stores them for the core")
     parser.add_argument("--write", action="store_true", help=f"rewrite {FORWARD_FLOPS_FILE}")
     args = parser.parse_args()
-    derived = {name: derive_forward_flops(name) for name in MODELS}
+    derived = {name: derive_forward_flops(name) for name, spec in MODELS.items() if spec.architecture is None}
     about = ("FLOPs of one transformer forward: sum of c[i][j] * image_tokens**i * text_tokens**j (torch's FLOP "
              "counter, 2 per multiply-add); derived by python -m fresco_plugin.tools.flops_trace --write")
     lines = [f"  {json.dumps(name)}: {json.dumps(c)}" for name, c in {"_about": about, **derived}.items()]
