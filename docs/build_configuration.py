@@ -23,7 +23,8 @@ MODEL_LABELS = {"flux-dev": "FLUX.1-dev", "flux-schnell": "FLUX.1-schnell", "hun
                 "qwen-image-lightning": "Qwen-Image + Lightning LoRA",
                 "flux2-klein-4b-distilled": "FLUX.2 [klein] 4B (distilled)",
                 "flux2-klein-9b-distilled": "FLUX.2 [klein] 9B (distilled)",
-                "wan2.2-lightning": "Wan2.2-T2V-A14B + Lightning LoRAs"}
+                "wan2.2-lightning": "Wan2.2-T2V-A14B + Lightning LoRAs",
+                "hunyuan-video15-i2v-distilled": "HunyuanVideo-1.5 480p I2V step-distilled"}
 
 
 def field_docs() -> dict[str, str]:

@@ -324,7 +324,7 @@ PRESETS: dict[str, FrescoConfig] = {
     "flux-schnell-19x": _distilled_plan(4), "z-image-turbo-1.5x": _distilled_plan(8),
     "qwen-image-lightning-1.5x": _distilled_plan(8), "qwen-image-lightning-4step-1.5x": _distilled_plan(4),
     "flux2-klein-4b-distilled-1.5x": _distilled_plan(4), "flux2-klein-9b-distilled-1.5x": _distilled_plan(4),
-    "wan2.2-lightning-1.75x": _distilled_plan(4),
+    "wan2.2-lightning-1.75x": _distilled_plan(4), "hunyuan-video15-i2v-distilled-1.75x": _distilled_plan(8),
 }
 
 # What each preset's name is measured against: a `fresco flops` model (its architecture and usual size) and the stock
@@ -345,4 +345,5 @@ PRESET_BASELINES: dict[str, tuple[str, int]] = {
     "flux2-klein-4b-distilled-1.5x": ("flux2-klein-4b-distilled", 4),
     "flux2-klein-9b-distilled-1.5x": ("flux2-klein-9b-distilled", 4),
     "wan2.2-lightning-1.75x": ("wan2.2-lightning", 4),
+    "hunyuan-video15-i2v-distilled-1.75x": ("hunyuan-video15-i2v-distilled", 8),
 }

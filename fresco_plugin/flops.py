@@ -121,6 +121,12 @@ MODELS: dict[str, ModelSpec] = {
                                           (1024, 1024, 1), default_steps=4, architecture="flux2-klein-4b"),
     "flux2-klein-9b-distilled": ModelSpec("flux2-klein-9b-distilled", "flux2", 512, False, "flux2-klein-9b-distilled",
                                           (1024, 1024, 1), default_steps=4, architecture="flux2-klein-9b"),
+    # HunyuanVideo-1.5's step-distilled 480p image-to-video checkpoint: 8 steps (12 also recommended) at guidance 1;
+    # priced as the text-to-video transformer (the same blocks and streams; its mean-flow second time embedding is
+    # a few small matrix products a forward, left out)
+    "hunyuan-video15-i2v-distilled": ModelSpec("hunyuan-video15-i2v-distilled", "hunyuan-video15", 1000, True,
+                                               "hunyuan-video15-i2v-distilled", (480, 848, 121), default_steps=8,
+                                               architecture="hunyuan-video15", default_guidance_scale=1.0),
     # the Wan2.2-Lightning LoRA pair on Wan2.2-T2V-A14B's two experts: 4 steps at guidance 1 on both
     "wan2.2-lightning": ModelSpec("wan2.2-lightning", "wan", 512, True, "wan2.2-lightning", (720, 1280, 81),
                                   default_steps=4, architecture="wan2.2-t2v-a14b", default_guidance_scale=1.0),

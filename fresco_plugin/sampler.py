@@ -3,7 +3,8 @@
 The loop knows nothing of any pipeline. ``denoise(latents, positions, step)`` returns the flow velocity for a
 ``(B, N, D)`` latent whose tokens sit at ``positions`` (``(B, N, 2)``, rows/cols in units of the stage's base grid,
 or of the full-resolution grid with ``position_units="final"``);
-``step`` carries the sigma and the model timestep. The integration supplies it, the stage schedules and the noise.
+``step`` carries the sigma, the model timestep, the sigma the step lands on and the token layout. The integration
+supplies it, the stage schedules and the noise.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ class Step:
     sigma: torch.Tensor  # 0-dim float32
     timestep: torch.Tensor  # 0-dim float32, the scheduler's timestep (sigma * 1000 for FLUX)
     grid_level: int = 0  # the level whose token grid the positions count on (0: full resolution)
+    next_sigma: torch.Tensor | None = None  # where this step's Euler update lands (a mean-flow model's second time)
+    # the tokens' identities, in the latents' order: per-token side inputs (an image-to-video model's conditioning
+    # latents) are read at the same coordinates as the noise field
+    layout: TokenLayout | None = None
 
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, Step], torch.Tensor]
@@ -91,7 +96,8 @@ def sample(
         positions = layout.positions(grid_level, config.position_mode)
         last_round = max(stage.promotion_after, default=0)
         for local in range(stage.num_steps):
-            step = Step(stage.first_step + local, stage.index, sigmas[local], timesteps[local], grid_level)
+            step = Step(stage.first_step + local, stage.index, sigmas[local], timesteps[local], grid_level,
+                        next_sigma=sigmas[local + 1], layout=layout)
             if not interrupted():
                 if layout is not mapped:
                     levels = layout.level_map(geometry)

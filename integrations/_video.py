@@ -26,9 +26,13 @@ class VideoFrescoRunner(GridPositionsRunner):
     output_field: ClassVar[str] = "frames"
     per_prompt_argument: ClassVar[str] = "num_videos_per_prompt"
 
+    def frame_size(self, call: CallArguments) -> tuple[int, int]:
+        """The video's height and width in pixels (the call's; an image-to-video pipeline derives them)."""
+        return call.height, call.width
+
     def geometry(self, call: CallArguments) -> TokenGeometry:
         pipe = self.pipe
-        height, width, num_frames = call.height, call.width, call.num_frames
+        (height, width), num_frames = self.frame_size(call), call.num_frames
         patch = pipe.transformer.config.patch_size
         patch = patch[-1] if isinstance(patch, (tuple, list)) else patch
         spatial, temporal = pipe.vae_scale_factor_spatial, pipe.vae_scale_factor_temporal
@@ -50,7 +54,7 @@ class VideoFrescoRunner(GridPositionsRunner):
         return self.noise(
             call, count, geometry,
             (count, channels, geometry.num_frames, geometry.rows * geometry.patch, geometry.cols * geometry.patch),
-            lambda: pipe.prepare_latents(count, channels, call.height, call.width, call.num_frames, torch.float32,
+            lambda: pipe.prepare_latents(count, channels, *self.frame_size(call), call.num_frames, torch.float32,
                                          device, call.generator),
             torch.float32, device,
         )

@@ -1,4 +1,4 @@
-"""Fresco for diffusers' HunyuanVideo15Pipeline (HunyuanVideo-1.5 text to video).
+"""Fresco for diffusers' HunyuanVideo15Pipeline and HunyuanVideo15ImageToVideoPipeline (HunyuanVideo-1.5).
 
 HunyuanVideo's pattern (spatial stages on 3-D grids; a mixed coarse / fine set goes as a one-row strip while a hook on
 ``transformer.rope`` answers at the tokens' real positions, with the same rotary formula) on 1.5's pipeline. What
@@ -6,6 +6,13 @@ differs: the transformer reads the latents with a conditioning latent and a mask
 text to video, as stock builds them), and guidance is the pipeline's own guider, asked at every step exactly as stock
 asks it (its state, which branches it wants, its combination), so a guider with a step range or a rescale works
 unchanged.
+
+Image to video: stock appends the picture's latent (on the first latent frame, zeros after it) and a mask (1 on that
+frame) to every token's channels, and its SigLIP features as a third text stream. Under Fresco both appended parts
+are read like the noise field, by each token's own coordinates: a half-resolution token gets the mean of the four
+latent pixels it covers (the picture's latent pooled as a sketch of it), so a sketch, a promotion round and the full
+resolution all see the same picture. A mean-flow transformer (the step-distilled checkpoint) also gets the time the
+step lands on, as stock gives it the next timestep.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import HunyuanVideo15Pipeline
+from diffusers import HunyuanVideo15ImageToVideoPipeline, HunyuanVideo15Pipeline
 from diffusers.pipelines.hunyuan_video1_5.pipeline_output import HunyuanVideo15PipelineOutput
 
 from fresco_plugin.config import FrescoConfig
@@ -29,7 +36,7 @@ from ._positions import StripDenoiser
 from ._video import VideoFrescoRunner
 from .diffusers_hunyuan_video import rope_at_positions
 
-__all__ = ["HunyuanVideo15FrescoRunner"]
+__all__ = ["HunyuanVideo15FrescoRunner", "HunyuanVideo15ImageToVideoFrescoRunner"]
 
 # the transformer's text inputs, each a (conditional, unconditional) pair the guider splits into its branches
 _CONDITIONING = ("encoder_hidden_states", "encoder_attention_mask", "encoder_hidden_states_2",
@@ -85,7 +92,7 @@ class HunyuanVideo15FrescoRunner(VideoFrescoRunner):
             call, count, geometry,
             (count, geometry.channels, geometry.num_frames, geometry.rows * geometry.patch,
              geometry.cols * geometry.patch),
-            lambda: pipe.prepare_latents(count, geometry.channels, call.height, call.width, call.num_frames, dtype,
+            lambda: pipe.prepare_latents(count, geometry.channels, *self.frame_size(call), call.num_frames, dtype,
                                          device, call.generator),
             dtype, device,
         )
@@ -125,6 +132,73 @@ class HunyuanVideo15FrescoRunner(VideoFrescoRunner):
         return vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
 
 
+class HunyuanVideo15ImageToVideoFrescoRunner(HunyuanVideo15FrescoRunner):
+    """Runs ``HunyuanVideo15ImageToVideoPipeline.__call__``'s job with Fresco's stages; the picture's latent and mask
+    are read at each token's coordinates."""
+
+    pipeline_class = HunyuanVideo15ImageToVideoPipeline
+
+    def __init__(self, pipe: Any, config: FrescoConfig):
+        if pipe.transformer.config.patch_size != 1:  # the appended channels join each token's own channels
+            raise ValueError(f"this HunyuanVideo-1.5 transformer has {pipe.transformer.config.patch_size}x"
+                             f"{pipe.transformer.config.patch_size} patches; Fresco's image to video needs 1x1 ones, "
+                             "as the released checkpoints have")
+        super().__init__(pipe, config)
+
+    def check(self, call: CallArguments) -> CallArguments:
+        pipe = self.pipe
+        if context_parallel_of(pipe.transformer) is not None:
+            raise ValueError("Fresco does not run HunyuanVideo15ImageToVideoPipeline under context parallelism yet; "
+                             "disable parallelism or call remove_fresco(pipe)")
+        pipe.check_inputs(
+            prompt=call.prompt, image=call.image, negative_prompt=call.negative_prompt,
+            prompt_embeds=call.prompt_embeds, negative_prompt_embeds=call.negative_prompt_embeds,
+            prompt_embeds_mask=call.prompt_embeds_mask, negative_prompt_embeds_mask=call.negative_prompt_embeds_mask,
+            prompt_embeds_2=call.prompt_embeds_2, prompt_embeds_mask_2=call.prompt_embeds_mask_2,
+            negative_prompt_embeds_2=call.negative_prompt_embeds_2,
+            negative_prompt_embeds_mask_2=call.negative_prompt_embeds_mask_2,
+        )
+        return call
+
+    def frame_size(self, call: CallArguments) -> tuple[int, int]:
+        """Stock's: the bucket of the pipeline's target size closest to the picture's aspect ratio."""
+        image = call.image
+        return self.pipe.video_processor.calculate_default_height_width(
+            height=image.size[1], width=image.size[0], target_size=self.pipe.target_size)
+
+    def _picture(self, call: CallArguments) -> Any:
+        height, width = self.frame_size(call)
+        return call.memoized("picture", lambda: self.pipe.video_processor.resize(call.image, height=height,
+                                                                                 width=width, resize_mode="crop"))
+
+    def denoiser(self, call: CallArguments, text: dict[str, Any], negative: dict[str, Any] | None, count: int,
+                 geometry: TokenGeometry, device: torch.device) -> StripDenoiser:
+        pipe = self.pipe
+        dtype = pipe.transformer.dtype
+        picture = self._picture(call)
+        height, width = self.frame_size(call)
+        shape = (count, geometry.channels, geometry.num_frames, geometry.rows, geometry.cols)
+        latent, mask = pipe.prepare_cond_latents_and_mask(
+            latents=torch.empty(shape, device="meta"), image=picture, batch_size=count, height=height, width=width,
+            dtype=dtype, device=device)
+        # padded like the noise field (odd sizes round the coarse grid up) by repeating the edge
+        coarsest = max(self.config.stage_levels)
+        rows, cols = geometry.grid(coarsest)
+        appended = torch.cat([latent, mask], dim=1)
+        pad = ((cols << coarsest) - geometry.cols, (rows << coarsest) - geometry.rows)
+        if any(pad):
+            flat = appended.flatten(1, 2)
+            appended = torch.nn.functional.pad(flat, (0, pad[0], 0, pad[1]), mode="replicate").unflatten(
+                1, appended.shape[1:3])
+        denoiser = _HunyuanVideo15ImageDenoiser(pipe, text, negative, 1.0)
+        denoiser.attention_kwargs = call.attention_kwargs
+        denoiser.condition = NoiseField(appended, gain=1.0)  # a clean latent: the plain mean at coarse tokens
+        denoiser.condition_geometry = replace(geometry, channels=appended.shape[1])
+        denoiser.image_embeds = pipe.encode_image(image=picture, batch_size=count, device=device, dtype=dtype)
+        denoiser.timestep_scale = float(pipe.scheduler.config.num_train_timesteps)
+        return self.placed(denoiser, geometry)
+
+
 class _HunyuanVideo15Denoiser(StripDenoiser):
     attention_kwargs: dict[str, Any] | None
 
@@ -156,6 +230,51 @@ class _HunyuanVideo15Denoiser(StripDenoiser):
             hidden_states=torch.cat([hidden, condition, mask], dim=1),
             image_embeds=image_embeds,
             timestep=step.timestep.expand(hidden.shape[0]).to(hidden.dtype),
+            attention_kwargs=self.attention_kwargs,
+            return_dict=False,
+            **{name: rows_for(value, rows) for name, value in text.items()},
+        )[0]
+
+
+class _HunyuanVideo15ImageDenoiser(_HunyuanVideo15Denoiser):
+    """Image to video: each forward's tokens carry the picture's latent and mask read at their own coordinates."""
+
+    condition: NoiseField  # (B, C + 1, F, H, W): the picture's latent on the first frame and the mask
+    condition_geometry: TokenGeometry
+    image_embeds: torch.Tensor
+    timestep_scale: float
+    _appended: torch.Tensor | None = None  # this step's condition at the layout's tokens, (B, N, C + 1)
+    _read_for: object = None  # the layout _appended was read for: it changes only at a switch or a round
+
+    def __call__(self, latents: torch.Tensor, positions: torch.Tensor, step: Step) -> torch.Tensor:
+        if step.layout is not self._read_for:  # reading the field asks the device which levels are present
+            field = self.condition
+            if self.images != slice(None):  # one image sampled on its own (a promotion threshold)
+                field = field.select(range(field.level(0).shape[0])[self.images])
+            self._appended = field.tokens(step.layout, self.condition_geometry).to(latents.dtype)
+            self._read_for = step.layout
+        return super().__call__(latents, positions, step)
+
+    def forward(self, text: dict[str, Any], latents: torch.Tensor, positions: torch.Tensor, step: Step,
+                rows: slice) -> torch.Tensor:
+        appended = self._appended
+        if rows != self.images:  # one image of a batch whose layouts differ
+            offset = self.images.start or 0
+            appended = appended[rows.start - offset:rows.stop - offset]
+        return super().forward(text, torch.cat([latents, appended], dim=-1), positions, step, rows)
+
+    def call_transformer(self, hidden: torch.Tensor, text: dict[str, Any], step: Step, rows: slice) -> torch.Tensor:
+        transformer = self.pipe.transformer
+        hidden = hidden.to(transformer.dtype)
+        batch = hidden.shape[0]
+        timestep_r = None
+        if transformer.config.use_meanflow:  # stock: the next step's timestep, 0 after the last
+            timestep_r = (step.next_sigma * self.timestep_scale).expand(batch).to(hidden.dtype)
+        return transformer(
+            hidden_states=hidden,
+            image_embeds=rows_for(self.image_embeds, rows),
+            timestep=step.timestep.expand(batch).to(hidden.dtype),
+            timestep_r=timestep_r,
             attention_kwargs=self.attention_kwargs,
             return_dict=False,
             **{name: rows_for(value, rows) for name, value in text.items()},

@@ -34,6 +34,7 @@ from fresco_plugin.tools.tiny import (
     tiny_flux_img2img_pipeline,
     tiny_flux_kontext_pipeline,
     tiny_flux_pipeline,
+    tiny_hunyuan_video15_i2v_pipeline,
     tiny_hunyuan_video15_pipeline,
     tiny_hunyuan_video_pipeline,
     tiny_qwen_image_edit_pipeline,
@@ -163,6 +164,10 @@ def _sequence_tokens(kwargs: dict[str, Any]) -> int:
     return kwargs["hidden_states"].shape[1]
 
 
+# HunyuanVideo-1.5 image to video's picture, 80x48: stock sizes the video from it
+_I2V_PICTURE = PIL.Image.fromarray(np.random.default_rng(7).integers(0, 256, (48, 80, 3), dtype=np.uint8))
+
+
 # Kontext's reference: a 32x32 picture, 16x16 packed tokens appended to every forward (its own size, not the output's)
 _KONTEXT_REFERENCE = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(5))
 
@@ -244,6 +249,13 @@ CASES = [
          _pipeline_guider, dict(height=48, width=80, num_frames=5), (12, 20, 2), "frames",
          lambda kwargs: int(np.prod(kwargs["hidden_states"].shape[2:])), guided_branches=1, no_callbacks=True,
          no_cache=_HUNYUAN_VIDEO15_NO_CACHE, no_context_parallel=True),
+    # image to video: the picture's size picks 48x80 (stock's bucket for the tiny target size); its latent and mask
+    # ride on every token's channels (test_hunyuan_video15.py checks they follow each token's coordinates)
+    Case("hunyuan-video15-i2v", diffusers.HunyuanVideo15ImageToVideoPipeline,
+         functools.partial(tiny_hunyuan_video15_i2v_pipeline, guidance_scale=1.0), _hunyuan_video15_text,
+         _pipeline_guider, dict(num_frames=5), (12, 20, 2), "frames",
+         lambda kwargs: int(np.prod(kwargs["hidden_states"].shape[2:])), guided_branches=1, no_callbacks=True,
+         extra=dict(image=_I2V_PICTURE), no_cache=_HUNYUAN_VIDEO15_NO_CACHE, no_context_parallel=True),
     # 48x80 pixels, 5 frames: 2 latent frames of 3x5 tokens (odd both ways)
     Case("wan", diffusers.WanPipeline, tiny_wan_pipeline, _wan_text, _wan_negative,
          dict(height=48, width=80, num_frames=5), (3, 5, 2), "frames", _video_tokens),

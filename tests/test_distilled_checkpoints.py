@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import PIL.Image
 import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
@@ -22,6 +23,7 @@ from fresco_plugin.config import PRESETS
 from fresco_plugin.tools.tiny import (
     tiny_flux2_klein_pipeline,
     tiny_flux_pipeline,
+    tiny_hunyuan_video15_i2v_pipeline,
     tiny_qwen_image_pipeline,
     tiny_wan_pipeline,
     tiny_z_image_pipeline,
@@ -51,6 +53,12 @@ def _klein_distilled():
 def _wan_lightning():
     pipe = tiny_wan_pipeline(two_experts=True)  # boundary 0.875, Wan2.2-T2V-A14B's
     pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=5.0)  # Lightning's sample_shift, with the Euler solver
+    return pipe
+
+
+def _hunyuan_video15_i2v_distilled():
+    pipe = tiny_hunyuan_video15_i2v_pipeline(use_meanflow=True, guidance_scale=1.0)  # its guider at 1: no CFG
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=7.0)  # the checkpoint's flow shift
     return pipe
 
 
@@ -98,6 +106,13 @@ CHECKPOINTS = [
     Checkpoint("wan2.2-lightning-1.75x", _wan_lightning,
                lambda: dict(prompt_embeds=torch.randn(1, 6, 32, generator=_generator()), guidance_scale=1.0,
                             guidance_scale_2=1.0, num_inference_steps=4, height=48, width=80, num_frames=5),
+               _hidden_batch, True),
+    Checkpoint("hunyuan-video15-i2v-distilled-1.75x", _hunyuan_video15_i2v_distilled,
+               lambda: dict(image=PIL.Image.new("RGB", (80, 48), (200, 90, 40)),
+                            prompt_embeds=torch.randn(1, 8, 16, generator=_generator()),
+                            prompt_embeds_mask=torch.ones(1, 8),
+                            prompt_embeds_2=torch.randn(1, 5, 8, generator=_generator()),
+                            prompt_embeds_mask_2=torch.ones(1, 5), num_frames=5, num_inference_steps=8),
                _hidden_batch, True),
 ]
 

@@ -121,7 +121,8 @@ def test_presets_reach_their_named_speedup(preset):
 # preset: the step count of the checkpoint it runs
 DISTILLED_PRESETS = {"flux-schnell-19x": 4, "z-image-turbo-1.5x": 8, "qwen-image-lightning-1.5x": 8,
                      "qwen-image-lightning-4step-1.5x": 4, "flux2-klein-4b-distilled-1.5x": 4,
-                     "flux2-klein-9b-distilled-1.5x": 4, "wan2.2-lightning-1.75x": 4}
+                     "flux2-klein-9b-distilled-1.5x": 4, "wan2.2-lightning-1.75x": 4,
+                     "hunyuan-video15-i2v-distilled-1.75x": 8}
 
 
 @pytest.mark.parametrize("preset", sorted(DISTILLED_PRESETS))
@@ -139,7 +140,8 @@ def test_distilled_presets_keep_the_checkpoints_steps_and_two_full_resolution_st
 
 
 @pytest.mark.parametrize("checkpoint", ["z-image-turbo", "qwen-image-lightning", "flux2-klein-4b-distilled",
-                                        "flux2-klein-9b-distilled", "wan2.2-lightning"])
+                                        "flux2-klein-9b-distilled", "wan2.2-lightning",
+                                        "hunyuan-video15-i2v-distilled"])
 def test_a_distilled_checkpoint_is_priced_on_its_architecture_with_its_own_guidance(checkpoint):
     spec = MODELS[checkpoint]
     assert spec.config() == MODELS[spec.architecture].config()

@@ -12,8 +12,8 @@ import torch.distributed as dist
 
 __all__ = ["end_gloo_ranks", "random_flux_pipeline", "random_hunyuan_video_pipeline", "tiny_flux2_klein_pipeline",
            "tiny_flux2_pipeline", "tiny_flux_img2img_pipeline", "tiny_flux_kontext_pipeline", "tiny_flux_pipeline",
-           "tiny_hunyuan_video15_pipeline", "tiny_hunyuan_video_pipeline", "tiny_qwen_image_edit_pipeline",
-           "tiny_qwen_image_pipeline", "tiny_wan_pipeline", "tiny_z_image_pipeline"]
+           "tiny_hunyuan_video15_i2v_pipeline", "tiny_hunyuan_video15_pipeline", "tiny_hunyuan_video_pipeline",
+           "tiny_qwen_image_edit_pipeline", "tiny_qwen_image_pipeline", "tiny_wan_pipeline", "tiny_z_image_pipeline"]
 
 
 def tiny_flux_pipeline(*, guidance_embeds: bool = True, static_shift: bool = False, seed: int = 0,
@@ -193,6 +193,25 @@ def tiny_hunyuan_video15_pipeline(*, seed: int = 0, guidance_scale: float = 6.0)
     return HunyuanVideo15Pipeline(text_encoder=None, tokenizer=None, transformer=transformer, vae=vae,
                                   scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0), text_encoder_2=None,
                                   tokenizer_2=None, guider=ClassifierFreeGuidance(guidance_scale=guidance_scale))
+
+
+def tiny_hunyuan_video15_i2v_pipeline(*, seed: int = 0, guidance_scale: float = 6.0, use_meanflow: bool = False):
+    """:func:`tiny_hunyuan_video15_pipeline`'s parts as ``HunyuanVideo15ImageToVideoPipeline``, with a tiny SigLIP
+    image encoder (16x16 pictures, 4 image tokens) and its processor; ``use_meanflow`` as the step-distilled
+    checkpoint (the transformer also takes the time the step lands on)."""
+    from diffusers import HunyuanVideo15ImageToVideoPipeline, HunyuanVideo15Transformer3DModel
+    from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
+
+    parts = tiny_hunyuan_video15_pipeline(seed=seed, guidance_scale=guidance_scale).components
+    torch.manual_seed(seed + 1)
+    config = dict(parts["transformer"].config)
+    transformer = HunyuanVideo15Transformer3DModel(**{**{k: v for k, v in config.items() if not k.startswith("_")},
+                                                      "task_type": "i2v", "use_meanflow": use_meanflow})
+    image_encoder = SiglipVisionModel(SiglipVisionConfig(hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                                                         num_attention_heads=2, image_size=16, patch_size=8))
+    feature_extractor = SiglipImageProcessor(size={"height": 16, "width": 16})
+    return HunyuanVideo15ImageToVideoPipeline(**{**parts, "transformer": transformer, "image_encoder": image_encoder,
+                                                 "feature_extractor": feature_extractor})
 
 
 def tiny_wan_pipeline(*, seed: int = 0, two_experts: bool = False, expand_timesteps: bool = False):
