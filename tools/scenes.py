@@ -19,7 +19,8 @@ import numpy as np
 
 __all__ = [
     "BACKGROUNDS", "COLORS", "RELATIONS", "SHAPES", "AdherenceCheck", "Scene", "SceneObject", "check_adherence",
-    "color_mask", "is_held_out", "parse_prompt", "render", "sample_scene", "scene_for_prompt", "signed_distance",
+    "color_mask", "draw_object", "is_held_out", "parse_prompt", "render", "render_background", "sample_scene",
+    "scene_for_prompt", "signed_distance",
 ]
 
 COLORS: dict[str, float] = {"red": 0.0, "yellow": 60.0, "green": 120.0, "cyan": 180.0, "blue": 240.0,
@@ -171,25 +172,40 @@ def signed_distance(obj: SceneObject, x: np.ndarray, y: np.ndarray) -> np.ndarra
 
 def render(scene: Scene, size: int) -> np.ndarray:
     """The scene as an RGB float32 picture of shape (size, size, 3) in [0, 1], anti-aliased."""
+    image = render_background(scene.background, scene.background_rgb, scene.texture_period, scene.texture_vertical,
+                              size)
+    for obj in (scene.first, scene.second):
+        image = draw_object(image, obj)
+    return image.astype(np.float32)
+
+
+def render_background(background: str, rgb: tuple[float, float, float], period: float, vertical: bool,
+                      size: int) -> np.ndarray:
+    """A background of the grammar: a tone plus its texture at ``period`` (a fraction of the picture)."""
     coords = (np.arange(size, dtype=np.float32) + 0.5) / size
     x, y = np.meshgrid(coords, coords)
-    base = np.asarray(scene.background_rgb, dtype=np.float32)
-    period = scene.texture_period
-    u = x if scene.texture_vertical else y
-    if scene.background == "striped":
+    base = np.asarray(rgb, dtype=np.float32)
+    u = x if vertical else y
+    if background == "striped":
         pattern = np.where((u / period) % 1 < 0.5, 1.0, -1.0)
-    elif scene.background == "checkered":
+    elif background == "checkered":
         pattern = np.where(((x // period) + (y // period)) % 2 == 0, 1.0, -1.0)
-    elif scene.background == "dotted":
+    elif background == "dotted":
         cell_x, cell_y = (x / period) % 1 - 0.5, (y / period) % 1 - 0.5
         pattern = np.where(np.hypot(cell_x, cell_y) < 0.25, 1.0, 0.0)
     else:
         pattern = np.zeros_like(x)
-    image = np.clip(base + 0.13 * pattern[..., None].astype(np.float32), 0, 1)
-    for obj in (scene.first, scene.second):
-        alpha = np.clip(0.5 - signed_distance(obj, x, y) * size, 0, 1)[..., None]
-        image = image * (1 - alpha) + _hue_to_rgb(COLORS[obj.color]) * alpha
-    return image.astype(np.float32)
+    return np.clip(base + 0.13 * pattern[..., None].astype(np.float32), 0, 1).astype(np.float32)
+
+
+def draw_object(image: np.ndarray, obj: SceneObject) -> np.ndarray:
+    """``image`` with ``obj`` drawn over it, anti-aliased (a triangle's edge is computed in float64: cast the finished
+    picture)."""
+    size = image.shape[0]
+    coords = (np.arange(size, dtype=np.float32) + 0.5) / size
+    x, y = np.meshgrid(coords, coords)
+    alpha = np.clip(0.5 - signed_distance(obj, x, y) * size, 0, 1)[..., None]
+    return image * (1 - alpha) + _hue_to_rgb(COLORS[obj.color]) * alpha
 
 
 @dataclass(frozen=True)
