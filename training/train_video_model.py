@@ -3,10 +3,10 @@
     python training/train_video_model.py            # fp32, fixed seed, 2 CPU threads (the report records minutes)
 
 Status: no model ships yet, because the VAE stage does not learn in its budget. With the defaults below, 1500 steps
-(21 minutes) bring its L1 from 0.43 to 0.23, where a constant grey picture scores about 0.27, and the checker reads 0
-of 16 round trips. On single 32-pixel frames and 400 steps at batch 16, three autoencoders reached these L1 values:
-the scenes model's 2-D ``AutoencoderKL`` 0.156, this ``AutoencoderKLWan`` without temporal downsampling 0.210, and the
-same with ``is_residual=True`` (Wan2.2's shortcuts) 0.179. Two runs logged the same losses at every step they shared.
+(21 minutes) bring its L1 from 0.43 to 0.23, little better than a constant grey guess, and the checker reads 0 of
+16 round trips. ``benchmarks/video_vae_probe.py`` compares autoencoders on single frames (BENCHMARKS.md, "Video"):
+this one learns more slowly than the scenes model's 2-D ``AutoencoderKL``; ``is_residual=True`` (Wan2.2's shortcuts)
+closes part of the gap. Two runs logged the same losses at every step they shared.
 The rest of the script (data, text encoder, transformer, report) runs end to end on a few steps.
 
 Writes a diffusers folder (``WanPipeline.from_pretrained`` loads it) to ``tools/models/clips-wan``, with
