@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import PIL.Image
@@ -168,3 +168,18 @@ def test_a_distilled_klein_ignores_the_guidance_scale_under_fresco_as_stock_does
                         checkpoint.images_in, checkpoint.fixed_grid)
     _, seen = _run(guided, pipe)
     assert len(seen) == 4 and all(images == 1 for images, _ in seen)
+
+
+@pytest.mark.parametrize("checkpoint", [c for c in CHECKPOINTS if c.fixed_grid],
+                         ids=[c.preset for c in CHECKPOINTS if c.fixed_grid])
+def test_the_stock_restart_keeps_every_step_on_the_checkpoint_s_own_timesteps(checkpoint):
+    """docs/distilled.md's override for a checkpoint distilled on a fixed grid: restart_shift_scale=1 visits stock's
+    timesteps at every step, the full-resolution ones included."""
+    stock_pipe = checkpoint.build()
+    stock_pipe.set_progress_bar_config(disable=True)
+    _, stock = _run(checkpoint, stock_pipe)
+    pipe = checkpoint.build()
+    pipe.set_progress_bar_config(disable=True)
+    apply_fresco(pipe, replace(PRESETS[checkpoint.preset], restart_shift_scale=1.0))
+    _, seen = _run(checkpoint, pipe)
+    assert [t for _, t in seen] == pytest.approx([t for _, t in stock], abs=1e-4)
