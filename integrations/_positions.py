@@ -28,8 +28,8 @@ from fresco_plugin.sampler import Step
 
 from ._diffusers_runner import DiffusersFrescoRunner, TransformerDenoiser, pipeline_transformers
 
-__all__ = ["GridPositionsRunner", "PositionHook", "PositionsAt", "StripDenoiser", "split_like_the_engine",
-           "whole_stock_answer"]
+__all__ = ["GridPositionsRunner", "PositionHook", "PositionsAt", "StripDenoiser", "engine_split_degree",
+           "split_like_the_engine", "whole_stock_answer"]
 
 PositionsAt = Callable[[torch.nn.Module, torch.Tensor], Any]
 
@@ -56,6 +56,11 @@ class PositionHook:
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "positions": None, "_owner": None}
 
+    def stand_in(self, module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> Any:
+        """A forward pre-hook: while ``positions`` is set, what the module gets instead of its input (None: its input),
+        for a module that cannot take a long strip at all; its stock answer is discarded anyway."""
+        return None
+
     def __call__(self, module: torch.nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> Any:
         if self.positions is None:
             return None
@@ -67,6 +72,12 @@ def _engine_splits(module: torch.nn.Module) -> list[ContextParallelSplitHook]:
     if registry is None or ContextParallelSplitHook is None:
         return []
     return [hook for hook in registry.hooks.values() if isinstance(hook, ContextParallelSplitHook)]
+
+
+def engine_split_degree(module: torch.nn.Module) -> int:
+    """Over how many ranks a context-parallel plan splits this module's output (1: none does)."""
+    configs = [hook.parallel_config for hook in _engine_splits(module)]
+    return max((c.ring_degree * c.ulysses_degree for c in configs), default=1)
 
 
 def split_like_the_engine(module: torch.nn.Module, answer: Any) -> Any:
@@ -89,6 +100,8 @@ def _attach(module: torch.nn.Module, hook: PositionHook) -> None:
         if isinstance(registered, PositionHook) and registered.stale:
             _detach(module, registered)
     module.register_forward_hook(hook, with_kwargs=True)
+    if type(hook).stand_in is not PositionHook.stand_in:
+        module.register_forward_pre_hook(hook.stand_in, with_kwargs=True)
     weakref.finalize(hook._owner(), _detach, module, hook)
 
 
@@ -96,6 +109,9 @@ def _detach(module: torch.nn.Module, hook: PositionHook) -> None:
     for key, registered in list(module._forward_hooks.items()):
         if registered is hook:
             del module._forward_hooks[key]
+    for key, registered in list(module._forward_pre_hooks.items()):
+        if getattr(registered, "__self__", None) is hook:
+            del module._forward_pre_hooks[key]
 
 
 class GridPositionsRunner(DiffusersFrescoRunner):

@@ -25,7 +25,7 @@ from fresco_plugin.layout import TokenGeometry
 from fresco_plugin.sampler import Step
 
 from ._diffusers_runner import CallArguments, rows_for, warn_caller
-from ._positions import StripDenoiser
+from ._positions import PositionHook, StripDenoiser, engine_split_degree
 from ._video import VideoFrescoRunner
 
 __all__ = ["WanFrescoRunner", "wan_rope_at_positions"]
@@ -45,12 +45,30 @@ def wan_rope_at_positions(rope: torch.nn.Module, positions: torch.Tensor) -> tup
     return cos.view(1, -1, 1, cos.shape[-1]), sin.view(1, -1, 1, sin.shape[-1])
 
 
+class _WanPositionHook(PositionHook):
+    """Wan's rope slices a table of ``rope_max_seq_len`` positions per axis for the grid it is given, so a strip longer
+    than that (any mixed set of a real-size video: 1024 positions, tens of thousands of tokens) would fail before the
+    hook could answer. While positions are set, the rope gets a stand-in strip that fits its table instead: the
+    longest one whose token count divides the real count and still splits over a context-parallel plan's ranks."""
+
+    def stand_in(self, module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> Any:
+        tokens = self.positions.shape[0] if self.positions is not None else 0
+        if tokens <= module.max_seq_len:
+            return None
+        degree = engine_split_degree(module)
+        length = max(k for k in range(degree, module.max_seq_len + 1, degree) if tokens % k == 0)
+        hidden = args[0] if args else kwargs["hidden_states"]
+        _, patch_h, patch_w = module.patch_size
+        return (hidden[:, :, :1, :patch_h, :patch_w * length],), {}
+
+
 class WanFrescoRunner(VideoFrescoRunner):
     """Runs ``WanPipeline.__call__``'s job with Fresco's stages."""
 
     pipeline_class = WanPipeline
     output_class = WanPipelineOutput
     positions_at = staticmethod(wan_rope_at_positions)
+    position_hook_class = _WanPositionHook
 
     def __init__(self, pipe: Any, config: FrescoConfig):
         if pipe.transformer is None:

@@ -125,3 +125,20 @@ def test_wan22_ti2v_gives_every_token_the_step_timestep():
 def _tokens(kwargs) -> int:
     _, _, frames, height, width = kwargs["hidden_states"].shape
     return frames * height * width // 4
+
+
+def test_mixed_strips_longer_than_the_rope_table_run_as_with_a_longer_table(wan_pipe):
+    """Wan's rope keeps a table of ``rope_max_seq_len`` positions per axis (32 here, 1024 in the real models, whose
+    mixed sets hold tens of thousands of tokens); a mixed strip longer than that must still run, and give what a
+    transformer with a longer table gives (the rope has no weights, so only the table's length differs)."""
+    config = FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(6, 4), promotion_rounds=2)
+    apply_fresco(wan_pipe, config)
+    short_table = _call(wan_pipe, **SIZE, guidance_scale=1.0)
+    strips = wan_pipe._fresco_runner.last_run.tokens_per_step
+    assert max(strips) > wan_pipe.transformer.config.rope_max_seq_len
+    remove_fresco(wan_pipe)
+    assert not wan_pipe.transformer.rope._forward_pre_hooks and not wan_pipe.transformer.rope._forward_hooks
+    rope = wan_pipe.transformer.rope
+    wan_pipe.transformer.rope = type(rope)(rope.attention_head_dim, rope.patch_size, 1024)
+    apply_fresco(wan_pipe, config)
+    assert torch.equal(_call(wan_pipe, **SIZE, guidance_scale=1.0), short_table)
