@@ -255,6 +255,31 @@ def test_a_recorded_run_is_priced_forward_by_forward():
         assert counter.block(kind, n) == sum(per_module[f"FluxTransformer2DModel.{kind}.0"].values()) > 0
 
 
+def test_a_wan_run_is_priced_by_its_patches_in_grids_and_in_mixed_strips():
+    """Wan takes a latent grid (stock, uniform stages) or a one-row strip of tokens (mixed stages): either way the
+    recorder counts patches, and a plan's recorded tokens are the ones its run reports."""
+    from fresco_plugin import apply_fresco
+    from fresco_plugin.tools.flops_trace import ForwardRecorder
+    from fresco_plugin.tools.tiny import tiny_wan_pipeline
+
+    pipe = tiny_wan_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    g = torch.Generator().manual_seed(1)
+    call = dict(prompt_embeds=torch.randn(1, 6, 32, generator=g), negative_prompt_embeds=torch.randn(1, 6, 32,
+                generator=g), height=48, width=80, num_frames=5, guidance_scale=1.0, output_type="latent")
+    with ForwardRecorder(pipe.transformer) as stock:
+        pipe(**call, num_inference_steps=3)
+    assert [(r.batch, r.image_tokens, r.text_tokens) for r in stock.records] == [(1, 2 * 3 * 5, 6)] * 3
+    apply_fresco(pipe, FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(6, 4), promotion_rounds=2))
+    with ForwardRecorder(pipe.transformer) as recorder:
+        pipe(**call)
+    tokens = list(pipe._fresco_runner.last_run.tokens_per_step)
+    assert [r.image_tokens for r in recorder.records] == tokens and len(set(tokens)) > 2  # mixed steps included
+    config = {k: v for k, v in pipe.transformer.config.items() if not k.startswith("_")}
+    counter = TransformerFlops("wan", config, 6)
+    assert recorder.flops() == sum(counter(n) for n in tokens) and recorder.to_dict()["family"] == "wan"
+
+
 def test_blocks_a_cache_skips_are_not_counted():
     from diffusers.hooks import FirstBlockCacheConfig
 

@@ -161,9 +161,11 @@ class TransformerFlops:
             if self.family == "qwen-image":  # packed tokens; positions from img_shapes (a 1 x n strip)
                 return dict(hidden_states=torch.empty(1, n, c["in_channels"]), timestep=torch.empty(1),
                             encoder_hidden_states=torch.empty(1, t, c["joint_attention_dim"]), img_shapes=[[(1, 1, n)]])
-            # video models take a latent grid: a 1-frame, 1 x n token strip
+            # video models take a latent grid: one frame of n tokens, as square as n allows (Wan's rope table caps
+            # each side at rope_max_seq_len)
             patch = c["patch_size"] if self.family == "hunyuan-video" else c["patch_size"][-1]
-            hidden = torch.empty(1, c["in_channels"], 1, patch, patch * n)
+            rows = max(d for d in range(1, math.isqrt(n) + 1) if n % d == 0)
+            hidden = torch.empty(1, c["in_channels"], 1, patch * rows, patch * (n // rows))
             if self.family == "hunyuan-video":
                 return dict(hidden_states=hidden, timestep=torch.empty(1),
                             encoder_hidden_states=torch.empty(1, t, c["text_embed_dim"]),
@@ -184,20 +186,25 @@ class ForwardRecord:
 
 
 class ForwardRecorder:
-    """Records every forward of a FLUX transformer while it is active: batch, token counts, and which blocks really
-    computed. A feature cache (FirstBlockCache, TaylorSeer, ...) that reuses a block's output never calls that block's
-    layers, so a block counts as run only when one of its own sub-modules is called. ``flops()`` then prices the run
-    exactly with the per-block counts of :class:`TransformerFlops`::
+    """Records every forward of a FLUX or Wan transformer while it is active: batch, token counts, and which blocks
+    really computed. A feature cache (FirstBlockCache, TaylorSeer, ...) that reuses a block's output never calls that
+    block's layers, so a block counts as run only when one of its own sub-modules is called. ``flops()`` then prices
+    the run exactly with the per-block counts of :class:`TransformerFlops`::
 
         with ForwardRecorder(pipe.transformer) as recorder:
             pipe(prompt)
         print(recorder.flops())
     """
 
+    # FLUX takes packed tokens (hidden_states.shape[1]); Wan a latent grid or a one-row strip of tokens (Fresco's
+    # mixed stages), whose patch count is the token count either way
+    _FAMILIES = {"FluxTransformer2DModel": "flux", "WanTransformer3DModel": "wan"}
+
     def __init__(self, transformer: torch.nn.Module):
-        if type(transformer).__name__ != "FluxTransformer2DModel":
-            raise ValueError(f"ForwardRecorder reads FLUX transformers (tokens are hidden_states.shape[1]); got "
-                             f"{type(transformer).__name__}")
+        name = type(transformer).__name__
+        if name not in self._FAMILIES:
+            raise ValueError(f"ForwardRecorder reads {' and '.join(self._FAMILIES)} transformers; got {name}")
+        self.family = self._FAMILIES[name]
         self.transformer = transformer
         self.records: list[ForwardRecord] = []
         self._handles: list[Any] = []
@@ -219,9 +226,14 @@ class ForwardRecorder:
 
     def _on_forward(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-        text = kwargs["encoder_hidden_states"] if "encoder_hidden_states" in kwargs else args[1]
+        text = kwargs["encoder_hidden_states"] if "encoder_hidden_states" in kwargs else args[2 if self.family == "wan"
+                                                                                                else 1]
+        if self.family == "wan":
+            tokens = math.prod(hidden.shape[2:]) // math.prod(module.config.patch_size)
+        else:
+            tokens = hidden.shape[1]
         kinds = [name for name, child in module.named_children() if isinstance(child, torch.nn.ModuleList)]
-        self.records.append(ForwardRecord(hidden.shape[0], hidden.shape[1], text.shape[1], dict.fromkeys(kinds, 0)))
+        self.records.append(ForwardRecord(hidden.shape[0], tokens, text.shape[1], dict.fromkeys(kinds, 0)))
         self._computed = set()
 
     def _on_layer(self, kind: str, index: int):
@@ -234,11 +246,12 @@ class ForwardRecorder:
 
     def flops(self) -> int:
         """Transformer FLOPs of everything recorded, skipped blocks excluded."""
-        return recorded_flops(self.records, {k: v for k, v in self.transformer.config.items() if not k.startswith("_")})
+        return recorded_flops(self.records, {k: v for k, v in self.transformer.config.items() if not k.startswith("_")},
+                              self.family)
 
     def to_dict(self) -> dict[str, Any]:
         config = {k: v for k, v in self.transformer.config.items() if not k.startswith("_")}
-        return {"family": "flux", "config": json.loads(json.dumps(config, default=list)),
+        return {"family": self.family, "config": json.loads(json.dumps(config, default=list)),
                 "forwards": [asdict(r) for r in self.records]}
 
 
