@@ -41,24 +41,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "forward a step (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=3,
                         help="timed runs per sampler for the wall-time medians (default: %(default)s)")
+    parser.add_argument("--video", action="store_true",
+                        help="the shipped video model instead: stock, Fresco 3x / 5x / 10x and fewer steps, written "
+                             "as an animated GIF and a PNG frame strip (named after --out)")
     parser.add_argument("--out", type=Path, default=Path("fresco-out/demo.png"),
                         help="the PNG grid to write (default: %(default)s)")
 
 
-def _screen(runner: _Runner, count: int, cfg: float) -> list[Any]:
-    """The first prompts of a fixed candidate list whose stock picture passes the checker: ``count - 1`` from the
-    training split, then one held out (fewer if the candidates run out)."""
+def first_passing(candidates: list[Any], passes: Any, count: int) -> list[Any]:
+    """The first ``candidates`` (in order) for which ``passes(candidate)`` holds: ``count - 1`` from the training
+    split, then one held out (fewer if the candidates run out)."""
     wanted = {False: count - 1 if count > 1 else count, True: 1 if count > 1 else 0}
     chosen: dict[bool, list[Any]] = {False: [], True: []}
-    for prompt in prompt_set(CANDIDATES, CANDIDATES // 4, seed=7):
-        if len(chosen[prompt.held_out]) >= wanted[prompt.held_out]:
-            continue
-        latents = runner(Method("stock", "baseline", steps=BASELINE_STEPS), prompt, cfg)[0]
-        if check_adherence(runner.decode(latents)[1], prompt.prompt).passed(parse_prompt(prompt.prompt)):
-            chosen[prompt.held_out].append(prompt)
+    for candidate in candidates:
+        if len(chosen[candidate.held_out]) < wanted[candidate.held_out] and passes(candidate):
+            chosen[candidate.held_out].append(candidate)
         if all(len(chosen[k]) >= wanted[k] for k in chosen):
             break
     return chosen[False] + chosen[True]
+
+
+def _screen(runner: _Runner, count: int, cfg: float) -> list[Any]:
+    """Prompts of a fixed candidate list whose stock picture passes the checker."""
+
+    def passes(prompt: Any) -> bool:
+        latents = runner(Method("stock", "baseline", steps=BASELINE_STEPS), prompt, cfg)[0]
+        return check_adherence(runner.decode(latents)[1], prompt.prompt).passed(parse_prompt(prompt.prompt))
+
+    return first_passing(prompt_set(CANDIDATES, CANDIDATES // 4, seed=7), passes, count)
 
 
 def _resolution_map(maps: list[tuple[int, np.ndarray]], total_steps: int, cell: int) -> Any:
@@ -84,6 +94,10 @@ def _time(runner: _Runner, methods: list[Method], prompt: Any, cfg: float, repea
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.video:
+        from .video_demo import main as video_main
+
+        return video_main(args)
     from PIL import Image, ImageDraw
 
     if args.prompts < 1:

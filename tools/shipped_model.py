@@ -1,9 +1,15 @@
-"""The demo model shipped inside the package: a small FLUX pipeline trained on procedural scenes.
+"""The demo models shipped inside the package: a small FLUX pipeline trained on procedural scenes (and its two
+distilled students), and a small Wan text-to-video pipeline trained on procedural clips.
 
-``load_scenes_pipeline()`` loads it with the real ``FluxPipeline.from_pretrained`` from the package folder (no
-network). It was trained by ``training/train_scenes_model.py`` with a 32-token T5 sequence at 128 pixels (and 64);
-call it with ``max_sequence_length=TEXT_TOKENS`` and ``height=width=SIZE``. Prompts follow the grammar of
+``load_scenes_pipeline()`` loads the pictures model with the real ``FluxPipeline.from_pretrained`` from the package
+folder (no network). It was trained by ``training/train_scenes_model.py`` with a 32-token T5 sequence at 128 pixels
+(and 64); call it with ``max_sequence_length=TEXT_TOKENS`` and ``height=width=SIZE``. Prompts follow the grammar of
 :mod:`fresco_plugin.tools.scenes`, whose checker reads a picture back for adherence.
+
+``load_clips_pipeline()`` loads the video model with ``WanPipeline.from_pretrained`` the same way. It was trained by
+``training/train_video_model.py`` on 9-frame clips at 64 pixels (and 32); call it with ``num_frames=CLIP_FRAMES``,
+``height=width=CLIP_SIZE`` and ``max_sequence_length=CLIP_TEXT_TOKENS``. Prompts follow
+:mod:`fresco_plugin.tools.video_scenes`, whose checker reads a clip back.
 """
 
 from __future__ import annotations
@@ -17,9 +23,11 @@ import numpy as np
 import torch
 
 from .scenes import Scene, is_held_out, sample_scene
+from .video_scenes import Clip, is_held_out_clip, sample_clip
 
-__all__ = ["GUIDANCE_SCALE", "MODEL_DIR", "SCHNELL_STEPS", "SIZE", "TEXT_TOKENS", "VARIANTS", "ScenePrompt",
-           "load_scenes_pipeline", "prompt_set"]
+__all__ = ["CLIPS_DIR", "CLIP_FRAMES", "CLIP_GUIDANCE_SCALE", "CLIP_SIZE", "CLIP_TEXT_TOKENS", "GUIDANCE_SCALE",
+           "MODEL_DIR", "SCHNELL_STEPS", "SIZE", "TEXT_TOKENS", "VARIANTS", "ClipPrompt", "ScenePrompt",
+           "clip_prompt_set", "load_clips_pipeline", "load_scenes_pipeline", "prompt_set"]
 
 MODEL_DIR = Path(str(resources.files("fresco_plugin.tools").joinpath("models/scenes-flux")))
 # The teacher and its two distilled students (``training/distill_scenes_model.py``), each a whole diffusers folder.
@@ -36,6 +44,13 @@ SIZE = 128
 # same scale as its ``guidance_scale`` input (one forward a step).
 GUIDANCE_SCALE = 3
 
+CLIPS_DIR = MODEL_DIR.parent / "clips-wan"
+CLIP_FRAMES = 9
+CLIP_SIZE = 64
+CLIP_TEXT_TOKENS = 12
+# WanPipeline's ``guidance_scale`` the video model works best at: the highest held-out adherence in its training report
+CLIP_GUIDANCE_SCALE = 5
+
 
 def load_scenes_pipeline(variant: str = "base", *, device: str | torch.device = "cpu", progress: bool = True) -> Any:
     """A shipped scenes pipeline (fp32), loaded by ``FluxPipeline.from_pretrained`` from the package: ``"base"`` (the
@@ -43,20 +58,35 @@ def load_scenes_pipeline(variant: str = "base", *, device: str | torch.device = 
     (step-distilled: ``SCHNELL_STEPS`` steps, no guidance). ``progress=False`` hides both the loading and the sampling
     progress bars."""
     from diffusers import FluxPipeline
-    from diffusers.utils import logging as diffusers_logging
 
     if variant not in VARIANTS:
         raise ValueError(f"variant={variant!r} is not a shipped scenes model; choose one of {', '.join(VARIANTS)}")
-    folder = VARIANTS[variant]
+    command, duration = _TRAINING[variant]
+    return _load(FluxPipeline, VARIANTS[variant], f"scenes model {variant!r}", command, duration, device, progress)
+
+
+def load_clips_pipeline(*, device: str | torch.device = "cpu", progress: bool = True) -> Any:
+    """The shipped video model (fp32), loaded by ``WanPipeline.from_pretrained`` from the package. It runs
+    classifier-free guidance as WanPipeline does (``guidance_scale`` > 1 with the empty negative prompt);
+    ``CLIP_GUIDANCE_SCALE`` is the scale it works best at. ``progress=False`` hides both progress bars."""
+    from diffusers import WanPipeline
+
+    return _load(WanPipeline, CLIPS_DIR, "video model", "python training/train_video_model.py",
+                 "about 80 minutes on 2 CPU cores", device, progress)
+
+
+def _load(pipeline_class: Any, folder: Path, name: str, command: str, duration: str, device: str | torch.device,
+          progress: bool) -> Any:
+    from diffusers.utils import logging as diffusers_logging
+
     if not (folder / "model_index.json").is_file():
-        command, duration = _TRAINING[variant]
-        raise FileNotFoundError(f"the shipped scenes model {variant!r} is missing from {folder}; reinstall the "
-                                f"package, or train it again with `{command}` ({duration})")
+        raise FileNotFoundError(f"the shipped {name} is missing from {folder}; reinstall the package, or train it "
+                                f"again with `{command}` ({duration})")
     shown = diffusers_logging.is_progress_bar_enabled()
     if not progress:
         diffusers_logging.disable_progress_bar()
     try:
-        pipe = FluxPipeline.from_pretrained(folder).to(device)  # saved in fp32, loads in fp32
+        pipe = pipeline_class.from_pretrained(folder).to(device)  # saved in fp32, loads in fp32
     finally:
         if shown:
             diffusers_logging.enable_progress_bar()
@@ -75,9 +105,28 @@ class ScenePrompt:
 def prompt_set(count: int, held_out: int, seed: int = 2026) -> list[ScenePrompt]:
     """A fixed prompt set: ``count - held_out`` prompts from the training split, then ``held_out`` from the held-out
     split (object combinations the model never saw); each with its own generation seed."""
+    scenes = _draw(sample_scene, count, held_out, seed)
+    return [ScenePrompt(s.prompt, s, is_held_out(s.prompt), seed * 1000 + i) for i, s in enumerate(scenes)]
+
+
+def _draw(sample: Any, count: int, held_out: int, seed: int) -> list[Any]:
+    """``count - held_out`` draws of ``sample(rng)`` from the training split, then ``held_out`` from the held-out."""
     if not 0 <= held_out <= count:
         raise ValueError(f"held_out={held_out} must be between 0 and count={count}")
     rng = np.random.default_rng(seed)
-    scenes = [sample_scene(rng) for _ in range(count - held_out)]
-    scenes += [sample_scene(rng, held_out=True) for _ in range(held_out)]
-    return [ScenePrompt(s.prompt, s, is_held_out(s.prompt), seed * 1000 + i) for i, s in enumerate(scenes)]
+    return [sample(rng) for _ in range(count - held_out)] + [sample(rng, held_out=True) for _ in range(held_out)]
+
+
+@dataclass(frozen=True)
+class ClipPrompt:
+    prompt: str
+    clip: Clip
+    held_out: bool
+    seed: int
+
+
+def clip_prompt_set(count: int, held_out: int, seed: int = 2026) -> list[ClipPrompt]:
+    """A fixed set of clip prompts, as ``prompt_set``: ``count - held_out`` from the training split, then ``held_out``
+    from the held-out split (colour, shape and direction combinations the video model never saw)."""
+    clips = _draw(sample_clip, count, held_out, seed)
+    return [ClipPrompt(c.prompt, c, is_held_out_clip(c.prompt), seed * 1000 + i) for i, c in enumerate(clips)]

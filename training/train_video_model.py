@@ -2,12 +2,10 @@
 
     python training/train_video_model.py            # fp32, fixed seed, 2 CPU threads (the report records minutes)
 
-Status: no model ships yet, because the VAE stage does not learn in its budget. With the defaults below, 1500 steps
-(21 minutes) bring its L1 from 0.43 to 0.23, little better than a constant grey guess, and the checker reads 0 of
-16 round trips. ``benchmarks/video_vae_probe.py`` compares autoencoders on single frames (BENCHMARKS.md, "Video"):
-this one learns more slowly than the scenes model's 2-D ``AutoencoderKL``; ``is_residual=True`` (Wan2.2's shortcuts)
-closes part of the gap. Two runs logged the same losses at every step they shared.
-The rest of the script (data, text encoder, transformer, report) runs end to end on a few steps.
+The VAE is the part that needed care: with the scenes model's recipe (plain ``AutoencoderKLWan`` layout, L1), 1500
+steps stayed near a flat grey guess and the checker read none of its round trips. Two changes made it learn (the
+probe ``benchmarks/video_vae_probe.py`` and BENCHMARKS.md, "Video", compare them): Wan2.2's layout (2x2 pixel patches
+in, residual shortcuts, one 2x downsampling inside) and a squared-error term beside the L1.
 
 Writes a diffusers folder (``WanPipeline.from_pretrained`` loads it) to ``tools/models/clips-wan``, with
 ``training_report.json`` beside the weights. Every random draw comes from the seed and the run is single-process fp32
@@ -17,16 +15,17 @@ with a fixed thread count, so a rerun on the same kind of machine reproduces the
 
 - a T5 unigram tokenizer of the clip grammar's words and a 2-layer UMT5 encoder (Wan's text encoder class),
   trained jointly with the transformer;
-- a VAE (``AutoencoderKLWan``: 4x spatial, 2x temporal, 8 latent channels; 9 frames -> 5 latent frames of 16x16)
-  trained on clips, its per-channel latent mean and spread measured on the data and stored in its config, where the
-  pipeline reads them;
+- a VAE (``AutoencoderKLWan`` in Wan2.2's layout: 2x2 patches, residual shortcuts, 4x spatial and 2x temporal in
+  all, 8 latent channels; 9 frames -> 5 latent frames of 16x16) trained on clips, its per-channel latent mean and
+  spread measured on the data and stored in its config, where the pipeline reads them;
 - a ``WanTransformer3DModel`` (2x2 patches: 8x8 tokens a latent frame, 4x4 in a half-resolution sketch) trained by
   rectified flow on 64-pixel clips and on the same clips downsampled 2x2 (32 pixels, the layout a sketch must get
   right), with the shipped scheduler's static shift and 10% caption dropout (the empty prompt), so classifier-free
   guidance (``guidance_scale > 1``, WanPipeline's default 5) works.
 
 The scheduler is diffusers' Euler flow-matching one, which Fresco's Wan adapter runs (Wan's own repositories ship
-UniPC). Pass ``max_sequence_length=TEXT_TOKENS`` to the pipeline, as for the scenes model.
+UniPC). Pass ``max_sequence_length=TEXT_TOKENS`` to the pipeline, as for the scenes model
+(``fresco_plugin.tools.shipped_model.load_clips_pipeline`` and its ``CLIP_*`` constants).
 """
 
 from __future__ import annotations
@@ -42,16 +41,18 @@ from diffusers import WanPipeline
 from train_scenes_model import cosine_lr
 
 from fresco_plugin.tools.scenes import BACKGROUNDS, COLORS, SHAPES
+from fresco_plugin.tools.shipped_model import CLIP_FRAMES, CLIP_SIZE, CLIP_TEXT_TOKENS
 from fresco_plugin.tools.video_scenes import DIRECTIONS, check_clip, render_clip, sample_clip
 
 OUTPUT = Path(__file__).resolve().parents[1] / "tools" / "models" / "clips-wan"
-SIZE, FRAMES = 64, 9
-TEXT_TOKENS = 12  # the T5 sequence length the model is trained with ("a red circle moving right on a ..." is 10)
+SIZE, FRAMES = CLIP_SIZE, CLIP_FRAMES  # 64 pixels, 9 frames
+TEXT_TOKENS = CLIP_TEXT_TOKENS  # 12, the T5 sequence length ("a red circle moving right on a ..." is 10 tokens)
 TEXT_WIDTH = 64
 SHIFT = 3.0  # the scheduler's static shift (Wan's 480p value; about FLUX's token-count shift at 320 tokens)
 LATENT_CHANNELS = 8
-VAE = dict(base_dim=16, z_dim=LATENT_CHANNELS, dim_mult=[1, 2, 2], num_res_blocks=1, temperal_downsample=[False, True],
-           scale_factor_temporal=2, scale_factor_spatial=4)
+VAE = dict(base_dim=16, z_dim=LATENT_CHANNELS, dim_mult=[2, 2], num_res_blocks=1, temperal_downsample=[True],
+           is_residual=True, patch_size=2, in_channels=12, out_channels=12, scale_factor_temporal=2,
+           scale_factor_spatial=4)
 
 
 def transformer_config(heads: int, layers: int, text_width: int = TEXT_WIDTH) -> dict:
@@ -106,15 +107,17 @@ def train_vae(vae, steps: int, rng: np.random.Generator, device: torch.device, l
             videos = torch.stack([v[..., y:y + SIZE // 2, x:x + SIZE // 2] for v, (y, x) in zip(videos, corners)])
         videos = videos.to(device)
         posterior = vae.encode(videos).latent_dist
-        # as for the scenes model: a plain autoencoder on the posterior mean, L1 for sharp edges, a tiny KL for scale
+        # as for the scenes model: a plain autoencoder on the posterior mean, L1 for sharp edges, a tiny KL for scale;
+        # plus squared error, whose pull grows with the miss (this VAE otherwise sits long near a flat grey guess)
         decoded = vae.decode(posterior.mean).sample
-        loss = (decoded - videos).abs().mean() + 1e-6 * posterior.kl().mean()
+        l1 = (decoded - videos).abs().mean()
+        loss = l1 + 4 * (decoded - videos).pow(2).mean() + 1e-6 * posterior.kl().mean()
         loss.backward()
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(1e-3, step, steps)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        recent = [*recent[-99:], loss.item()]
+        recent = [*recent[-99:], l1.item()]
         if step % 100 == 0 or step == steps - 1:  # the mean over crops and whole clips alike
             log(f"vae step {step}/{steps} l1 {np.mean(recent):.4f} (last 100 steps)")
     vae.eval().requires_grad_(False)
@@ -252,7 +255,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", type=Path, default=OUTPUT)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--vae-steps", type=int, default=1500)
+    parser.add_argument("--vae-steps", type=int, default=2000)
     parser.add_argument("--clips", type=int, default=4096, help="training clips encoded at 64 and 32 pixels")
     parser.add_argument("--transformer-steps", type=int, default=4500)
     parser.add_argument("--heads", type=int, default=4, help="attention heads of 32 channels (width = 32 x heads)")
