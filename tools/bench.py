@@ -599,6 +599,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--distilled", action="store_true",
                         help="the distilled regime instead: the dev-like and schnell-like students of the shipped "
                              "model (methods: " + ", ".join(m.name for m in distilled_methods()) + ")")
+    parser.add_argument("--video", action="store_true",
+                        help="the video benchmark instead, on the shipped video model: Fresco at 3x, 5x and 10x "
+                             "against fewer steps at equal FLOPs, adherence, realism per frame, motion and flicker "
+                             "(writes bench_video.json and bench_video_frames.png)")
     parser.add_argument("--quick", action="store_true",
                         help="3 prompts; checks sanity only (every method runs, finite figures, exact baseline repeat)")
     parser.add_argument("--only", nargs="+", metavar="METHOD",
@@ -611,6 +615,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.video:
+        from .video_bench import main as video_main
+
+        return video_main(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     count, held_out = (3, 1) if args.quick else (args.prompts, args.held_out)

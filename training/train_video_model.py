@@ -3,9 +3,11 @@
     python training/train_video_model.py            # fp32, fixed seed, 2 CPU threads (the report records minutes)
 
 The VAE is the part that needed care: with the scenes model's recipe (plain ``AutoencoderKLWan`` layout, L1), 1500
-steps stayed near a flat grey guess and the checker read none of its round trips. Two changes made it learn (the
-probe ``benchmarks/video_vae_probe.py`` and BENCHMARKS.md, "Video", compare them): Wan2.2's layout (2x2 pixel patches
-in, residual shortcuts, one 2x downsampling inside) and a squared-error term beside the L1.
+steps stayed near a flat grey guess and the checker read none of its round trips. With Wan2.2's layout (2x2 pixel
+patches in, residual shortcuts, one 2x downsampling inside) and a squared-error term beside the L1 it learns: 2000
+steps, 15 of 16 round trips pass. ``benchmarks/video_vae_probe.py`` (BENCHMARKS.md, "Video") compares them on single
+frames: the residual shortcuts do most of it, the patches cut a step's time by a third, the squared error helps a
+little.
 
 Writes a diffusers folder (``WanPipeline.from_pretrained`` loads it) to ``tools/models/clips-wan``, with
 ``training_report.json`` beside the weights. Every random draw comes from the seed and the run is single-process fp32

@@ -1,0 +1,133 @@
+"""The shipped video model, ``fresco bench --video``, ``fresco demo --video`` and the multi-process video job on it
+(sanity only: no quality thresholds beyond the VAE's own round trip)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fresco_plugin import FrescoConfig, apply_fresco, remove_fresco
+from fresco_plugin.tools.cli import main
+from fresco_plugin.tools.shipped_model import (
+    CLIP_FRAMES,
+    CLIP_GUIDANCE_SCALE,
+    CLIP_SIZE,
+    CLIP_TEXT_TOKENS,
+    CLIPS_DIR,
+    clip_prompt_set,
+    load_clips_pipeline,
+)
+from fresco_plugin.tools.video_bench import BUDGETS, video_methods
+from fresco_plugin.tools.video_scenes import check_clip, render_clip
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "wan_multi_gpu.py"
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return load_clips_pipeline(progress=False)
+
+
+def _call(pipe, prompt, **kwargs):
+    """A 10-step clip (Fresco's plan fixes its own steps: pass ``num_inference_steps=None`` to leave it out)."""
+    args = dict(height=CLIP_SIZE, width=CLIP_SIZE, num_frames=CLIP_FRAMES, max_sequence_length=CLIP_TEXT_TOKENS,
+                num_inference_steps=10, output_type="np", generator=torch.Generator().manual_seed(0))
+    args = {k: v for k, v in {**args, **kwargs}.items() if v is not None}
+    return pipe(prompt, **args).frames[0]
+
+
+def test_the_video_model_loads_offline_with_the_stock_from_pretrained(monkeypatch):
+    from diffusers import WanPipeline
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    loaded = WanPipeline.from_pretrained(CLIPS_DIR)
+    assert loaded.vae_scale_factor_spatial == 4 and loaded.vae_scale_factor_temporal == 2
+    size = sum(f.stat().st_size for f in CLIPS_DIR.rglob("*") if f.is_file())
+    assert size < 40e6  # the issue's cap on a shipped model
+    params = sum(p.numel() for p in loaded.transformer.parameters())
+    assert 1e6 < params < 1e7
+
+
+def test_its_vae_round_trips_keep_what_the_checker_reads(pipe):
+    """The VAE must keep colour, shape and motion (what the transformer is trained to produce), or no sampler can
+    pass the checker; the training report records the same reading on other clips."""
+    prompts = clip_prompt_set(16, 4, seed=11)
+    truth = np.stack([render_clip(p.clip, CLIP_FRAMES, CLIP_SIZE) for p in prompts])
+    videos = torch.from_numpy(truth).permute(0, 4, 1, 2, 3) * 2 - 1
+    with torch.no_grad():
+        decoded = pipe.vae.decode(pipe.vae.encode(videos).latent_dist.mean).sample
+    frames = ((decoded.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 4, 1).numpy()
+    passed = [check_clip(f, p.prompt).passed for f, p in zip(frames, prompts)]
+    assert sum(passed) >= 12, passed
+
+
+def test_the_guidance_scale_shipped_is_the_reports_best_on_held_out_prompts():
+    report = json.loads((CLIPS_DIR / "training_report.json").read_text())["adherence"]
+    scales = {1.0: report["held_out/generated"]["whole"]}
+    scales.update({float(k.removeprefix("held_out/generated_cfg")): v["whole"] for k, v in report.items()
+                   if k.startswith("held_out/generated_cfg")})
+    assert max(scales, key=scales.get) == CLIP_GUIDANCE_SCALE
+
+
+def test_fresco_runs_on_it_guided_and_leaves_it_stock(pipe):
+    prompt = "a blue square moving up on a checkered background"
+    stock = _call(pipe, prompt, guidance_scale=CLIP_GUIDANCE_SCALE)
+    apply_fresco(pipe, FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(4, 6)))
+    fresco = _call(pipe, prompt, guidance_scale=CLIP_GUIDANCE_SCALE, num_inference_steps=None)
+    remove_fresco(pipe)
+    assert fresco.shape == stock.shape == (CLIP_FRAMES, CLIP_SIZE, CLIP_SIZE, 3) and np.isfinite(fresco).all()
+    assert not np.array_equal(fresco, stock)
+    assert np.array_equal(_call(pipe, prompt, guidance_scale=CLIP_GUIDANCE_SCALE), stock)
+
+
+def test_quick_video_bench_runs_every_method_and_repeats_the_baseline_exactly(tmp_path, capsys):
+    assert main(["bench", "--video", "--quick", "--regime", "guided", "--resamples", "50", "--out",
+                 str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "bench_video.json").read_text())
+    steps = report["equal_flops_steps"]
+    assert steps["10x"] < steps["5x"] < steps["3x"] < 50
+    rows = report["regimes"]["guided"]["methods"]
+    assert [r["method"] for r in rows] == [m.name for m in video_methods()] + ["baseline (timed again)"]
+    assert rows[-1]["identical_to_baseline"] and report["regimes"]["guided"]["guidance_scale"] == CLIP_GUIDANCE_SCALE
+    by_name = {r["method"]: r for r in rows}
+    for budget in BUDGETS:
+        fresco, peer = by_name[f"fresco@{budget}"], by_name[f"steps@{budget}"]
+        assert fresco["versus_fewer_steps"]["method"] == f"steps@{budget}"
+        assert abs(peer["flops_ratio"] / fresco["flops_ratio"] - 1) < 0.25  # FLOPs peers: within a stock step
+        low, high = fresco["flicker"]["ci"]
+        assert low <= fresco["flicker"]["value"] <= high
+    strip = Image.open(tmp_path / "bench_video_frames.png")
+    assert strip.size == (CLIP_FRAMES * CLIP_SIZE, 2 * 5 * CLIP_SIZE)  # 2 prompts x 5 methods, 9 frames each
+    assert "| fresco@5x |" in capsys.readouterr().out
+
+
+def test_video_demo_writes_a_gif_and_a_frame_strip(tmp_path, capsys):
+    out = tmp_path / "demo.png"
+    assert main(["demo", "--video", "--prompts", "1", "--repeats", "1", "--out", str(out)]) == 0
+    gif = Image.open(tmp_path / "demo.gif")
+    assert gif.n_frames == CLIP_FRAMES and gif.size[0] == 5 * 2 * CLIP_SIZE  # stock, Fresco x3, fewer steps
+    assert Image.open(out).size == (CLIP_FRAMES * 2 * CLIP_SIZE, 5 * 2 * CLIP_SIZE)
+    printed = capsys.readouterr().out
+    assert "| Fresco 5x |" in printed and "(FLOPs of Fresco 10x)" in printed
+
+
+@pytest.mark.multiprocess
+def test_two_processes_under_context_parallelism_give_the_single_process_clip(tmp_path):
+    def launch(ranks):
+        latents = tmp_path / f"{ranks}.pt"
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks),
+                   str(EXAMPLE), "--shipped", "--baseline-steps", "10", "--out", str(tmp_path / f"{ranks}.gif"),
+                   "--latents", str(latents)]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, f"stdout:\n{result.stdout[-1500:]}\nstderr:\n{result.stderr[-3000:]}"
+        assert f"{ranks} ranks, image tokens per step" in result.stdout
+        return torch.load(latents)
+
+    parallel, single = launch(2), launch(1)
+    assert parallel.shape == single.shape and torch.allclose(parallel, single, atol=1e-4)
+    assert Image.open(tmp_path / "2.gif").n_frames == CLIP_FRAMES
