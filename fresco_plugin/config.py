@@ -15,6 +15,7 @@ Expansion = Literal["hadamard", "nearest", "dct"]
 NoiseSource = Literal["generator", "hash"]
 PositionMode = Literal["center", "anchor"]
 PositionUnits = Literal["stage", "final"]
+PromotionUnit = Literal["token", "tube"]
 
 # Bounds that keep planning linear and every sigma finite; far beyond any real use.
 MAX_STAGES = 8
@@ -97,6 +98,10 @@ class FrescoConfig:
     promotion_order: PromotionOrder = "settled_first"
     """``settled_first`` promotes the lowest scores (converged tokens, the paper); ``unsettled_first`` the highest
     (AViTS' reading)."""
+    promotion_unit: PromotionUnit = "token"
+    """What a promotion round decides on in a video: ``token``, each token alone, or ``tube``, the tokens at one place
+    in every frame together (on their mean score; the ratio then counts places), so where the resolution changes stays
+    put from frame to frame. Pictures have one frame: both are the same."""
     score: str = "x0_step_variance"
     """Convergence score, by name in the score registry. ``x0_step_variance``: the variance of each token's
     predicted clean latent over recent steps (on the clean prediction, so the steady fall of the noise level does
@@ -152,8 +157,8 @@ class FrescoConfig:
         object.__setattr__(self, "promotion_ratio", _number("promotion_ratio", self.promotion_ratio))
         if self.promotion_threshold is not None:
             object.__setattr__(self, "promotion_threshold", _number("promotion_threshold", self.promotion_threshold))
-        for name in ("promotion_order", "score", "strategy", "expansion", "noise_source", "position_mode",
-                     "position_units"):
+        for name in ("promotion_order", "promotion_unit", "score", "strategy", "expansion", "noise_source",
+                     "position_mode", "position_units"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"FrescoConfig.{name}={getattr(self, name)!r}: give a name (a string)")
         if not isinstance(self.strategy_options, Mapping) or not all(isinstance(k, str) for k in self.strategy_options):
@@ -215,6 +220,9 @@ class FrescoConfig:
             raise ValueError(
                 f"FrescoConfig.promotion_order={self.promotion_order!r}; use 'settled_first' or 'unsettled_first'"
             )
+        if self.promotion_unit not in ("token", "tube"):
+            raise ValueError(f"FrescoConfig.promotion_unit={self.promotion_unit!r}; use 'token' (each token decides "
+                             "alone) or 'tube' (a place decides for every frame of a video)")
         if not 1 <= self.token_multiple <= MAX_TOKEN_MULTIPLE:
             raise ValueError(f"FrescoConfig.token_multiple={self.token_multiple}: use a whole number in "
                              f"[1, {MAX_TOKEN_MULTIPLE}] (a context-parallel degree)")

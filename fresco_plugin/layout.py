@@ -118,6 +118,11 @@ class TokenLayout:
             raise ValueError(f"unknown position mode {mode!r}; use 'center' or 'anchor'")
         return torch.stack([self.frame.to(torch.float32), rows / base, cols / base], dim=-1)
 
+    def places(self) -> torch.Tensor:
+        """``(B, N)`` int64: one id per level, row and col, the same in every frame (a token's space-time tube)."""
+        rows, cols = int(self.row.max()) + 1, int(self.col.max()) + 1
+        return (self.level * rows + self.row) * cols + self.col
+
     def gather(self, index: torch.Tensor) -> TokenLayout:
         return TokenLayout(*(t.gather(1, index) for t in (self.level, self.frame, self.row, self.col)))
 

@@ -127,6 +127,7 @@ def sample(
                 promote = agree(select_promotions(
                     scores, candidates, ratio=config.promotion_ratio, threshold=config.promotion_threshold,
                     order=config.promotion_order, token_multiple=config.token_multiple,
+                    tubes=layout.places() if config.promotion_unit == "tube" else None,
                 ))
                 restart = sigmas[local + 1]
                 if not bool(promote.any()):

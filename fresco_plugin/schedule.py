@@ -264,8 +264,10 @@ def plan_token_counts(config: FrescoConfig, stages: Sequence[StagePlan], rows: i
         for local in range(stage.num_steps):
             per_step.append(sum(counts.values()))
             if local + 1 in stage.promotion_after:
-                promoted = divisible_count(round(counts[stage.level] * config.promotion_ratio), counts[stage.level],
-                                           sum(counts.values()), config.token_multiple)
+                unit = frames if config.promotion_unit == "tube" else 1  # tokens a promoted unit holds
+                units = counts[stage.level] // unit
+                promoted = unit * divisible_count(round(units * config.promotion_ratio), units,
+                                                  sum(counts.values()), config.token_multiple, unit)
                 counts[stage.level] -= promoted
                 counts[stage.level - 1] = counts.get(stage.level - 1, 0) + 4 * promoted
         if stage.index + 1 < len(stages):

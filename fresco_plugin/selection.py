@@ -45,14 +45,15 @@ def channel_variance(history: Sequence[StepRecord]) -> torch.Tensor:
     return history[-1].denoised.float().var(dim=-1, unbiased=True)
 
 
-def divisible_count(wanted: int, candidates: int, tokens: int, multiple: int) -> int:
+def divisible_count(wanted: int, candidates: int, tokens: int, multiple: int, unit: int = 1) -> int:
     """The promotion count nearest ``wanted`` (within ``0..candidates``) that keeps the token count a multiple of
-    ``multiple``: promoting ``k`` tokens turns ``tokens`` into ``tokens + 3k``. Ties go to the smaller count."""
+    ``multiple``: promoting ``k`` units of ``unit`` tokens each turns ``tokens`` into ``tokens + 3 * k * unit``. Ties
+    go to the smaller count."""
     if multiple == 1:
         return wanted
     for offset in range(multiple + 1):
         for k in (wanted - offset, wanted + offset):
-            if 0 <= k <= candidates and (tokens + 3 * k) % multiple == 0:
+            if 0 <= k <= candidates and (tokens + 3 * k * unit) % multiple == 0:
                 return k
     return 0
 
@@ -65,6 +66,7 @@ def select_promotions(
     threshold: float | None,
     order: str,
     token_multiple: int = 1,
+    tubes: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mask ``(B, N)`` of the candidates to promote.
 
@@ -72,7 +74,14 @@ def select_promotions(
     promotes the candidates whose score passes it; the caller samples such images one by one. Either count is moved to
     the nearest one that keeps the token count a multiple of ``token_multiple`` (a sequence-parallel degree). Ties are
     broken by token index (a stable sort), so the choice is deterministic.
+
+    ``tubes`` (``(B, N)`` int64, an id per candidate's place in its frame) makes the tokens of one place in every frame
+    decide together on their mean score, so a promotion boundary stays where it is from frame to frame; the ratio and
+    the threshold then count tubes.
     """
+    tokens, unit, token_candidates = candidates.shape[1], 1, candidates
+    if tubes is not None:
+        scores, candidates, unit = _tube_scores(scores, candidates, tubes)
     settled_first = order == "settled_first"
     key = scores.float() if settled_first else -scores.float()
     key = torch.where(candidates, key, torch.inf)
@@ -83,7 +92,21 @@ def select_promotions(
         passes = (scores <= threshold) if settled_first else (scores >= threshold)
         count = (passes & candidates).sum(dim=1)
     if token_multiple > 1:
-        count = torch.tensor([divisible_count(int(k), int(n), candidates.shape[1], token_multiple)
+        count = torch.tensor([divisible_count(int(k), int(n), tokens, token_multiple, unit)
                               for k, n in zip(count.tolist(), num_candidates.tolist())], device=count.device)
     ranks = torch.argsort(torch.argsort(key, dim=1, stable=True), dim=1)
-    return (ranks < count.unsqueeze(1)) & candidates
+    chosen = (ranks < count.unsqueeze(1)) & candidates
+    return chosen if tubes is None else chosen.gather(1, tubes) & token_candidates
+
+
+def _tube_scores(scores: torch.Tensor, candidates: torch.Tensor,
+                 tubes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Per tube id: the mean score of its candidate tokens, whether it has any, and the tokens a tube holds."""
+    width = int(tubes.max()) + 1
+    held = torch.zeros(scores.shape[0], width, device=scores.device).scatter_add_(1, tubes, candidates.float())
+    total = torch.zeros_like(held).scatter_add_(1, tubes, torch.where(candidates, scores.float(), 0.0))
+    has = held > 0
+    sizes = held[has].unique()
+    if sizes.numel() > 1:
+        raise ValueError(f"promotion by tube needs tubes of one length; these hold {sizes.long().tolist()} tokens")
+    return total / held.clamp(min=1), has, int(sizes[0]) if sizes.numel() else 1

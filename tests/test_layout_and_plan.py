@@ -4,7 +4,7 @@ import torch
 from fresco_plugin import FrescoConfig
 from fresco_plugin.layout import TokenGeometry, TokenLayout, pack, unpack
 from fresco_plugin.schedule import flux_mu, plan_stages, shift_sigmas
-from fresco_plugin.selection import select_promotions
+from fresco_plugin.selection import divisible_count, select_promotions
 
 GEOMETRY = TokenGeometry(channels=16, patch=2, rows=8, cols=6)
 CPU = torch.device("cpu")
@@ -68,6 +68,23 @@ def test_selection_by_ratio_threshold_and_order():
     assert by_threshold.tolist() == [[False, True, False, True]]
     candidates[0, 1] = False  # finer tokens are never candidates
     assert not select_promotions(scores, candidates, ratio=0.5, threshold=None, order="settled_first")[0, 1]
+
+
+def test_selection_by_tube_ranks_places_on_their_mean_score():
+    # two frames of three places: place 0 is settled in one frame only, place 1 in both (lowest mean), place 2 in none
+    scores = torch.tensor([[0.0, 0.2, 0.9, 1.0, 0.2, 0.9]])
+    tubes = torch.tensor([[0, 1, 2, 0, 1, 2]])
+    candidates = torch.ones(1, 6, dtype=torch.bool)
+    by_token = select_promotions(scores, candidates, ratio=1 / 3, threshold=None, order="settled_first")
+    assert by_token.tolist() == [[True, True, False, False, False, False]]  # two tokens of two different places
+    by_tube = select_promotions(scores, candidates, ratio=1 / 3, threshold=None, order="settled_first", tubes=tubes)
+    assert by_tube.tolist() == [[False, True, False, False, True, False]]
+    by_threshold = select_promotions(scores, candidates, ratio=1.0, threshold=0.6, order="settled_first", tubes=tubes)
+    assert by_threshold.tolist() == [[True, True, False, True, True, False]]  # means 0.5 and 0.2 pass
+    # a promoted place adds 3 tokens per frame: 6 + 6k is a multiple of 8 first at k = 3 places (6 + 3k never is)
+    multiple = select_promotions(scores, candidates, ratio=1 / 3, threshold=None, order="settled_first",
+                                 tubes=tubes, token_multiple=8)
+    assert multiple.all() and divisible_count(1, 3, 6, 8, unit=2) == 3 and divisible_count(1, 3, 6, 8) == 0
 
 
 def test_plan_lays_out_stages_and_rounds():

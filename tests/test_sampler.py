@@ -7,7 +7,7 @@ from fresco_plugin import FrescoConfig
 from fresco_plugin.layout import TokenGeometry, TokenLayout, pack
 from fresco_plugin.noise import FreshNoise, NoiseField
 from fresco_plugin.sampler import min_score_history, sample
-from fresco_plugin.schedule import plan_stages, static_schedules
+from fresco_plugin.schedule import plan_stages, plan_token_counts, static_schedules
 
 GEOMETRY = TokenGeometry(channels=4, patch=2, rows=16, cols=12)
 
@@ -97,6 +97,27 @@ def test_resolution_maps_say_which_tokens_ran_at_full_resolution_from_which_step
     # each promoted token covers a whole 2x2 block of the full grid
     blocks = (mixed == 0).view(GEOMETRY.rows // 2, 2, GEOMETRY.cols // 2, 2).sum((1, 3))
     assert set(blocks.unique().tolist()) == {0, 4}
+
+
+@pytest.mark.parametrize("unit", ["token", "tube"])
+def test_tube_promotion_keeps_each_place_at_one_resolution_in_every_frame(unit):
+    video = TokenGeometry(channels=4, patch=2, rows=8, cols=8, frames=3)
+    config = FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(4, 2), promotion_ratio=0.25, promotion_unit=unit)
+    stages = plan_stages(config, None, min_score_history=min_score_history(config))
+    field = NoiseField.from_hash([5], video.channels, video.rows * 2, video.cols * 2, frames=3)
+    first = field.tokens(TokenLayout.uniform(1, video, stages[0].level, torch.device("cpu")), video)
+
+    def frame_dependent(latents, positions, step):  # each frame settles at its own pace, so frames rank differently
+        return latents * (1.0 + 0.3 * positions[..., :1]) / step.sigma
+
+    result = sample(frame_dependent, first, config=config, stages=stages,
+                    schedules=static_schedules(stages, shift=3.0), geometry=video, field=field)
+    mixed = result.resolution_maps[1][1][0] == 0  # (frames, rows, cols): ran at full resolution after the round
+    assert list(result.tokens_per_step) == plan_token_counts(config, stages, video.rows, video.cols, 3)
+    if unit == "tube":  # a quarter of the 16 sketch places, each in all 3 frames
+        assert all(torch.equal(mixed[0], frame) for frame in mixed) and int(mixed[0].sum()) == 4 * 4
+    else:  # a quarter of the 48 sketch tokens, chosen frame by frame
+        assert not all(torch.equal(mixed[0], frame) for frame in mixed) and int(mixed.sum()) == 12 * 4
 
 
 @pytest.mark.parametrize("units, sketch_cols", [("stage", [0.0, 1.0, 2.0]), ("final", [0.5, 2.5, 4.5])])
