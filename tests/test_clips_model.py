@@ -22,7 +22,13 @@ from fresco_plugin.tools.shipped_model import (
     clip_prompt_set,
     load_clips_pipeline,
 )
-from fresco_plugin.tools.video_bench import BUDGETS, video_methods
+from fresco_plugin.tools.video_bench import (
+    BUDGETS,
+    full_resolution_step,
+    moving_boundaries,
+    region_flicker,
+    video_methods,
+)
 from fresco_plugin.tools.video_scenes import check_clip, render_clip
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "wan_multi_gpu.py"
@@ -85,6 +91,24 @@ def test_fresco_runs_on_it_guided_and_leaves_it_stock(pipe):
     assert np.array_equal(_call(pipe, prompt, guidance_scale=CLIP_GUIDANCE_SCALE), stock)
 
 
+def test_flicker_where_promotion_boundaries_move_reads_the_places_and_frames_they_touch():
+    sketch = torch.ones(1, 5, 2, 2, dtype=torch.int8)
+    mixed = sketch.clone()
+    mixed[0, 3, 0, 1] = 0  # one place of latent frame 3 promoted at step 2, the others at step 4
+    promoted_at = full_resolution_step([(0, sketch), (2, mixed), (4, torch.zeros_like(sketch))])
+    assert promoted_at.shape == (5, 2, 2) and promoted_at[3, 0, 1] == 2 and (promoted_at[promoted_at != 2] == 4).all()
+    region = moving_boundaries(promoted_at, frames=9, size=8)
+    assert region.shape == (7, 8, 8)
+    # latent frames 2, 3, 4 (clip frames 3-8) touch the boundary at place (0, 1): second differences centred on 2-7
+    touched = np.zeros((7, 8, 8), dtype=bool)
+    touched[1:7, :4, 4:] = True
+    assert np.array_equal(region, touched)
+    frames = np.zeros((9, 8, 8, 3))
+    frames[5, :4, 4:] = 1.0  # a pixel flash inside the boundary place: 1, 2, 1 in the second difference
+    assert region_flicker(frames, region) == pytest.approx(4 / 6)
+    assert np.isnan(region_flicker(frames, np.zeros_like(region)))
+
+
 def test_quick_video_bench_runs_every_method_and_repeats_the_baseline_exactly(tmp_path, capsys):
     assert main(["bench", "--video", "--quick", "--regime", "guided", "--resamples", "50", "--out",
                  str(tmp_path)]) == 0
@@ -101,6 +125,7 @@ def test_quick_video_bench_runs_every_method_and_repeats_the_baseline_exactly(tm
         assert abs(peer["flops_ratio"] / fresco["flops_ratio"] - 1) < 0.25  # FLOPs peers: within a stock step
         low, high = fresco["flicker"]["ci"]
         assert low <= fresco["flicker"]["value"] <= high
+        assert 0 < fresco["boundary_flicker"]["share"] < 1 and peer["boundary_flicker"] is None
     strip = Image.open(tmp_path / "bench_video_frames.png")
     assert strip.size == (CLIP_FRAMES * CLIP_SIZE, 2 * 5 * CLIP_SIZE)  # 2 prompts x 5 methods, 9 frames each
     assert "| fresco@5x |" in capsys.readouterr().out

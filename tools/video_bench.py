@@ -15,6 +15,9 @@ Per method and regime, with 95% bootstrap intervals over prompts:
 - **temporal stability**: *motion error*, how far a clip's mean frame-to-frame change is from its true clip's (too
   still or too busy both count), and *flicker*, the mean absolute second difference in time (a pixel that brightens
   and dims again; a true clip's only comes from the moving object's edges), each over the true clip's own figure;
+  and for Fresco, flicker *where promotion boundaries move*: the second differences that touch a token promoted at
+  another step than the token at its place in a neighbouring latent frame, against the baseline's in the same
+  places of the same prompt and seed;
 - **compute**: transformer FLOPs counted from the forwards that ran, and wall time, both over the baseline's.
 
 Fresco's rows carry paired differences against the baseline and against fewer steps at equal FLOPs.
@@ -48,7 +51,8 @@ from .shipped_model import (
 )
 from .video_scenes import check_clip, clip_for_prompt, render_clip
 
-__all__ = ["BUDGETS", "REGIMES", "VideoMethod", "flicker", "motion", "run_video_benchmark", "video_methods"]
+__all__ = ["BUDGETS", "REGIMES", "VideoMethod", "flicker", "full_resolution_step", "motion", "moving_boundaries",
+           "region_flicker", "run_video_benchmark", "video_methods"]
 
 BASELINE_STEPS = 50
 BUDGETS = {"3x": "wan2.1-3x", "5x": "hunyuan-video-5x", "10x": "flux-dev-10x"}
@@ -84,6 +88,39 @@ def flicker(frames: np.ndarray) -> float:
     return float(np.abs(np.diff(frames.astype(np.float64), n=2, axis=0)).mean())
 
 
+def full_resolution_step(resolution_maps: Any) -> np.ndarray:
+    """``(frames, rows, cols)``: the step from which each latent token of the first clip ran at full resolution, read
+    from a Fresco run's resolution maps."""
+    first = None
+    for step, levels in resolution_maps:
+        full = levels[0].numpy() == 0
+        first = np.where(full, step, -1) if first is None else np.where((first < 0) & full, step, first)
+    return first
+
+
+def moving_boundaries(promoted_at: np.ndarray, frames: int, size: int) -> np.ndarray:
+    """``(frames - 2, size, size)`` mask of the second time differences (frames t-1, t, t+1) that touch a token
+    promoted at another step than the token at its place in a neighbouring latent frame: where a promotion boundary
+    moves in time. Latent frame 0 is clip frame 0; latent frame k >= 1 holds frames 2k-1 and 2k (the causal 2x time
+    compression of the shipped VAE)."""
+    moving = np.zeros(promoted_at.shape, dtype=bool)
+    differs = promoted_at[1:] != promoted_at[:-1]
+    moving[1:] |= differs
+    moving[:-1] |= differs
+    latent_of_frame = (np.arange(frames) + 1) // 2
+    block = size // promoted_at.shape[-1]
+    pixels = moving[latent_of_frame].repeat(block, axis=1).repeat(block, axis=2)
+    return pixels[:-2] | pixels[1:-1] | pixels[2:]
+
+
+def region_flicker(frames: np.ndarray, region: np.ndarray) -> float:
+    """Mean absolute second time difference over the entries of ``region`` (NaN when it is empty)."""
+    if not region.any():
+        return float("nan")
+    second = np.abs(np.diff(frames.astype(np.float64), n=2, axis=0)).mean(axis=-1)
+    return float(second[region].mean())
+
+
 class _Runner:
     """One clip prompt with one method in one regime on the shipped pipeline, Fresco applied around the call."""
 
@@ -98,8 +135,11 @@ class _Runner:
                                                                   max_sequence_length=CLIP_TEXT_TOKENS)[0]
         return self.embeddings[prompt]
 
-    def __call__(self, method: VideoMethod, prompt: ClipPrompt, guidance: float) -> tuple[torch.Tensor, float, int]:
-        from fresco_plugin import apply_fresco, remove_fresco
+    def __call__(self, method: VideoMethod, prompt: ClipPrompt,
+                 guidance: float) -> tuple[torch.Tensor, float, int, np.ndarray | None]:
+        """Latents, seconds, counted FLOPs and, for Fresco, the step at which each latent token (frame, row, col)
+        first ran at full resolution."""
+        from fresco_plugin import apply_fresco, last_fresco_run, remove_fresco
 
         kwargs: dict[str, Any] = dict(prompt_embeds=self.embed(prompt.prompt), height=CLIP_SIZE, width=CLIP_SIZE,
                                       num_frames=CLIP_FRAMES, guidance_scale=guidance, output_type="latent",
@@ -110,15 +150,18 @@ class _Runner:
             kwargs["num_inference_steps"] = method.steps
         if method.config is not None:
             apply_fresco(self.pipe, method.config)
+        promoted_at = None
         try:
             with ForwardRecorder(self.pipe.transformer) as recorder:
                 start = time.perf_counter()
                 latents = self.pipe(**kwargs).frames
                 seconds = time.perf_counter() - start
+            if method.config is not None:
+                promoted_at = full_resolution_step(last_fresco_run(self.pipe).resolution_maps)
         finally:
             if method.config is not None:
                 remove_fresco(self.pipe)
-        return latents, seconds, recorder.flops()
+        return latents, seconds, recorder.flops(), promoted_at
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> np.ndarray:
@@ -131,11 +174,15 @@ class _Runner:
         return self.pipe.video_processor.postprocess_video(video, output_type="np")[0]
 
 
-def equal_flops_steps(runner: _Runner, prompt: ClipPrompt) -> dict[str, int]:
-    """Per budget, the stock step count whose counted transformer FLOPs come nearest its Fresco plan's."""
+def equal_flops_steps(runner: _Runner, prompt: ClipPrompt, methods: list[VideoMethod] | None = None) -> dict[str, int]:
+    """Per budget, the stock step count whose counted transformer FLOPs come nearest its Fresco plan's: the first
+    Fresco method of ``methods`` at that budget (by default the benchmark's presets)."""
+    plans: dict[str, VideoMethod] = {}
+    for method in methods or video_methods():
+        if method.budget is not None and method.config is not None:
+            plans.setdefault(method.budget, method)
     one_step = runner(VideoMethod("one step", steps=1), prompt, 1.0)[2]
-    return {budget: max(1, round(runner(VideoMethod(preset, config=PRESETS[preset]), prompt, 1.0)[2] / one_step))
-            for budget, preset in BUDGETS.items()}
+    return {budget: max(1, round(runner(plan, prompt, 1.0)[2] / one_step)) for budget, plan in plans.items()}
 
 
 @dataclass
@@ -169,8 +216,11 @@ def _frame_rows(index: np.ndarray, frames: int) -> np.ndarray:
 
 
 def run_video_benchmark(prompts: list[ClipPrompt], *, regimes: tuple[str, ...] = tuple(REGIMES), pipe: Any = None,
-                        resamples: int = RESAMPLES, progress: bool = True) -> dict[str, Any]:
-    """Runs every method in every regime on every prompt (prompts outer) and returns all figures as a dict."""
+                        methods: list[VideoMethod] | None = None, resamples: int = RESAMPLES,
+                        progress: bool = True) -> dict[str, Any]:
+    """Runs every method (by default :func:`video_methods`; the first must be the 50-step baseline, and each Fresco
+    method's budget needs a ``steps@`` peer) in every regime on every prompt (prompts outer) and returns all figures
+    as a dict."""
     from tqdm.auto import tqdm
 
     unknown = set(regimes) - set(REGIMES)
@@ -180,18 +230,20 @@ def run_video_benchmark(prompts: list[ClipPrompt], *, regimes: tuple[str, ...] =
     pipe.set_progress_bar_config(disable=True)
     runner = _Runner(pipe)
     runner(VideoMethod("warm-up", steps=2), prompts[0], 1.0)  # first-call costs stay out of the timings
-    matched = equal_flops_steps(runner, prompts[0])
-    methods = [replace(m, steps=matched[m.budget]) if m.config is None and m.steps is None else m
-               for m in video_methods()]
+    methods = methods or video_methods()
+    matched = equal_flops_steps(runner, prompts[0], methods)
+    methods = [replace(m, steps=matched[m.budget]) if m.config is None and m.steps is None else m for m in methods]
     order = [*methods, replace(methods[0], name=REPEAT)]
-    runs = {r: {m.name: dict(latents=[], clips=[], seconds=[], flops=[]) for m in order} for r in regimes}
+    runs = {r: {m.name: dict(latents=[], clips=[], seconds=[], flops=[], promoted_at=[]) for m in order}
+            for r in regimes}
     bar = tqdm(total=len(prompts) * len(order) * len(regimes), desc="fresco bench --video", unit="run",
                disable=not progress)
     for prompt in prompts:
         for regime in regimes:
             for method in order:
-                latents, seconds, flops = runner(method, prompt, REGIMES[regime])
+                latents, seconds, flops, promoted_at = runner(method, prompt, REGIMES[regime])
                 r = runs[regime][method.name]
+                r["promoted_at"].append(promoted_at)
                 r["latents"].append(latents[0])
                 r["clips"].append(runner.decode(latents))
                 r["seconds"].append(seconds)
@@ -263,16 +315,31 @@ def _row(method: VideoMethod, runs: dict[str, dict[str, list]], scored: dict[str
         versus_baseline=_paired(s, scored["baseline"], truth_features, index),
         versus_fewer_steps=None if peer is None else dict(method=peer, **_paired(s, scored[peer], truth_features,
                                                                                  index)),
+        boundary_flicker=None if method.config is None else _boundary_flicker(r, base, index),
         identical_to_baseline=all(torch.equal(a, b) for a, b in zip(r["latents"], base["latents"])),
     )
+
+
+def _boundary_flicker(run: dict[str, list], base: dict[str, list], index: np.ndarray) -> dict[str, Any]:
+    """Flicker where the method's promotion boundaries move in time, minus the baseline's in the same places (same
+    prompt and seed), over the clips that have such places; with the share of second differences they cover."""
+    regions = [moving_boundaries(p, CLIP_FRAMES, CLIP_SIZE) for p in run["promoted_at"]]
+    difference = np.array([region_flicker(clip, region) - region_flicker(stock, region)
+                           for clip, stock, region in zip(run["clips"], base["clips"], regions)])
+    has = ~np.isnan(difference)
+    out: dict[str, Any] = dict(clips=int(has.sum()), share=float(np.mean([r.mean() for r in regions])))
+    if has.any():
+        resampled = np.random.default_rng(2).integers(int(has.sum()), size=(index.shape[0], int(has.sum())))
+        out["versus_baseline"] = _interval(difference[has].mean(), difference[has][resampled].mean(1))
+    return out
 
 
 def table(report: dict[str, Any], regime: str) -> str:
     lines = [f"{regime} (guidance_scale {report['regimes'][regime]['guidance_scale']:g}); [95% bootstrap interval]",
              "| method | steps | FLOPs ratio | wall ratio | adherence | held-out | motion | KID x1e3 (frames) | "
              "motion error x1e3 | flicker x1e3 | adherence - fewer steps | KID - fewer steps | "
-             "flicker - fewer steps x1e3 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "flicker - fewer steps x1e3 | flicker where promotion boundaries move - baseline x1e3 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     thousand = lambda e: dict(value=e["value"] * 1e3, ci=[v * 1e3 for v in e["ci"]])  # noqa: E731
     for r in report["regimes"][regime]["methods"]:
         held = _figure(r["whole_held_out"], 2) if "whole_held_out" in r else "-"
@@ -280,15 +347,18 @@ def table(report: dict[str, Any], regime: str) -> str:
         paired = ["-", "-", "-"] if versus is None else [f"{_figure(versus['adherence'], 2)} vs {versus['method']}",
                                                          _figure(versus["kid"], 2),
                                                          _figure(thousand(versus["flicker"]), 2)]
+        boundary = r["boundary_flicker"]
+        moving = "-" if boundary is None else "no moving boundary" if "versus_baseline" not in boundary else (
+            f"{_figure(thousand(boundary['versus_baseline']), 2)} ({boundary['share']:.0%} of entries)")
         steps = r["steps"] if r["steps"] is not None else "+".join(str(n) for n in r["config"]["stage_steps"])
         lines.append(f"| {r['method']} | {steps} | {r['flops_ratio']:.2f} | {r['wall_ratio']:.2f} | "
                      f"{_figure(r['whole'], 2)} | {held} | {_figure(r['motion'], 2)} | {_figure(r['kid'], 2)} | "
                      f"{_figure(thousand(r['motion_error']), 2)} | {_figure(thousand(r['flicker']), 2)} | "
-                     + " | ".join(paired) + " |")
+                     + " | ".join(paired) + f" | {moving} |")
     t = report["true_clips"]
     lines.append(f"| true clips (other draws of the same prompts) | - | - | - | {_figure(t['adherence'], 2)} | - | - | "
                  f"{_figure(t['kid'], 2)} | {_figure(thousand(t['motion_error']), 2)} | "
-                 f"{_figure(thousand(t['flicker']), 2)} | - | - | - |")
+                 f"{_figure(thousand(t['flicker']), 2)} | - | - | - | - |")
     return "\n".join(lines)
 
 

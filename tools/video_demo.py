@@ -63,7 +63,7 @@ def main(args: argparse.Namespace) -> int:
     with tqdm(total=len(prompts) * len(methods) * (args.repeats + 1), desc="fresco demo --video", unit="run") as bar:
         for prompt in prompts:
             for method in methods:
-                latents, _, counted = runner(method, prompt, guidance)
+                latents, _, counted, _ = runner(method, prompt, guidance)
                 clip = runner.decode(latents)
                 clips[method.name].append(clip)
                 passed[method.name] += check_clip(clip, prompt.prompt).passed

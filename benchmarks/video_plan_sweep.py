@@ -1,0 +1,93 @@
+"""Which plan shape keeps video realism at each budget? Candidate plans on the shipped video model, scored as
+``fresco bench --video`` scores them (frame KID, checker adherence, flicker, flicker where promotion boundaries move;
+95% bootstrap intervals), each against its own stock sampler at equal counted FLOPs, on a prompt set drawn with
+another seed than the bench's, so a plan chosen here is not chosen on the bench's own prompts.
+
+    python benchmarks/video_plan_sweep.py --set 5x --prompts 24 --held-out 8 --out sweep.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+
+from fresco_plugin.config import PRESETS, FrescoConfig
+from fresco_plugin.tools.bench import _json_safe
+from fresco_plugin.tools.shipped_model import clip_prompt_set
+from fresco_plugin.tools.video_bench import BASELINE_STEPS, BUDGETS, VideoMethod, run_video_benchmark
+
+# hunyuan-video-5x before this sweep: the paper's NFE (18), a 10-step sketch promoting a quarter, restart at the shift
+FIVE = FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(10, 8), promotion_ratio=0.25, restart_shift_scale=1.0)
+# the picture presets' rule at 5x: a 3-step sketch, ratio 0.1, restart at twice the shift
+RULE_FIVE = PRESETS["wan2.1-5x"]
+RESTARTS = (2.0, 3.0, 4.0)
+
+
+def candidates(name: str) -> list[tuple[str, str, FrescoConfig]]:
+    """(budget, label, plan) of a set; plans of one budget share a FLOPs peer."""
+    if name == "5x":  # the 5x preset's shape against the rule, and each change alone (two FLOPs, two peers)
+        return [("5x (10+8)", "old hunyuan-video-5x (10+8, ratio 0.25, restart x1)", FIVE),
+                ("5x (10+8)", "10+8, ratio 0.25, restart x2", replace(FIVE, restart_shift_scale=2.0)),
+                ("5x (3+9)", "rule (3+9, ratio 0.1, restart x2)", RULE_FIVE),
+                ("5x (3+9)", "3+9, ratio 0.1, restart x1", replace(RULE_FIVE, restart_shift_scale=1.0))]
+    plans = {"3x": PRESETS[BUDGETS["3x"]], "5x": RULE_FIVE, "10x": PRESETS[BUDGETS["10x"]]}
+    if name == "restart":  # unguided lost realism at every budget: restart higher still
+        return [(budget, f"{budget} restart x{scale:g}", replace(plan, restart_shift_scale=scale))
+                for budget, plan in plans.items() for scale in RESTARTS]
+    # tube: promotions decided per place for all frames at once, against token by token
+    return [(budget, f"{budget} by {unit}", replace(plan, promotion_unit=unit))
+            for budget, plan in plans.items() for unit in ("token", "tube")]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--set", default="5x", choices=["5x", "restart", "tube"],
+                        help="5x: the 5x preset's shape against the picture presets' rule, and each change alone; "
+                             "restart: each budget's plan with its full-resolution stage restarting at 2, 3 and 4 "
+                             "times its shift; tube: each budget's plan promoting token by token and by tube")
+    parser.add_argument("--prompts", type=int, default=24)
+    parser.add_argument("--held-out", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=7, help="prompt-set seed (the bench uses 2026)")
+    parser.add_argument("--regime", default="both", choices=["unguided", "guided", "both"])
+    parser.add_argument("--out", default="video_plan_sweep.json")
+    args = parser.parse_args()
+    methods = [VideoMethod("baseline", steps=BASELINE_STEPS)]
+    for budget, label, config in candidates(args.set):
+        if not any(m.budget == budget for m in methods):
+            methods.append(VideoMethod(f"steps@{budget}", budget=budget))
+        methods.append(VideoMethod(label, config=config, budget=budget))
+    regimes = ("unguided", "guided") if args.regime == "both" else (args.regime,)
+    start = time.perf_counter()
+    report = run_video_benchmark(clip_prompt_set(args.prompts, args.held_out, seed=args.seed), regimes=regimes,
+                                 methods=methods)
+    report = {k: v for k, v in report.items() if not k.startswith("_")}
+    report["seconds"] = time.perf_counter() - start
+    with open(args.out, "w") as f:
+        json.dump(_json_safe(report), f, indent=1)
+    print_rows(report)
+
+
+def print_rows(report: dict) -> None:
+    """One line per Fresco plan and regime: its peer's steps, the paired differences against it, and the flicker
+    where its promotion boundaries move against the baseline's in the same places."""
+    def figure(entry: dict, scale: float = 1.0) -> str:
+        return f"{entry['value'] * scale:+8.1f} [{entry['ci'][0] * scale:+8.1f}, {entry['ci'][1] * scale:+8.1f}]"
+
+    steps = report["equal_flops_steps"]
+    for regime, block in report["regimes"].items():
+        for row in block["methods"]:
+            versus, boundary = row["versus_fewer_steps"], row["boundary_flicker"]
+            if versus is None:
+                continue
+            moving = ("no moving boundary" if "versus_baseline" not in boundary else
+                      f"boundary flicker - baseline x1e3 {figure(boundary['versus_baseline'], 1e3)} "
+                      f"({boundary['clips']} clips, {boundary['share']:.2f} of entries)")
+            print(f"{regime:9s} {row['method']:48s} FLOPs {row['flops_ratio']:5.2f} (peer {steps[row['budget']]:2d} "
+                  f"steps)  KID - peer {figure(versus['kid'])}  adherence - peer {figure(versus['adherence'])}  "
+                  f"flicker - peer x1e3 {figure(versus['flicker'], 1e3)}  {moving}")
+
+
+if __name__ == "__main__":
+    main()
