@@ -112,8 +112,8 @@ def test_presets_reach_their_named_speedup(preset):
     assert report.speedup >= target
     assert report.baseline_steps == baseline_steps
     assert sum(s.steps for s in report.stages) == sum(FrescoConfig.preset(preset).stage_steps)
-    # schnell-22x and hunyuan-video-5x follow the paper's NFE; the distilled checkpoints' keep their own steps
-    if preset not in ("flux-schnell-22x", "hunyuan-video-5x", *DISTILLED_PRESETS):
+    # schnell-22x follows the paper's NFE; the distilled checkpoints' keep their own steps
+    if preset not in ("flux-schnell-22x", *DISTILLED_PRESETS):
         # the measured rule: one more full-resolution step would miss the target
         assert FrescoConfig.for_speedup(target, model=model, steps_budget=baseline_steps) == PRESETS[preset]
 
