@@ -23,6 +23,8 @@ FIVE = FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(10, 8), promotion_rati
 # the picture presets' rule at 5x: a 3-step sketch, ratio 0.1, restart at twice the shift
 RULE_FIVE = PRESETS["wan2.1-5x"]
 RESTARTS = (2.0, 3.0, 4.0)
+ROUNDS = {"ratio 0.5": dict(promotion_ratio=0.5), "ratio 0.1": dict(promotion_ratio=0.1),
+          "no round": dict(promotion_rounds=0)}
 
 
 def candidates(name: str) -> list[tuple[str, str, FrescoConfig]]:
@@ -36,6 +38,9 @@ def candidates(name: str) -> list[tuple[str, str, FrescoConfig]]:
     if name == "restart":  # unguided lost realism at every budget: restart higher still
         return [(budget, f"{budget} restart x{scale:g}", replace(plan, restart_shift_scale=scale))
                 for budget, plan in plans.items() for scale in RESTARTS]
+    if name == "round":  # the promotion round's share (3x's 0.5 was chosen by picture fidelity), and no round
+        return [(budget, f"{budget} {label}", replace(plans[budget], **overrides))
+                for budget in ("3x", "10x") for label, overrides in ROUNDS.items()]
     # tube: promotions decided per place for all frames at once, against token by token
     return [(budget, f"{budget} by {unit}", replace(plan, promotion_unit=unit))
             for budget, plan in plans.items() for unit in ("token", "tube")]
@@ -43,10 +48,11 @@ def candidates(name: str) -> list[tuple[str, str, FrescoConfig]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--set", default="5x", choices=["5x", "restart", "tube"],
+    parser.add_argument("--set", default="5x", choices=["5x", "restart", "tube", "round"],
                         help="5x: the 5x preset's shape against the picture presets' rule, and each change alone; "
                              "restart: each budget's plan with its full-resolution stage restarting at 2, 3 and 4 "
-                             "times its shift; tube: each budget's plan promoting token by token and by tube")
+                             "times its shift; tube: each budget's plan promoting token by token and by tube; "
+                             "round: the 3x and 10x plans promoting a half, a tenth, or with no round")
     parser.add_argument("--prompts", type=int, default=24)
     parser.add_argument("--held-out", type=int, default=8)
     parser.add_argument("--seed", type=int, default=7, help="prompt-set seed (the bench uses 2026)")

@@ -250,12 +250,13 @@ CASES = [
          lambda kwargs: int(np.prod(kwargs["hidden_states"].shape[2:])), guided_branches=1, no_callbacks=True,
          no_cache=_HUNYUAN_VIDEO15_NO_CACHE, no_context_parallel=True),
     # image to video: the picture's size picks 48x80 (stock's bucket for the tiny target size); its latent and mask
-    # ride on every token's channels (test_hunyuan_video15.py checks they follow each token's coordinates)
+    # ride on every token's channels. About a minute on a CPU, so slow; test_hunyuan_video15.py checks in the default
+    # run that they follow each token's coordinates, the mean-flow times and one-image-at-a-time batches
     Case("hunyuan-video15-i2v", diffusers.HunyuanVideo15ImageToVideoPipeline,
          functools.partial(tiny_hunyuan_video15_i2v_pipeline, guidance_scale=1.0), _hunyuan_video15_text,
          _pipeline_guider, dict(num_frames=5), (12, 20, 2), "frames",
          lambda kwargs: int(np.prod(kwargs["hidden_states"].shape[2:])), guided_branches=1, no_callbacks=True,
-         extra=dict(image=_I2V_PICTURE), no_cache=_HUNYUAN_VIDEO15_NO_CACHE, no_context_parallel=True),
+         extra=dict(image=_I2V_PICTURE), no_cache=_HUNYUAN_VIDEO15_NO_CACHE, no_context_parallel=True, slow=True),
     # 48x80 pixels, 5 frames: 2 latent frames of 3x5 tokens (odd both ways)
     Case("wan", diffusers.WanPipeline, tiny_wan_pipeline, _wan_text, _wan_negative,
          dict(height=48, width=80, num_frames=5), (3, 5, 2), "frames", _video_tokens),

@@ -30,10 +30,13 @@ def test_the_shipped_model_loads_with_the_stock_from_pretrained():
     assert 1e6 < params < 1e7  # "a few million"
 
 
-def test_quick_bench_runs_every_method_in_both_regimes_and_repeats_the_baseline_exactly(tmp_path, capsys):
-    assert main(["bench", "--quick", "--resamples", "50", "--out", str(tmp_path)]) == 0
+# both regimes take 2 min on 2 cores (guided runs two forwards a step): the default run keeps the unguided one
+@pytest.mark.parametrize("regimes", [["unguided"], pytest.param(list(REGIMES), marks=pytest.mark.slow)])
+def test_quick_bench_runs_every_method_and_repeats_the_baseline_exactly(tmp_path, capsys, regimes):
+    assert main(["bench", "--quick", "--resamples", "50", "--out", str(tmp_path),
+                 "--regime", *regimes]) == 0
     report = json.loads((tmp_path / "bench.json").read_text())
-    assert list(report["regimes"]) == list(REGIMES)
+    assert list(report["regimes"]) == regimes
     steps = report["equal_flops_steps"]
     assert steps["10x"] < steps["5x"] < steps["3x"] < 50
     for block in report["regimes"].values():
@@ -54,7 +57,8 @@ def test_quick_bench_runs_every_method_in_both_regimes_and_repeats_the_baseline_
         parse_prompt(prompt["prompt"])
     assert Image.open(tmp_path / "bench.png").size[0] > 1000
     out = capsys.readouterr().out
-    assert "| fresco@10x |" in out and "guided (true_cfg_scale" in out
+    tables = [line.split(" (")[0] for line in out.splitlines() if "(true_cfg_scale" in line]
+    assert "| fresco@10x |" in out and tables == regimes
 
 
 def test_demo_writes_its_grid(tmp_path, capsys):
