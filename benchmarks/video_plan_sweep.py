@@ -28,7 +28,7 @@ ROUNDS = {"ratio 0.5": dict(promotion_ratio=0.5), "ratio 0.1": dict(promotion_ra
 
 
 def candidates(name: str) -> list[tuple[str, str, FrescoConfig]]:
-    """(budget, label, plan) of a set; plans of one budget share a FLOPs peer."""
+    """(budget, label, plan) of a set; plans of one budget share a FLOPs peer (the first one's)."""
     if name == "5x":  # the 5x preset's shape against the rule, and each change alone (two FLOPs, two peers)
         return [("5x (10+8)", "old hunyuan-video-5x (10+8, ratio 0.25, restart x1)", FIVE),
                 ("5x (10+8)", "10+8, ratio 0.25, restart x2", replace(FIVE, restart_shift_scale=2.0)),
@@ -41,6 +41,10 @@ def candidates(name: str) -> list[tuple[str, str, FrescoConfig]]:
     if name == "round":  # the promotion round's share (3x's 0.5 was chosen by picture fidelity), and no round
         return [(budget, f"{budget} {label}", replace(plans[budget], **overrides))
                 for budget in ("3x", "10x") for label, overrides in ROUNDS.items()]
+    if name == "no-round":  # the round sweep's lead on more prompts, each variant paired with its budget's plan
+        return [(budget, f"{budget} {label}", replace(plan, **overrides)) for budget, plan in plans.items()
+                for label, overrides in ROUNDS.items()
+                if label != "ratio 0.5" or plan.promotion_ratio == 0.5]
     # tube: promotions decided per place for all frames at once, against token by token
     return [(budget, f"{budget} by {unit}", replace(plan, promotion_unit=unit))
             for budget, plan in plans.items() for unit in ("token", "tube")]
@@ -48,11 +52,13 @@ def candidates(name: str) -> list[tuple[str, str, FrescoConfig]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--set", default="5x", choices=["5x", "restart", "tube", "round"],
+    parser.add_argument("--set", default="5x", choices=["5x", "restart", "tube", "round", "no-round"],
                         help="5x: the 5x preset's shape against the picture presets' rule, and each change alone; "
                              "restart: each budget's plan with its full-resolution stage restarting at 2, 3 and 4 "
                              "times its shift; tube: each budget's plan promoting token by token and by tube; "
-                             "round: the 3x and 10x plans promoting a half, a tenth, or with no round")
+                             "round: the 3x and 10x plans promoting a half, a tenth, or with no round; no-round: "
+                             "each budget's plan as it is, promoting a tenth, and with no round, each paired with "
+                             "the plan as it is")
     parser.add_argument("--prompts", type=int, default=24)
     parser.add_argument("--held-out", type=int, default=8)
     parser.add_argument("--seed", type=int, default=7, help="prompt-set seed (the bench uses 2026)")
@@ -60,10 +66,13 @@ def main() -> None:
     parser.add_argument("--out", default="video_plan_sweep.json")
     args = parser.parse_args()
     methods = [VideoMethod("baseline", steps=BASELINE_STEPS)]
+    first_of = {}
     for budget, label, config in candidates(args.set):
-        if not any(m.budget == budget for m in methods):
+        if budget not in first_of:
             methods.append(VideoMethod(f"steps@{budget}", budget=budget))
-        methods.append(VideoMethod(label, config=config, budget=budget))
+            first_of[budget] = label
+        against = first_of[budget] if args.set == "no-round" and label != first_of[budget] else None
+        methods.append(VideoMethod(label, config=config, budget=budget, against=against))
     regimes = ("unguided", "guided") if args.regime == "both" else (args.regime,)
     start = time.perf_counter()
     report = run_video_benchmark(clip_prompt_set(args.prompts, args.held_out, seed=args.seed), regimes=regimes,
@@ -90,9 +99,13 @@ def print_rows(report: dict) -> None:
             moving = ("no moving boundary" if "versus_baseline" not in boundary else
                       f"boundary flicker - baseline x1e3 {figure(boundary['versus_baseline'], 1e3)} "
                       f"({boundary['clips']} clips, {boundary['share']:.2f} of entries)")
+            other = row.get("versus_other")
             print(f"{regime:9s} {row['method']:48s} FLOPs {row['flops_ratio']:5.2f} (peer {steps[row['budget']]:2d} "
                   f"steps)  KID - peer {figure(versus['kid'])}  adherence - peer {figure(versus['adherence'])}  "
-                  f"flicker - peer x1e3 {figure(versus['flicker'], 1e3)}  {moving}")
+                  f"flicker - peer x1e3 {figure(versus['flicker'], 1e3)}  {moving}" + (
+                      "" if other is None else f"  against {other['method']}: KID {figure(other['kid'])}  adherence "
+                                               f"{figure(other['adherence'])}  flicker x1e3 "
+                                               f"{figure(other['flicker'], 1e3)}"))
 
 
 if __name__ == "__main__":

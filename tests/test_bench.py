@@ -122,3 +122,24 @@ def test_the_distilled_regime_is_benchmarked_apart(tmp_path, capsys):
         run_benchmark(prompt_set(2, 0), distilled_methods(), regimes=["guided"])
     with pytest.raises(ValueError, match="separate benchmarks"):
         run_benchmark(prompt_set(2, 0), benchmark_methods(), regimes=[DISTILLED])
+
+
+def test_a_plan_paired_against_another_reports_the_difference():
+    from fresco_plugin.config import PRESETS
+    from fresco_plugin.tools.bench import Method
+
+    ten = PRESETS["flux-dev-10x"]
+    methods = [Method("baseline", "baseline", steps=50), Method("steps@10x", "fewer steps", budget="10x"),
+               Method("plan", "Fresco", config=ten, budget="10x"),
+               Method("same plan", "Fresco", config=ten, budget="10x", against="plan"),
+               Method("more steps", "fewer steps", steps=8, against="steps@10x")]
+    report = run_benchmark(prompt_set(3, 0), methods, regimes=["unguided"], resamples=20, progress=False)
+    rows = {row["method"]: row for row in report["regimes"]["unguided"]["methods"]}
+    assert rows["plan"]["versus_other"] is None
+    same = rows["same plan"]["versus_other"]
+    assert same["method"] == "plan" and same["kid"]["value"] == 0 and same["adherence"]["value"] == 0
+    other = rows["more steps"]["versus_other"]
+    assert other["method"] == "steps@10x" and other["kid"]["value"] != 0
+    with pytest.raises(ValueError, match="against='plans' names no other method of this run"):
+        run_benchmark(prompt_set(3, 0), [*methods[:3], Method("x", "Fresco", config=ten, budget="10x",
+                                                              against="plans")], regimes=["unguided"])

@@ -24,9 +24,11 @@ from fresco_plugin.tools.shipped_model import (
 )
 from fresco_plugin.tools.video_bench import (
     BUDGETS,
+    VideoMethod,
     full_resolution_step,
     moving_boundaries,
     region_flicker,
+    run_video_benchmark,
     video_methods,
 )
 from fresco_plugin.tools.video_scenes import check_clip, render_clip
@@ -129,6 +131,12 @@ def test_quick_video_bench_runs_every_method_and_repeats_the_baseline_exactly(tm
     strip = Image.open(tmp_path / "bench_video_frames.png")
     assert strip.size == (CLIP_FRAMES * CLIP_SIZE, 2 * 5 * CLIP_SIZE)  # 2 prompts x 5 methods, 9 frames each
     assert "| fresco@5x |" in capsys.readouterr().out
+
+
+def test_a_plan_paired_against_a_method_the_run_lacks_is_refused_before_any_run():
+    methods = [*video_methods(), VideoMethod("variant", config=FrescoConfig(), budget="5x", against="fresco@7x")]
+    with pytest.raises(ValueError, match="'variant': against='fresco@7x' names no other method"):
+        run_video_benchmark(clip_prompt_set(2, 0), pipe=object(), methods=methods)
 
 
 def test_video_demo_writes_a_gif_and_a_frame_strip(tmp_path, capsys):

@@ -78,6 +78,7 @@ class Method:
     cache: Callable[[], Any] | None = None  # a diffusers cache config, built fresh per use
     int8: bool = False  # run on an int8 weight-only (torchao) copy of the transformer
     model: str = "base"  # the shipped checkpoint it runs on: "base" (the teacher), "dev" or "schnell" (its students)
+    against: str | None = None  # another method's name: the row adds paired differences against it (plan sweeps)
 
 
 def benchmark_methods() -> list[Method]:
@@ -347,6 +348,15 @@ def _paired(a: _Scored, b: _Scored, truth_features: np.ndarray, resamples: np.nd
 
 
 # -------------------------------------------------------------------------------------------------- the run
+def _check_against(methods: Sequence[Any]) -> None:
+    """Before any run: every ``against`` names another method of the run."""
+    names = {m.name for m in methods}
+    for m in methods:
+        if m.against is not None and (m.against not in names or m.against == m.name):
+            raise ValueError(f"method {m.name!r}: against={m.against!r} names no other method of this run; use one "
+                             f"of {sorted(names - {m.name})}")
+
+
 def run_benchmark(prompts: list[ScenePrompt], methods: list[Method], *, regimes: Sequence[str] = tuple(REGIMES),
                   pipe: Any = None, resamples: int = RESAMPLES, progress: bool = True,
                   label: str = "fresco bench") -> dict[str, Any]:
@@ -358,6 +368,7 @@ def run_benchmark(prompts: list[ScenePrompt], methods: list[Method], *, regimes:
     unknown = set(regimes) - {*REGIMES, DISTILLED}
     if unknown:
         raise ValueError(f"unknown regimes {sorted(unknown)}; known: {', '.join([*REGIMES, DISTILLED])}")
+    _check_against(methods)
     on_students = any(m.model != "base" for m in methods)
     if on_students != (DISTILLED in regimes) or (on_students and len(regimes) > 1):
         raise ValueError("the distilled regime runs the students' methods alone (distilled_methods()), and the "
@@ -447,6 +458,8 @@ def _row(method: Method, runs: dict[str, _Runs], scored: dict[str, _Scored], pro
         versus_baseline=_paired(s, scored["baseline"], truth_features, index),
         versus_fewer_steps=None if peer is None else dict(
             method=peer, **_paired(s, scored[peer], truth_features, index)),
+        versus_other=None if method.against is None else dict(
+            method=method.against, **_paired(s, scored[method.against], truth_features, index)),
         identical_to_baseline=all(torch.equal(a, b) for a, b in zip(r.latents, base.latents)),
         per_prompt=per_prompt,
     )

@@ -38,7 +38,7 @@ import torch
 from fresco_plugin.config import PRESETS, FrescoConfig
 from fresco_plugin.tools.flops_trace import ForwardRecorder
 
-from .bench import _commit, _config_fields, _figure, _interval, _json_safe, patch_swd
+from .bench import _check_against, _commit, _config_fields, _figure, _interval, _json_safe, patch_swd
 from .scene_features import embed_pictures, kid, kid_bootstrap, load_feature_encoder
 from .shipped_model import (
     CLIP_FRAMES,
@@ -68,6 +68,7 @@ class VideoMethod:
     steps: int | None = None  # stock num_inference_steps; None with a Fresco config, or a steps@ peer not yet matched
     config: FrescoConfig | None = None
     budget: str | None = None
+    against: str | None = None  # another method's name: the row adds paired differences against it (plan sweeps)
 
 
 def video_methods() -> list[VideoMethod]:
@@ -226,11 +227,12 @@ def run_video_benchmark(prompts: list[ClipPrompt], *, regimes: tuple[str, ...] =
     unknown = set(regimes) - set(REGIMES)
     if unknown:
         raise ValueError(f"unknown regimes {sorted(unknown)}; known: {', '.join(REGIMES)}")
+    methods = methods or video_methods()
+    _check_against(methods)
     pipe = pipe or load_clips_pipeline(progress=False)
     pipe.set_progress_bar_config(disable=True)
     runner = _Runner(pipe)
     runner(VideoMethod("warm-up", steps=2), prompts[0], 1.0)  # first-call costs stay out of the timings
-    methods = methods or video_methods()
     matched = equal_flops_steps(runner, prompts[0], methods)
     methods = [replace(m, steps=matched[m.budget]) if m.config is None and m.steps is None else m for m in methods]
     order = [*methods, replace(methods[0], name=REPEAT)]
@@ -315,6 +317,8 @@ def _row(method: VideoMethod, runs: dict[str, dict[str, list]], scored: dict[str
         versus_baseline=_paired(s, scored["baseline"], truth_features, index),
         versus_fewer_steps=None if peer is None else dict(method=peer, **_paired(s, scored[peer], truth_features,
                                                                                  index)),
+        versus_other=None if method.against is None else dict(
+            method=method.against, **_paired(s, scored[method.against], truth_features, index)),
         boundary_flicker=None if method.config is None else _boundary_flicker(r, base, index),
         identical_to_baseline=all(torch.equal(a, b) for a, b in zip(r["latents"], base["latents"])),
     )
