@@ -55,7 +55,9 @@ ROUND_VARIANTS = {
     "dct expansion": dict(expansion="dct"),
 }
 SETS = {"plan": VARIANTS, "restart": RESTART_VARIANTS, "round": ROUND_VARIANTS}
-SET_NAMES = [*sorted(SETS), "presets", "shapes", "default", "tail"]
+SET_NAMES = [*sorted(SETS), "presets", "shapes", "default", "tail", "rounds"]
+# each budget's promotion round promoting a tenth or nothing (the video sweep's lead), paired with the preset
+BUDGET_ROUNDS = {"ratio 0.1": dict(promotion_ratio=0.1), "no round": dict(promotion_rounds=0)}
 # sketch lengths re-measured once the full-resolution stage restarts higher (the presets' 3 was chosen by fidelity
 # before it): each with the most full-resolution steps that still reach the budget on FLUX.1-dev, as for_speedup plans
 SHAPE_BUDGETS = {"5x": 5.0, "10x": 10.0}
@@ -124,7 +126,10 @@ def main() -> None:
                         "shapes (sketch lengths at 5x and 10x with the presets' restart, against steps@), or default "
                         "(FrescoConfig(target_speedup=T) on calls of 28 and 50 steps, against the stock call and "
                         "steps@ at equal FLOPs), or tail (each budget's preset with its full-resolution stage "
-                        "restarting as high but descending on the stock shift, against steps@)")
+                        "restarting as high but descending on the stock shift, against steps@), or rounds (each "
+                        "--budgets preset promoting a tenth and with no round, paired with the preset and steps@)")
+    parser.add_argument("--budgets", nargs="+", default=list(BUDGET_PRESETS), choices=list(BUDGET_PRESETS),
+                        help="the budgets of --set rounds")
     parser.add_argument("--restart-shift-scale", type=float, default=2.0)
     parser.add_argument("--out", default="unguided_sweep.json")
     args = parser.parse_args()
@@ -158,6 +163,14 @@ def main() -> None:
             methods += [Method(f"steps@{budget}", "fewer steps", budget=budget),
                         Method(f"fresco@{budget}", "Fresco", config=PRESETS[preset], budget=budget),
                         Method(f"fresco-stock-tail@{budget}", "Fresco, stock tail", config=tail, budget=budget)]
+    elif args.set == "rounds":
+        for budget in args.budgets:
+            preset = PRESETS[BUDGET_PRESETS[budget]]
+            methods += [Method(f"steps@{budget}", "fewer steps", budget=budget),
+                        Method(f"fresco@{budget}", "Fresco", config=preset, budget=budget)]
+            methods += [Method(f"fresco {label}@{budget}", f"Fresco, {label}", config=replace(preset, **overrides),
+                               budget=budget, against=f"fresco@{budget}")
+                        for label, overrides in BUDGET_ROUNDS.items() if replace(preset, **overrides) != preset]
     elif args.set == "presets":
         for budget, preset in BUDGET_PRESETS.items():
             scaled = replace(PRESETS[preset], restart_shift_scale=args.restart_shift_scale)
@@ -190,11 +203,11 @@ def print_rows(report: dict, regimes) -> None:
 
     for regime in regimes:
         for row in report["regimes"][regime]["methods"]:
-            versus = row["versus_fewer_steps"]
+            versus, other = row["versus_fewer_steps"], row.get("versus_other")
             print(f"{regime:9s} {row['method']:42s} FLOPs {row['flops_ratio']:5.2f}  KID {figure(row['kid'])}  "
-                  f"adherence {row['adherence']['whole']['value']:.2f}" + (
-                      "" if versus is None else f"  KID - {versus['method']} {figure(versus['kid'])}  adherence - it "
-                                                f"{versus['adherence']['value']:+.2f} {versus['adherence']['ci']}"))
+                  f"adherence {row['adherence']['whole']['value']:.2f}" + "".join(
+                      f"  KID - {v['method']} {figure(v['kid'])}  adherence - it {v['adherence']['value']:+.2f} "
+                      f"{v['adherence']['ci']}" for v in (versus, other) if v is not None))
 
 
 if __name__ == "__main__":
