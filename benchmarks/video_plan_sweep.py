@@ -16,12 +16,14 @@ from dataclasses import replace
 from fresco_plugin.config import PRESETS, FrescoConfig
 from fresco_plugin.tools.bench import _json_safe
 from fresco_plugin.tools.shipped_model import clip_prompt_set
-from fresco_plugin.tools.video_bench import BASELINE_STEPS, BUDGETS, VideoMethod, run_video_benchmark
+from fresco_plugin.tools.video_bench import BASELINE_STEPS, VideoMethod, run_video_benchmark
 
 # hunyuan-video-5x before this sweep: the paper's NFE (18), a 10-step sketch promoting a quarter, restart at the shift
 FIVE = FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(10, 8), promotion_ratio=0.25, restart_shift_scale=1.0)
-# the picture presets' rule at 5x: a 3-step sketch, ratio 0.1, restart at twice the shift
-RULE_FIVE = PRESETS["wan2.1-5x"]
+# the picture presets' rule, which the video presets followed until the no-round set: a 3-step sketch with one
+# promotion round (a half at 3x, a tenth at 5x and 10x), restart at twice the shift
+RULE = {budget: PRESETS[f"flux-dev-{budget}"] for budget in ("3x", "5x", "10x")}
+RULE_FIVE = RULE["5x"]
 RESTARTS = (2.0, 3.0, 4.0)
 ROUNDS = {"ratio 0.5": dict(promotion_ratio=0.5), "ratio 0.1": dict(promotion_ratio=0.1),
           "no round": dict(promotion_rounds=0)}
@@ -34,7 +36,7 @@ def candidates(name: str) -> list[tuple[str, str, FrescoConfig]]:
                 ("5x (10+8)", "10+8, ratio 0.25, restart x2", replace(FIVE, restart_shift_scale=2.0)),
                 ("5x (3+9)", "rule (3+9, ratio 0.1, restart x2)", RULE_FIVE),
                 ("5x (3+9)", "3+9, ratio 0.1, restart x1", replace(RULE_FIVE, restart_shift_scale=1.0))]
-    plans = {"3x": PRESETS[BUDGETS["3x"]], "5x": RULE_FIVE, "10x": PRESETS[BUDGETS["10x"]]}
+    plans = RULE
     if name == "restart":  # unguided lost realism at every budget: restart higher still
         return [(budget, f"{budget} restart x{scale:g}", replace(plan, restart_shift_scale=scale))
                 for budget, plan in plans.items() for scale in RESTARTS]

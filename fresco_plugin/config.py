@@ -289,6 +289,13 @@ def _rule_plan(sketch_ratio: float, full_steps: int) -> FrescoConfig:
                         restart_shift_scale=2.0)
 
 
+def _video_plan(full_steps: int) -> FrescoConfig:
+    """The video models' shape: the rule's 3-step sketch without its promotion round (every token switches at the
+    sketch's end), then ``full_steps`` at full resolution restarting at twice its own shift."""
+    return FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(3, full_steps), promotion_rounds=0,
+                        restart_shift_scale=2.0)
+
+
 def _distilled_plan(steps: int) -> FrescoConfig:
     """A step-distilled checkpoint's plan: its own step count, the first half at half resolution (no promotion round:
     too few steps for the score), the rest at full resolution restarting at twice its own shift."""
@@ -309,7 +316,11 @@ def _distilled_plan(steps: int) -> FrescoConfig:
 # (BENCHMARKS.md, "The distilled students"); it is kept until a replacement is measured on a schnell-like model.
 # hunyuan-video-5x followed the paper's NFE too (10 + 8 steps, a quarter promoted, restart at the stock shift) until
 # the shipped video model measured it: it lost frame realism to fewer steps at equal FLOPs in both regimes, and the
-# rule's plan did not (`benchmarks/video_plan_sweep.py --set 5x`, BENCHMARKS.md "Video"); it is the rule's now.
+# rule's plan did not (`benchmarks/video_plan_sweep.py --set 5x`, BENCHMARKS.md "Video").
+# The video presets (HunyuanVideo, Wan, HunyuanVideo-1.5) drop the rule's promotion round (`_video_plan`): on the
+# shipped video model the same plans without it had lower frame KID unguided and less flicker guided at every budget,
+# paired on 64 prompts (`benchmarks/video_plan_sweep.py --set no-round`, BENCHMARKS.md "Video"). On the scenes model
+# the round's removal pointed the same way within noise, so the picture presets keep the paper's round.
 # The other models' presets are `FrescoConfig.for_speedup(target, model=..., steps_budget=...)` at each model's usual
 # size and step count: the FLUX.1-dev rule carried over by FLOPs, not measured on those models. Kontext's reference
 # tokens stay whole at every step, so a sketch saves less there.
@@ -323,14 +334,14 @@ PRESETS: dict[str, FrescoConfig] = {
     "flux-dev-3x": _rule_plan(0.5, 15), "flux-dev-5x": _rule_plan(0.1, 9), "flux-dev-10x": _rule_plan(0.1, 4),
     "flux-schnell-22x": FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(3, 1), promotion_ratio=0.25,
                                      restart_shift_scale=1.0),
-    "hunyuan-video-5x": _rule_plan(0.1, 9),
+    "hunyuan-video-5x": _video_plan(9),
     "flux-kontext-2x": _rule_plan(0.5, 12), "flux-kontext-3x": _rule_plan(0.5, 7),
     "flux2-dev-3x": _rule_plan(0.5, 15), "flux2-dev-5x": _rule_plan(0.1, 9), "flux2-dev-10x": _rule_plan(0.1, 4),
     "qwen-image-3x": _rule_plan(0.5, 15), "qwen-image-5x": _rule_plan(0.1, 9), "qwen-image-10x": _rule_plan(0.1, 4),
     "z-image-3x": _rule_plan(0.5, 15), "z-image-5x": _rule_plan(0.1, 9), "z-image-10x": _rule_plan(0.1, 4),
-    "wan2.1-3x": _rule_plan(0.5, 15), "wan2.1-5x": _rule_plan(0.1, 9),
-    "wan2.2-3x": _rule_plan(0.5, 12), "wan2.2-5x": _rule_plan(0.1, 7),
-    "hunyuan-video15-3x": _rule_plan(0.5, 15), "hunyuan-video15-5x": _rule_plan(0.1, 9),
+    "wan2.1-3x": _video_plan(16), "wan2.1-5x": _video_plan(9), "wan2.1-10x": _video_plan(4),
+    "wan2.2-3x": _video_plan(12), "wan2.2-5x": _video_plan(7),
+    "hunyuan-video15-3x": _video_plan(16), "hunyuan-video15-5x": _video_plan(9),
     "flux-schnell-19x": _distilled_plan(4), "z-image-turbo-1.5x": _distilled_plan(8),
     "qwen-image-lightning-1.5x": _distilled_plan(8), "qwen-image-lightning-4step-1.5x": _distilled_plan(4),
     "flux2-klein-4b-distilled-1.5x": _distilled_plan(4), "flux2-klein-9b-distilled-1.5x": _distilled_plan(4),
@@ -346,7 +357,7 @@ PRESET_BASELINES: dict[str, tuple[str, int]] = {
     "flux2-dev-3x": ("flux2-dev", 50), "flux2-dev-5x": ("flux2-dev", 50), "flux2-dev-10x": ("flux2-dev", 50),
     "qwen-image-3x": ("qwen-image", 50), "qwen-image-5x": ("qwen-image", 50), "qwen-image-10x": ("qwen-image", 50),
     "z-image-3x": ("z-image", 50), "z-image-5x": ("z-image", 50), "z-image-10x": ("z-image", 50),
-    "wan2.1-3x": ("wan2.1-t2v-14b", 50), "wan2.1-5x": ("wan2.1-t2v-14b", 50),
+    "wan2.1-3x": ("wan2.1-t2v-14b", 50), "wan2.1-5x": ("wan2.1-t2v-14b", 50), "wan2.1-10x": ("wan2.1-t2v-14b", 50),
     "wan2.2-3x": ("wan2.2-t2v-a14b", 40), "wan2.2-5x": ("wan2.2-t2v-a14b", 40),
     "hunyuan-video15-3x": ("hunyuan-video15", 50), "hunyuan-video15-5x": ("hunyuan-video15", 50),
     "flux-schnell-19x": ("flux-schnell", 50), "z-image-turbo-1.5x": ("z-image-turbo", 8),

@@ -2,9 +2,11 @@
 
 A plan here has the shape the preset sweep measured best on the shipped scenes model (``benchmarks/preset_sweep.py``,
 BENCHMARKS.md): a short half-resolution sketch with one promotion round, then the rest of the budget at full
-resolution, restarting at twice that stage's own shift. For a target, the sketch is fixed by the budget's band and the
-full-resolution stage gets the most steps that still reach the target on the named architecture and size, counted
-exactly as ``fresco flops`` counts (so the FLUX.1-dev presets are points of this function, a test).
+resolution, restarting at twice that stage's own shift. Video models skip the round: on the shipped video model it
+cost realism and added flicker at every budget (``benchmarks/video_plan_sweep.py --set no-round``). For a target, the
+sketch is fixed by the budget's band and the full-resolution stage gets the most steps that still reach the target on
+the named architecture and size, counted exactly as ``fresco flops`` counts (so the presets are points of this
+function, a test).
 """
 
 from __future__ import annotations
@@ -20,12 +22,16 @@ __all__ = ["SketchShape", "most_full_steps", "plan_for_speedup"]
 @dataclass(frozen=True)
 class SketchShape:
     """The low-resolution part of a plan: steps at half resolution and the share promoted after its second-to-last
-    step (a round needs two steps of score history before it and one step after)."""
+    step (a round needs two steps of score history before it and one step after); ``None``: no round, every token
+    switches at the stage's end."""
 
     steps: int
-    promotion_ratio: float
+    promotion_ratio: float | None
 
     def config(self, full_steps: int) -> FrescoConfig:
+        if self.promotion_ratio is None:
+            return FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(self.steps, full_steps), promotion_rounds=0,
+                                restart_shift_scale=RESTART_SHIFT_SCALE)
         rounds = 1 if self.steps >= 3 else 0
         return FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(self.steps, full_steps), promotion_rounds=rounds,
                             promotion_ratio=self.promotion_ratio, restart_shift_scale=RESTART_SHIFT_SCALE)
@@ -38,6 +44,8 @@ RESTART_SHIFT_SCALE = 2.0
 # sketch shrinks until the target fits.
 BANDS = ((0.0, SketchShape(3, 0.5)), (4.0, SketchShape(3, 0.1)))
 FALLBACKS = (SketchShape(2, 0.1), SketchShape(1, 0.1))
+VIDEO_BANDS = ((0.0, SketchShape(3, None)),)
+VIDEO_FALLBACKS = (SketchShape(2, None), SketchShape(1, None))
 
 
 def plan_for_speedup(target: float, *, model: str = "flux-dev", height: int | None = None, width: int | None = None,
@@ -47,9 +55,12 @@ def plan_for_speedup(target: float, *, model: str = "flux-dev", height: int | No
     reachable range when no plan of that shape gets there."""
     if isinstance(target, bool) or not isinstance(target, (int, float)) or not math.isfinite(target) or target <= 0:
         raise ValueError(f"target={target!r}: give a FLOPs speedup above 0 (for example 5 for 5x)")
-    band = next(shape for low, shape in reversed(BANDS) if target >= low)
+    from .flops import model_spec
+
+    video = model_spec(model).video
+    band = next(shape for low, shape in reversed(VIDEO_BANDS if video else BANDS) if target >= low)
     best = 0.0
-    for shape in (band, *FALLBACKS):
+    for shape in (band, *(VIDEO_FALLBACKS if video else FALLBACKS)):
         full_steps, reachable = most_full_steps(shape, target, model=model, height=height, width=width,
                                                 frames=frames, baseline_steps=baseline_steps)
         if full_steps is not None:

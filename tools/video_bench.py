@@ -3,8 +3,8 @@
 Every method renders the same clip prompts with the same seeds (9 frames, 64x64, the shipped ``WanPipeline``), in
 each regime: **unguided** (``guidance_scale=1``, one forward a step) and **guided** (WanPipeline's classifier-free
 guidance at the model's scale, empty negative prompt). Methods: the 50-step baseline (run twice: the second run must
-repeat it bit for bit, and times it again), Fresco at three plans (``wan2.1-3x``, ``hunyuan-video-5x``,
-``flux-dev-10x``'s: plans are model-agnostic) and the stock sampler at the step count whose counted FLOPs match each.
+repeat it bit for bit, and times it again), Fresco at three presets (``wan2.1-3x``, ``hunyuan-video-5x``,
+``wan2.1-10x``) and the stock sampler at the step count whose counted FLOPs match each.
 Per method and regime, with 95% bootstrap intervals over prompts:
 
 - **adherence**: the clip checker (:func:`fresco_plugin.tools.video_scenes.check_clip`): whole (object in its colour,
@@ -55,7 +55,7 @@ __all__ = ["BUDGETS", "REGIMES", "VideoMethod", "flicker", "full_resolution_step
            "region_flicker", "run_video_benchmark", "video_methods"]
 
 BASELINE_STEPS = 50
-BUDGETS = {"3x": "wan2.1-3x", "5x": "hunyuan-video-5x", "10x": "flux-dev-10x"}
+BUDGETS = {"3x": "wan2.1-3x", "5x": "hunyuan-video-5x", "10x": "wan2.1-10x"}
 REGIMES = {"unguided": 1.0, "guided": CLIP_GUIDANCE_SCALE}  # WanPipeline's guidance_scale
 REPEAT = "baseline (timed again)"
 RESAMPLES = 1000
