@@ -16,7 +16,7 @@ from dataclasses import replace
 from fresco_plugin.config import PRESETS, FrescoConfig
 from fresco_plugin.tools.bench import _json_safe
 from fresco_plugin.tools.shipped_model import clip_prompt_set
-from fresco_plugin.tools.video_bench import BASELINE_STEPS, VideoMethod, run_video_benchmark
+from fresco_plugin.tools.video_bench import BASELINE_STEPS, BUDGETS, VideoMethod, run_video_benchmark
 
 # hunyuan-video-5x before this sweep: the paper's NFE (18), a 10-step sketch promoting a quarter, restart at the shift
 FIVE = FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(10, 8), promotion_ratio=0.25, restart_shift_scale=1.0)
@@ -25,6 +25,7 @@ FIVE = FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(10, 8), promotion_rati
 RULE = {budget: PRESETS[f"flux-dev-{budget}"] for budget in ("3x", "5x", "10x")}
 RULE_FIVE = RULE["5x"]
 RESTARTS = (2.0, 3.0, 4.0)
+PAIRED_SETS = ("no-round", "round-free")  # sets whose variants are paired with their budget's first plan
 ROUNDS = {"ratio 0.5": dict(promotion_ratio=0.5), "ratio 0.1": dict(promotion_ratio=0.1),
           "no round": dict(promotion_rounds=0)}
 
@@ -47,6 +48,12 @@ def candidates(name: str) -> list[tuple[str, str, FrescoConfig]]:
         return [(budget, f"{budget} {label}", replace(plan, **overrides)) for budget, plan in plans.items()
                 for label, overrides in ROUNDS.items()
                 if label != "ratio 0.5" or plan.promotion_ratio == 0.5]
+    if name == "round-free":  # what is left of the unguided gap: the video presets restarting higher, a shorter sketch
+        presets = {budget: PRESETS[preset] for budget, preset in BUDGETS.items()}
+        out = [(budget, f"{budget} {BUDGETS[budget]}", plan) for budget, plan in presets.items()]
+        out += [(budget, f"{budget} restart x3", replace(plan, restart_shift_scale=3.0))
+                for budget, plan in presets.items()]
+        return [*out, ("10x", "10x 2-step sketch", replace(presets["10x"], stage_steps=(2, 4)))]
     # tube: promotions decided per place for all frames at once, against token by token
     return [(budget, f"{budget} by {unit}", replace(plan, promotion_unit=unit))
             for budget, plan in plans.items() for unit in ("token", "tube")]
@@ -54,13 +61,14 @@ def candidates(name: str) -> list[tuple[str, str, FrescoConfig]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--set", default="5x", choices=["5x", "restart", "tube", "round", "no-round"],
+    parser.add_argument("--set", default="5x", choices=["5x", "restart", "tube", "round", "no-round", "round-free"],
                         help="5x: the 5x preset's shape against the picture presets' rule, and each change alone; "
                              "restart: each budget's plan with its full-resolution stage restarting at 2, 3 and 4 "
                              "times its shift; tube: each budget's plan promoting token by token and by tube; "
                              "round: the 3x and 10x plans promoting a half, a tenth, or with no round; no-round: "
                              "each budget's plan as it is, promoting a tenth, and with no round, each paired with "
-                             "the plan as it is")
+                             "the plan as it is; round-free: the video presets as they are, restarting at 3x "
+                             "their shift, and 10x with a 2-step sketch, each paired with the preset")
     parser.add_argument("--prompts", type=int, default=24)
     parser.add_argument("--held-out", type=int, default=8)
     parser.add_argument("--seed", type=int, default=7, help="prompt-set seed (the bench uses 2026)")
@@ -73,7 +81,7 @@ def main() -> None:
         if budget not in first_of:
             methods.append(VideoMethod(f"steps@{budget}", budget=budget))
             first_of[budget] = label
-        against = first_of[budget] if args.set == "no-round" and label != first_of[budget] else None
+        against = first_of[budget] if args.set in PAIRED_SETS and label != first_of[budget] else None
         methods.append(VideoMethod(label, config=config, budget=budget, against=against))
     regimes = ("unguided", "guided") if args.regime == "both" else (args.regime,)
     start = time.perf_counter()
