@@ -88,7 +88,9 @@ class FrescoConfig:
     token count, or the scheduler's static shift), as the pipeline would for a stock run at that resolution."""
     promotion_rounds: int = 1
     """Rounds of partial promotion inside every stage but the last (0: whole stages only). One round per
-    low-resolution stage is the smallest progressive plan (the paper promotes tokens before the whole latent)."""
+    low-resolution stage is the smallest progressive plan (the paper promotes tokens before the whole latent); the
+    video presets use 0, which had lower unguided KID and less flicker on the shipped video model (BENCHMARKS.md,
+    "Video")."""
     promotion_ratio: float = 0.5
     """Share of the stage's base-level tokens promoted per round, in (0, 1]. 0.5 is the ``flux-dev-3x`` preset's,
     chosen by the preset sweep (BENCHMARKS.md; the 5x and 10x presets promote 0.1: differences within noise)."""
