@@ -3,10 +3,10 @@
 A plan here has the shape the preset sweep measured best on the shipped scenes model (``benchmarks/preset_sweep.py``,
 BENCHMARKS.md): a short half-resolution sketch with one promotion round, then the rest of the budget at full
 resolution, restarting at twice that stage's own shift. Video models skip the round: on the shipped video model it
-cost realism and added flicker at every budget (``benchmarks/video_plan_sweep.py --set no-round``). For a target, the
-sketch is fixed by the budget's band and the full-resolution stage gets the most steps that still reach the target on
-the named architecture and size, counted exactly as ``fresco flops`` counts (so the presets are points of this
-function, a test).
+cost unguided realism and added guided flicker at every budget (``benchmarks/video_plan_sweep.py --set no-round``).
+For a target, the sketch is fixed by the budget's band and the full-resolution stage gets the most steps that still
+reach the target on the named architecture and size, counted exactly as ``fresco flops`` counts (so the presets are
+points of this function, a test).
 """
 
 from __future__ import annotations
