@@ -40,7 +40,9 @@ class ContextParallel:
         self.masks_pads = masks_pads
 
     def check(self, transformer: Any, config: FrescoConfig, stages: list[StagePlan], geometry: TokenGeometry,
-              text_tokens: int, can_pad: bool = False) -> None:
+              text_tokens: int, can_pad: bool = False, appended_tokens: int = 0) -> None:
+        """Refuse, before any forward, a split this call cannot keep even. ``appended_tokens``: tokens every forward
+        appends after the image's own (an editing model's reference picture), split with them."""
         heads = transformer.config.num_attention_heads
         if heads % self.ulysses:
             raise ValueError(f"the transformer has {heads} attention heads, which Ulysses degree {self.ulysses} does "
@@ -48,6 +50,10 @@ class ContextParallel:
         if text_tokens % self.degree:
             raise ValueError(f"{text_tokens} text tokens do not split over context-parallel degree {self.degree}; "
                              f"use a max_sequence_length that is a multiple of {self.degree}")
+        if appended_tokens % self.degree:
+            raise ValueError(f"the {appended_tokens} reference-image tokens do not split over context-parallel degree "
+                             f"{self.degree} (stock's sequence would not split either); resize the reference image so "
+                             f"that its tokens number a multiple of {self.degree}")
         # with a threshold the counts depend on the image, but they round the same way; the grids are what can fail
         counts = plan_token_counts(replace(config, promotion_threshold=None), stages, geometry.rows, geometry.cols,
                                    geometry.num_frames)

@@ -390,7 +390,7 @@ class DiffusersFrescoRunner:
             config = replace(config, token_multiple=math.lcm(config.token_multiple, parallel.degree))
             can_pad = self.pads_masked and parallel.masks_pads
             parallel.check(pipe.transformer, config, stages, geometry, denoiser.text["prompt_embeds"].shape[1],
-                           can_pad=can_pad)
+                           can_pad=can_pad, appended_tokens=denoiser.appended_tokens)
             denoiser.pad_multiple = parallel.degree if can_pad else 1
             agree = parallel.rank0_decides
         # a pipeline without step callbacks (HunyuanVideo-1.5) takes neither argument
@@ -481,6 +481,12 @@ class TransformerDenoiser:
         clone._last_tokens = None
         clone._layout_groups = None
         return clone
+
+    @property
+    def appended_tokens(self) -> int:
+        """Tokens every forward appends after the image's own: an editing model's reference picture, kept whole."""
+        reference = self.text.get("reference")
+        return 0 if reference is None else reference.shape[1]
 
     def callback_tensors(self) -> dict[str, torch.Tensor]:
         return {"prompt_embeds": self.text["prompt_embeds"]}

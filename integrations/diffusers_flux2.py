@@ -22,7 +22,6 @@ from diffusers.utils.torch_utils import get_module_execution_device
 from fresco_plugin.layout import TokenGeometry
 from fresco_plugin.sampler import Step
 
-from ._context_parallel import context_parallel_of
 from ._diffusers_runner import CallArguments, TransformerDenoiser, rows_for
 from .diffusers_flux import FluxFrescoRunner
 
@@ -44,10 +43,6 @@ class Flux2FrescoRunner(FluxFrescoRunner):
         pipe = self.pipe
         self.check_inputs(call)
         images = self.reference_pictures(call)
-        if images and context_parallel_of(pipe.transformer) is not None:
-            raise ValueError(f"Fresco does not run {type(pipe).__name__} with reference images (image=) under context "
-                             "parallelism yet (their tokens would have to be split with the generated ones); disable "
-                             "parallelism or call remove_fresco(pipe)")
         height = call.height or (images[0].shape[-2] if images else pipe.default_sample_size * pipe.vae_scale_factor)
         width = call.width or (images[0].shape[-1] if images else pipe.default_sample_size * pipe.vae_scale_factor)
         multiple = pipe.vae_scale_factor * 2  # stock floors the sizes to whole packed latents

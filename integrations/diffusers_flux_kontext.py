@@ -17,7 +17,6 @@ from diffusers.pipelines.flux.pipeline_flux_kontext import logger as kontext_log
 
 from fresco_plugin.layout import TokenGeometry
 
-from ._context_parallel import context_parallel_of
 from ._diffusers_runner import CallArguments
 from .diffusers_flux import FluxFrescoRunner
 
@@ -32,10 +31,6 @@ class FluxKontextFrescoRunner(FluxFrescoRunner):
 
     def check(self, call: CallArguments) -> CallArguments:
         pipe = self.pipe
-        if context_parallel_of(pipe.transformer) is not None:
-            raise ValueError("Fresco does not run FluxKontextPipeline under context parallelism yet (the reference "
-                             "tokens would have to be split with the edited ones); disable parallelism or call "
-                             "remove_fresco(pipe)")
         # stock's sizes: the requested aspect ratio at max_area pixels, floored to whole packed latents
         height = call.height or pipe.default_sample_size * pipe.vae_scale_factor
         width = call.width or pipe.default_sample_size * pipe.vae_scale_factor

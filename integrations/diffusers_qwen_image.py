@@ -21,7 +21,6 @@ from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit import calculate_dime
 from fresco_plugin.layout import TokenGeometry
 from fresco_plugin.sampler import Step
 
-from ._context_parallel import context_parallel_of
 from ._diffusers_runner import CallArguments, TransformerDenoiser, rows_for
 from ._positions import GridPositionsRunner, PositionHook, split_like_the_engine, whole_stock_answer
 from .diffusers_flux import FluxFrescoRunner
@@ -200,10 +199,6 @@ class QwenImageEditFrescoRunner(QwenImageFrescoRunner):
         return height, width
 
     def check(self, call: CallArguments) -> CallArguments:
-        if context_parallel_of(self.pipe.transformer) is not None:
-            raise ValueError("Fresco does not run QwenImageEditPipeline under context parallelism yet (the reference "
-                             "tokens would have to be split with the edited ones); disable parallelism or call "
-                             "remove_fresco(pipe)")
         if call.image is None:
             raise ValueError("QwenImageEditPipeline needs image=, the picture to edit")
         height, width = self.reference_size(call)

@@ -211,7 +211,7 @@ CASES = [
     # editing: max_area keeps stock at the requested size; no resize of the tiny reference to Kontext's resolutions
     Case("flux-kontext", diffusers.FluxKontextPipeline, tiny_flux_kontext_pipeline, _flux_text, _flux_negative,
          dict(height=64, width=64), (32, 32), "images", _kontext_tokens,
-         extra=dict(image=_KONTEXT_REFERENCE, max_area=64 * 64, _auto_resize=False), no_context_parallel=True),
+         extra=dict(image=_KONTEXT_REFERENCE, max_area=64 * 64, _auto_resize=False)),
     # image to image at strength 1 (every step kept, as the checks count them), the image given as latents (encoding a
     # picture samples the VAE from the first generator, so stock's batch differs from its single calls);
     # test_flux_img2img.py covers pictures and lower strengths
@@ -225,15 +225,14 @@ CASES = [
     # on a CPU): slow; test_qwen_image.py checks identity and the reference in the default run
     Case("qwen-image-edit", diffusers.QwenImageEditPipeline, tiny_qwen_image_edit_pipeline, _qwen_text, _qwen_negative,
          dict(height=128, width=128), (8, 8), "images", lambda kwargs: kwargs["hidden_states"].shape[1] - 52 * 78,
-         extra=dict(image=PIL.Image.new("RGB", (48, 32), (90, 140, 200))), slow=True, no_context_parallel=True),
+         extra=dict(image=PIL.Image.new("RGB", (48, 32), (90, 140, 200))), slow=True),
     # FLUX.2-dev: guidance embedded (one forward a step), batch-normalised packed latents, a step-dependent shift
     Case("flux2", diffusers.Flux2Pipeline, tiny_flux2_pipeline, _flux2_text, _flux2_embedded_guidance,
          dict(height=64, width=64), (32, 32), "images", _sequence_tokens, guided_branches=1, no_cache=_FLUX2_NO_CACHE),
-    # FLUX.2-klein: true CFG against an empty prompt; a reference picture rides along whole (refused under context
-    # parallelism; without references it is run across processes)
+    # FLUX.2-klein: true CFG against an empty prompt; a reference picture rides along whole
     Case("flux2-klein", diffusers.Flux2KleinPipeline, tiny_flux2_klein_pipeline, _flux2_klein_text,
          _flux2_klein_negative, dict(height=64, width=64), (32, 32), "images", _flux2_reference_tokens,
-         extra=dict(image=_FLUX2_REFERENCE), no_cache=_FLUX2_NO_CACHE, no_context_parallel=True),
+         extra=dict(image=_FLUX2_REFERENCE), no_cache=_FLUX2_NO_CACHE),
     # 64x80 pixels, 5 frames: 2 latent frames of 4x5 tokens (an odd side)
     Case("hunyuan-video", diffusers.HunyuanVideoPipeline, tiny_hunyuan_video_pipeline, _hunyuan_text,
          _hunyuan_negative, dict(height=64, width=80, num_frames=5), (4, 5, 2), "frames", _video_tokens),

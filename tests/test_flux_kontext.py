@@ -1,5 +1,7 @@
 """FLUX.1-Kontext specifics beyond the adapter contract: the reference image rides along whole, at stock's positions."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from conftest import text_inputs
@@ -42,3 +44,19 @@ def test_a_max_area_that_leaves_no_picture_is_refused_naming_it():
     with pytest.raises(ValueError, match="max_area=1 "):
         pipe(**text_inputs(), image=REFERENCE, height=32, width=32, max_area=1, num_inference_steps=4,
              output_type="latent")
+
+
+def test_a_reference_whose_tokens_cannot_split_over_the_ranks_is_refused_before_any_forward():
+    pipe = tiny_flux_kontext_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    apply_fresco(pipe, FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(2, 2), promotion_rounds=0))
+    # what enable_parallelism(ContextParallelConfig(ulysses_degree=2)) leaves on the transformer, without the processes
+    pipe.transformer._parallel_config = SimpleNamespace(
+        context_parallel_config=SimpleNamespace(ulysses_degree=2, ring_degree=1))
+    forwards = []
+    pipe.transformer.register_forward_pre_hook(lambda *_: forwards.append(1))
+    odd = torch.rand(1, 3, 30, 30, generator=torch.Generator().manual_seed(0))  # 15x15 packed tokens
+    with pytest.raises(ValueError, match="the 225 reference-image tokens do not split over context-parallel degree 2"):
+        pipe(**text_inputs(), image=odd, height=32, width=32, max_area=32 * 32, _auto_resize=False,
+             num_inference_steps=4, output_type="latent", generator=torch.Generator().manual_seed(0))
+    assert not forwards
