@@ -389,7 +389,7 @@ class DiffusersFrescoRunner:
                                  "generator=torch.Generator().manual_seed(...) (the same seed on every rank)")
             config = replace(config, token_multiple=math.lcm(config.token_multiple, parallel.degree))
             can_pad = self.pads_masked and parallel.masks_pads
-            parallel.check(pipe.transformer, config, stages, geometry, denoiser.text["prompt_embeds"].shape[1],
+            parallel.check(pipe.transformer, config, stages, geometry, denoiser.split_text_tokens,
                            can_pad=can_pad, appended_tokens=denoiser.appended_tokens)
             denoiser.pad_multiple = parallel.degree if can_pad else 1
             agree = parallel.rank0_decides
@@ -481,6 +481,11 @@ class TransformerDenoiser:
         clone._last_tokens = None
         clone._layout_groups = None
         return clone
+
+    @property
+    def split_text_tokens(self) -> int:
+        """Text tokens a context-parallel plan splits as they are, so they must divide its degree."""
+        return self.text["prompt_embeds"].shape[1]
 
     @property
     def appended_tokens(self) -> int:

@@ -60,9 +60,7 @@ class HunyuanVideo15FrescoRunner(VideoFrescoRunner):
 
     def check(self, call: CallArguments) -> CallArguments:
         pipe = self.pipe
-        if context_parallel_of(pipe.transformer) is not None:  # diffusers has no plan for it; a custom one is unchecked
-            raise ValueError("Fresco does not run HunyuanVideo15Pipeline under context parallelism yet; disable "
-                             "parallelism or call remove_fresco(pipe)")
+        self.check_parallelism()
         pipe.check_inputs(
             prompt=call.prompt, height=call.height, width=call.width, negative_prompt=call.negative_prompt,
             prompt_embeds=call.prompt_embeds, negative_prompt_embeds=call.negative_prompt_embeds,
@@ -76,6 +74,18 @@ class HunyuanVideo15FrescoRunner(VideoFrescoRunner):
                 pipe.default_aspect_ratio[1], pipe.default_aspect_ratio[0], pipe.target_size)
             call = call.resolved(height=height, width=width)
         return call
+
+    def check_parallelism(self) -> None:
+        pipe = self.pipe
+        if context_parallel_of(pipe.transformer) is None:
+            return
+        from .hunyuan_video_parallel import has_hunyuan_video_parallelism
+
+        if not has_hunyuan_video_parallelism(pipe.transformer):  # diffusers has no plan; one's own is unchecked
+            raise ValueError(
+                f"Fresco runs {type(pipe).__name__} under context parallelism through fresco_plugin.integrations."
+                "hunyuan_video_parallel.enable_hunyuan_video_parallelism only (diffusers has no plan for it); "
+                "enable parallelism with it, or call remove_fresco(pipe)")
 
     def call_state(self, call: CallArguments) -> dict[str, Any]:
         return {"attention_kwargs": call.attention_kwargs}
@@ -147,9 +157,7 @@ class HunyuanVideo15ImageToVideoFrescoRunner(HunyuanVideo15FrescoRunner):
 
     def check(self, call: CallArguments) -> CallArguments:
         pipe = self.pipe
-        if context_parallel_of(pipe.transformer) is not None:
-            raise ValueError("Fresco does not run HunyuanVideo15ImageToVideoPipeline under context parallelism yet; "
-                             "disable parallelism or call remove_fresco(pipe)")
+        self.check_parallelism()
         pipe.check_inputs(
             prompt=call.prompt, image=call.image, negative_prompt=call.negative_prompt,
             prompt_embeds=call.prompt_embeds, negative_prompt_embeds=call.negative_prompt_embeds,
@@ -201,6 +209,7 @@ class HunyuanVideo15ImageToVideoFrescoRunner(HunyuanVideo15FrescoRunner):
 
 class _HunyuanVideo15Denoiser(StripDenoiser):
     attention_kwargs: dict[str, Any] | None
+    split_text_tokens = 0  # the only plan Fresco follows here pads the joint text to the degree itself
 
     def __call__(self, latents: torch.Tensor, positions: torch.Tensor, step: Step) -> torch.Tensor:
         self.start_step(latents, step)

@@ -122,8 +122,8 @@ class ZImageFrescoRunner(FluxFrescoRunner):
     def check(self, call: CallArguments) -> CallArguments:
         pipe = self.pipe
         if context_parallel_of(pipe.transformer) is not None:
-            raise ValueError("Fresco does not run ZImagePipeline under context parallelism yet; disable parallelism "
-                             "or call remove_fresco(pipe)")
+            raise ValueError("Fresco does not run ZImagePipeline under context parallelism (diffusers has no plan for "
+                             "it; one passed by hand is unchecked); disable parallelism or call remove_fresco(pipe)")
         height, width = call.height or 1024, call.width or 1024
         multiple = pipe.vae_scale_factor * 2
         for name, value in (("height", height), ("width", width)):

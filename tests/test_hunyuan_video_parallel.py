@@ -1,13 +1,18 @@
-"""HunyuanVideo under diffusers context parallelism (Ulysses) through our plan, with and without Fresco, really run
-across 2 and 4 gloo processes on the CPU and compared with a single process at every step.
+"""HunyuanVideo and HunyuanVideo-1.5 under diffusers context parallelism (Ulysses) through our plan, with and without
+Fresco, really run across 2 and 4 gloo processes on the CPU and compared with a single process at every step
+(HunyuanVideo-1.5, which takes no step callback: its output).
 
 The text is padded (its mask ends in zeros), so a wrongly ordered attention mask would let padding in and fail the
-comparison. Each worker sets ``torch.accelerator.device_count`` to 1, as in the FLUX tests (diffusers' CPU mesh).
+comparison; HunyuanVideo-1.5's joint text (Qwen, ByT5 and 729 image-embedding tokens, 741 here: padded to 742 for
+2 ranks) is mostly padding.
+Each worker sets ``torch.accelerator.device_count`` to 1, as in the FLUX tests (diffusers' CPU mesh).
 """
 
 import datetime
 import os
 
+import numpy as np
+import PIL.Image
 import pytest
 import torch
 import torch.distributed as dist
@@ -15,7 +20,11 @@ from conftest import generate_video_steps, shared_launches
 
 from fresco_plugin import FrescoConfig, apply_fresco
 from fresco_plugin.integrations.hunyuan_video_parallel import interleave_mask
-from fresco_plugin.tools.tiny import tiny_hunyuan_video_pipeline
+from fresco_plugin.tools.tiny import (
+    tiny_hunyuan_video15_i2v_pipeline,
+    tiny_hunyuan_video15_pipeline,
+    tiny_hunyuan_video_pipeline,
+)
 
 pytestmark = pytest.mark.multiprocess
 
@@ -29,8 +38,34 @@ def _pipe(heads=4):
     return pipe
 
 
+# image to video: a 48x80 picture, 12 x 20 latent tokens per frame
+PICTURE = PIL.Image.fromarray(np.random.default_rng(3).integers(0, 256, (48, 80, 3), dtype=np.uint8))
+
+
+def _generate_15(pipe) -> torch.Tensor:
+    """6 guided steps of the tiny HunyuanVideo-1.5 at 64x80 pixels (image to video: the picture's size), 5 frames
+    (16 x 20 latent tokens, 2 frames), with padded Qwen and ByT5 text (8 and 4 tokens)."""
+    g = torch.Generator().manual_seed(1)
+    mask, mask_2 = torch.ones(1, 8), torch.ones(1, 4)
+    mask[:, 6:], mask_2[:, 3:] = 0, 0
+    text = {"prompt_embeds": torch.randn(1, 8, 16, generator=g), "prompt_embeds_mask": mask,
+            "prompt_embeds_2": torch.randn(1, 4, 8, generator=g), "prompt_embeds_mask_2": mask_2}
+    negative = {f"negative_{name}": value.clone() if "mask" in name else torch.randn(value.shape, generator=g)
+                for name, value in text.items()}
+    size = dict(image=PICTURE) if "ImageToVideo" in type(pipe).__name__ else dict(height=64, width=80)
+    return pipe(**text, **negative, **size, num_frames=5, num_inference_steps=6, output_type="latent",
+                generator=torch.Generator().manual_seed(0)).frames
+
+
+def _pipe_15(task):
+    pipe = (tiny_hunyuan_video15_i2v_pipeline if "i2v" in task else tiny_hunyuan_video15_pipeline)()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 # Every case of one world size runs in one launch (``shared_launches``).
-CASES = {2: ("stock", "fresco", "fresco-first"), 4: ("stock", "fresco", "padded", "heads", "text")}
+CASES = {2: ("stock", "fresco", "fresco-first", "1.5-stock", "1.5-fresco", "1.5-i2v-fresco"),
+         4: ("stock", "fresco", "padded", "heads", "text")}
 
 
 def _worker(rank, world, port, task, out_path):
@@ -51,6 +86,12 @@ def _case(case, world) -> dict:
 
     from fresco_plugin.integrations.hunyuan_video_parallel import enable_hunyuan_video_parallelism
 
+    if case.startswith("1.5"):
+        pipe = _pipe_15(case)
+        enable_hunyuan_video_parallelism(pipe.transformer, ContextParallelConfig(ulysses_degree=world))
+        if case.endswith("fresco"):
+            apply_fresco(pipe, CONFIG)
+        return {"out": _generate_15(pipe)}
     pipe = _pipe(heads=2 if case == "heads" else 4)
     try:
         if case == "fresco-first":
@@ -89,6 +130,14 @@ def test_every_step_matches_a_single_process_run(world, task, launched):
     for parallel_step, single_step in zip(result["steps"], steps, strict=True):
         assert torch.allclose(parallel_step, single_step, atol=1e-5)
     assert torch.allclose(result["out"], out, atol=1e-5)
+
+
+@pytest.mark.parametrize("task", ["1.5-stock", "1.5-fresco", "1.5-i2v-fresco"])
+def test_hunyuan_video15_matches_a_single_process_run(task, launched):
+    single = _pipe_15(task)
+    if task.endswith("fresco"):
+        apply_fresco(single, FrescoConfig(stage_scales=(0.5, 1.0), promotion_rounds=1, token_multiple=2))
+    assert torch.allclose(launched(2)[task]["out"], _generate_15(single), atol=1e-5)
 
 
 def test_degrees_that_cannot_work_are_refused(launched):
