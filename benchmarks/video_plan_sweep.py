@@ -49,7 +49,9 @@ def candidates(name: str) -> list[tuple[str, str, FrescoConfig]]:
                 for label, overrides in ROUNDS.items()
                 if label != "ratio 0.5" or plan.promotion_ratio == 0.5]
     if name == "round-free":  # what is left of the unguided gap: the video presets restarting higher, a shorter sketch
-        presets = {budget: PRESETS[preset] for budget, preset in BUDGETS.items()}
+        # the presets as they were then: restart x2 in both regimes (they now restart x3 without guidance)
+        presets = {budget: replace(PRESETS[preset], unguided_restart_shift_scale=None)
+                   for budget, preset in BUDGETS.items()}
         out = [(budget, f"{budget} {BUDGETS[budget]}", plan) for budget, plan in presets.items()]
         out += [(budget, f"{budget} restart x3", replace(plan, restart_shift_scale=3.0))
                 for budget, plan in presets.items()]

@@ -143,6 +143,11 @@ class FrescoConfig:
     it redraws the coarse stage's picture instead of inheriting its artefacts. The FLUX.1-dev presets use 2: on the
     scenes model it cut the realism cost against fewer steps at equal FLOPs at every budget, most at 10x (KID +24180
     to +3879 unguided), and kept the adherence gain (BENCHMARKS.md, "A higher restart")."""
+    unguided_restart_shift_scale: float | None = None
+    """``restart_shift_scale`` for a call that runs without guidance (no negative branch, no guidance embedded in the
+    transformer), in [0.01, 100]; ``None``: the same as guided. The video presets use 3: on the shipped video model
+    a higher restart cut the unguided frame-realism cost at every budget (most at 10x) but made guided clips flicker
+    more, so it applies where guidance is off (BENCHMARKS.md, "Video")."""
 
     def __post_init__(self) -> None:
         # Normalise what a user may reasonably pass (lists, numpy numbers, whole-number floats for counts) and
@@ -154,6 +159,9 @@ class FrescoConfig:
         if self.target_speedup is not None:
             object.__setattr__(self, "target_speedup", _number("target_speedup", self.target_speedup))
         object.__setattr__(self, "restart_shift_scale", _number("restart_shift_scale", self.restart_shift_scale))
+        if self.unguided_restart_shift_scale is not None:
+            object.__setattr__(self, "unguided_restart_shift_scale",
+                               _number("unguided_restart_shift_scale", self.unguided_restart_shift_scale))
         for name in ("promotion_rounds", "token_multiple", "score_window"):
             object.__setattr__(self, name, _count(name, getattr(self, name)))
         object.__setattr__(self, "promotion_ratio", _number("promotion_ratio", self.promotion_ratio))
@@ -210,9 +218,11 @@ class FrescoConfig:
             raise ValueError(f"FrescoConfig.target_speedup={self.target_speedup}: give a factor in "
                              f"[1, {MAX_TARGET_SPEEDUP}] (3 for a third of the call's image tokens), or None to split "
                              "the steps into equal shares")
-        if not 1e-2 <= self.restart_shift_scale <= 1e2:
-            raise ValueError(f"FrescoConfig.restart_shift_scale={self.restart_shift_scale}: give a finite factor in "
-                             "[0.01, 100] (1 keeps each stage's own shift)")
+        for name in ("restart_shift_scale", "unguided_restart_shift_scale"):
+            value = getattr(self, name)
+            if value is not None and not 1e-2 <= value <= 1e2:
+                raise ValueError(f"FrescoConfig.{name}={value}: give a finite factor in [0.01, 100] (1 keeps each "
+                                 "stage's own shift)" + (", or None" if name.startswith("unguided") else ""))
         if not 0 <= self.promotion_rounds <= MAX_STEPS:
             raise ValueError(f"FrescoConfig.promotion_rounds={self.promotion_rounds}: use a whole number in "
                              f"[0, {MAX_STEPS}] (and fewer than the steps of each non-final stage)")
@@ -291,11 +301,16 @@ def _rule_plan(sketch_ratio: float, full_steps: int) -> FrescoConfig:
                         restart_shift_scale=2.0)
 
 
+# video plans restart higher without guidance (FrescoConfig.unguided_restart_shift_scale)
+UNGUIDED_VIDEO_RESTART_SHIFT_SCALE = 3.0
+
+
 def _video_plan(full_steps: int) -> FrescoConfig:
     """The video models' shape: the rule's 3-step sketch without its promotion round (every token switches at the
-    sketch's end), then ``full_steps`` at full resolution restarting at twice its own shift."""
+    sketch's end), then ``full_steps`` at full resolution restarting at twice its own shift (three times without
+    guidance)."""
     return FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(3, full_steps), promotion_rounds=0,
-                        restart_shift_scale=2.0)
+                        restart_shift_scale=2.0, unguided_restart_shift_scale=UNGUIDED_VIDEO_RESTART_SHIFT_SCALE)
 
 
 def _distilled_plan(steps: int) -> FrescoConfig:

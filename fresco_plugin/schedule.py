@@ -11,8 +11,8 @@ import torch
 
 from .config import MAX_STEPS, FrescoConfig
 
-__all__ = ["StagePlan", "StageSchedule", "fit_plan", "plan_stages", "base_sigmas", "flux_mu", "shift_sigmas",
-           "static_schedules"]
+__all__ = ["StagePlan", "StageSchedule", "fit_plan", "for_guidance", "plan_stages", "base_sigmas", "flux_mu",
+           "shift_sigmas", "static_schedules"]
 
 
 @dataclass(frozen=True)
@@ -184,6 +184,15 @@ def fit_plan(config: FrescoConfig, num_inference_steps: int | None, *,
                          f"running {steps} steps per stage, {reached:.2f}x fewer image tokens than {total} "
                          "full-resolution steps")
     return plans, notes
+
+
+def for_guidance(stages: Sequence[StagePlan], config: FrescoConfig, guided: bool) -> list[StagePlan]:
+    """The stages a call runs: without guidance, the stages after the first restart at
+    ``config.unguided_restart_shift_scale`` where the config sets one."""
+    scale = config.unguided_restart_shift_scale
+    if guided or scale is None:
+        return list(stages)
+    return [replace(stage, shift_scale=scale) if stage.index > 0 else stage for stage in stages]
 
 
 def _last(values: tuple | None, count: int) -> tuple | None:

@@ -3,7 +3,8 @@
 A plan here has the shape the preset sweep measured best on the shipped scenes model (``benchmarks/preset_sweep.py``,
 BENCHMARKS.md): a short half-resolution sketch with one promotion round, then the rest of the budget at full
 resolution, restarting at twice that stage's own shift. Video models skip the round: on the shipped video model it
-cost unguided realism and added guided flicker at every budget (``benchmarks/video_plan_sweep.py --set no-round``).
+cost unguided realism and added guided flicker at every budget (``benchmarks/video_plan_sweep.py --set no-round``);
+without guidance their full-resolution stage restarts at three times its shift (``--set round-free``).
 For a target, the sketch is fixed by the budget's band and the full-resolution stage gets the most steps that still
 reach the target on the named architecture and size, counted exactly as ``fresco flops`` counts (so the presets are
 points of this function, a test).
@@ -14,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .config import FrescoConfig
+from .config import UNGUIDED_VIDEO_RESTART_SHIFT_SCALE, FrescoConfig
 
 __all__ = ["SketchShape", "most_full_steps", "plan_for_speedup"]
 
@@ -27,11 +28,13 @@ class SketchShape:
 
     steps: int
     promotion_ratio: float | None
+    unguided_restart_shift_scale: float | None = None
 
     def config(self, full_steps: int) -> FrescoConfig:
         if self.promotion_ratio is None:
             return FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(self.steps, full_steps), promotion_rounds=0,
-                                restart_shift_scale=RESTART_SHIFT_SCALE)
+                                restart_shift_scale=RESTART_SHIFT_SCALE,
+                                unguided_restart_shift_scale=self.unguided_restart_shift_scale)
         rounds = 1 if self.steps >= 3 else 0
         return FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(self.steps, full_steps), promotion_rounds=rounds,
                             promotion_ratio=self.promotion_ratio, restart_shift_scale=RESTART_SHIFT_SCALE)
@@ -44,8 +47,9 @@ RESTART_SHIFT_SCALE = 2.0
 # sketch shrinks until the target fits.
 BANDS = ((0.0, SketchShape(3, 0.5)), (4.0, SketchShape(3, 0.1)))
 FALLBACKS = (SketchShape(2, 0.1), SketchShape(1, 0.1))
-VIDEO_BANDS = ((0.0, SketchShape(3, None)),)
-VIDEO_FALLBACKS = (SketchShape(2, None), SketchShape(1, None))
+VIDEO_BANDS = ((0.0, SketchShape(3, None, UNGUIDED_VIDEO_RESTART_SHIFT_SCALE)),)
+VIDEO_FALLBACKS = (SketchShape(2, None, UNGUIDED_VIDEO_RESTART_SHIFT_SCALE),
+                   SketchShape(1, None, UNGUIDED_VIDEO_RESTART_SHIFT_SCALE))
 
 
 def plan_for_speedup(target: float, *, model: str = "flux-dev", height: int | None = None, width: int | None = None,

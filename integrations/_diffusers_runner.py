@@ -26,7 +26,7 @@ from fresco_plugin.layout import TokenGeometry, TokenLayout
 from fresco_plugin.noise import FreshNoise, NoiseField, seeds_from_generators
 from fresco_plugin.registry import get_strategy
 from fresco_plugin.sampler import SamplerResult, Step, min_score_history, sample
-from fresco_plugin.schedule import StagePlan, StageSchedule, fit_plan, plan_stages, shift_sigmas
+from fresco_plugin.schedule import StagePlan, StageSchedule, fit_plan, for_guidance, plan_stages, shift_sigmas
 
 from ._context_parallel import ContextParallel, context_parallel_of
 from .diffusers_caches import check_cache
@@ -173,6 +173,7 @@ class DiffusersFrescoRunner:
         self.start_call(**self.call_state(call))
         device = self.pipe._execution_device
         text, negative = self.encode(call, device)
+        stages = for_guidance(stages, self.config, self.guided(negative))
         count = self.batch_size(call)
         start = self.clean_start(call, count, geometry, text, device)  # before the noise: stock encodes it first
         field, fresh = self.initial_noise(call, count, geometry, text, device)
@@ -239,6 +240,11 @@ class DiffusersFrescoRunner:
         prompt = call.prompt
         prompts = 1 if isinstance(prompt, str) else len(prompt) if prompt is not None else call.prompt_embeds.shape[0]
         return prompts * getattr(call, self.per_prompt_argument)
+
+    def guided(self, negative: dict[str, Any] | None) -> bool:
+        """Whether this call runs with guidance: a negative branch, or guidance embedded in the transformer (FLUX.1-dev,
+        FLUX.2-dev, HunyuanVideo)."""
+        return negative is not None or bool(getattr(self.pipe.transformer.config, "guidance_embeds", False))
 
     def has_negative(self, call: CallArguments, *pooled: str) -> bool:
         """Whether the call gives a negative prompt (or its embeddings, with the ``pooled`` ones it needs)."""

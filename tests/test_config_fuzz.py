@@ -13,7 +13,7 @@ from fresco_plugin import FrescoConfig
 from fresco_plugin.layout import TokenGeometry, TokenLayout
 from fresco_plugin.noise import FreshNoise, NoiseField
 from fresco_plugin.sampler import min_score_history, sample
-from fresco_plugin.schedule import plan_stages, static_schedules
+from fresco_plugin.schedule import for_guidance, plan_stages, static_schedules
 
 GEOMETRY = TokenGeometry(channels=4, patch=2, rows=8, cols=6)
 FIELDS = set(FrescoConfig.field_names())
@@ -45,6 +45,7 @@ field_values = {
     "position_units": st.one_of(st.sampled_from(["stage", "final"]), weird),
     "token_multiple": count,
     "restart_shift_scale": number,
+    "unguided_restart_shift_scale": st.one_of(st.none(), number),
 }
 plausible_values = {
     "stage_scales": st.sampled_from([(1.0,), (0.5, 1.0), (0.25, 0.5, 1.0)]),
@@ -66,6 +67,7 @@ plausible_values = {
     "position_units": st.sampled_from(["stage", "final"]),
     "token_multiple": st.integers(1, 4),
     "restart_shift_scale": st.floats(0.01, 100),
+    "unguided_restart_shift_scale": st.one_of(st.none(), st.floats(0.01, 100)),
 }
 configs = st.one_of(st.fixed_dictionaries({}, optional=plausible_values),  # mostly valid: exercises sampling
                     st.fixed_dictionaries({}, optional=field_values))  # anything: exercises the refusals
@@ -97,6 +99,7 @@ def test_any_config_is_refused_naming_its_field_or_samples_finite_latents(kwargs
     except ValueError as error:  # the call's step count does not fit the plan: refused before any forward
         assert re.search(r"steps|stage", str(error)), str(error)
         return
+    stages = for_guidance(stages, config, guided=steps % 2 == 0)  # both regimes' restarts
     schedules = static_schedules(stages, shift=3.0)
     for schedule in schedules:
         assert torch.isfinite(schedule.sigmas).all() and (schedule.sigmas >= 0).all()

@@ -98,6 +98,27 @@ def test_distilled_configs_with_presets(flux_pipe, schnell_pipe):
     assert not torch.allclose(out[0], out[1])
 
 
+def test_guidance_embedded_in_the_transformer_counts_as_guided(flux_pipe, schnell_pipe):
+    """FLUX.1-dev's distilled guidance is guidance: the unguided restart is for models run without any (schnell
+    without a negative prompt), and true CFG's negative branch is guidance too."""
+    from fresco_plugin import last_fresco_run
+
+    def restart(pipe, unguided_scale, **kwargs):
+        apply_fresco(pipe, FrescoConfig(stage_steps=(2, 2), promotion_rounds=0, restart_shift_scale=2.0,
+                                        unguided_restart_shift_scale=unguided_scale))
+        pipe(**text_inputs(), **kwargs, height=32, width=32, output_type="latent",
+             generator=torch.Generator().manual_seed(0))
+        sigma = last_fresco_run(pipe).sigmas_used[2]
+        remove_fresco(pipe)
+        return sigma
+
+    assert restart(flux_pipe, 3.0) == restart(flux_pipe, None)  # embedded guidance
+    negative = {f"negative_{k}": v for k, v in text_inputs(seed=2).items()}
+    assert restart(schnell_pipe, 3.0, true_cfg_scale=2.0, **negative) == restart(
+        schnell_pipe, None, true_cfg_scale=2.0, **negative)  # true CFG
+    assert restart(schnell_pipe, 3.0) > restart(schnell_pipe, None)  # no guidance at all
+
+
 def test_hash_field_and_user_latents(flux_pipe):
     apply_fresco(flux_pipe, FrescoConfig(noise_source="hash"))
     assert torch.equal(_call(flux_pipe, seed=3), _call(flux_pipe, seed=3))

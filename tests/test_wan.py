@@ -73,6 +73,25 @@ def test_restart_shift_scale_multiplies_the_static_shift_of_later_stages():
     assert np.allclose(scaled[3:], expected, atol=1e-6) and (scaled[3:] > plain[3:]).all()
 
 
+def test_without_guidance_the_later_stages_restart_at_the_unguided_scale(wan_pipe):
+    """A video preset's unguided_restart_shift_scale: 3 when the call runs without classifier-free guidance
+    (guidance_scale 1), the guided 2 otherwise."""
+    from fresco_plugin import last_fresco_run
+
+    def sigmas(guidance_scale, **scales):
+        apply_fresco(wan_pipe, FrescoConfig(stage_steps=(3, 4), promotion_rounds=0, **scales))
+        _call(wan_pipe, guidance_scale=guidance_scale, num_inference_steps=None)
+        used = last_fresco_run(wan_pipe).sigmas_used
+        remove_fresco(wan_pipe)
+        return used
+
+    both = dict(restart_shift_scale=2.0, unguided_restart_shift_scale=3.0)
+    assert sigmas(5.0, **both) == sigmas(5.0, restart_shift_scale=2.0)
+    unguided, guided_plan = sigmas(1.0, **both), sigmas(1.0, restart_shift_scale=2.0)
+    assert unguided == sigmas(1.0, restart_shift_scale=3.0)
+    assert unguided[:3] == guided_plan[:3] and all(a > b for a, b in zip(unguided[3:], guided_plan[3:]))
+
+
 def test_sizes_stock_rounds_down_are_rounded_the_same_way(wan_pipe):
     """Stock Wan rounds height and width down to whole patches with a warning (4x4 patches: multiples of 32); so does
     Fresco, instead of refusing."""
