@@ -55,9 +55,13 @@ ROUND_VARIANTS = {
     "dct expansion": dict(expansion="dct"),
 }
 SETS = {"plan": VARIANTS, "restart": RESTART_VARIANTS, "round": ROUND_VARIANTS}
-SET_NAMES = [*sorted(SETS), "presets", "shapes", "default", "tail", "rounds"]
+SET_NAMES = [*sorted(SETS), "presets", "shapes", "default", "tail", "rounds", "round-free"]
 # each budget's promotion round promoting a tenth or nothing (the video sweep's lead), paired with the preset
 BUDGET_ROUNDS = {"ratio 0.1": dict(promotion_ratio=0.1), "no round": dict(promotion_rounds=0)}
+# the two changes that lowered unguided KID in every budget's sweep, each inside noise alone (no round: "rounds";
+# restart 3: preset_restart3_sweep.json), alone and together, paired with the preset
+BUDGET_ROUND_FREE = {"no round": dict(promotion_rounds=0), "unguided restart 3": dict(unguided_restart_shift_scale=3.0),
+                     "no round, unguided restart 3": dict(promotion_rounds=0, unguided_restart_shift_scale=3.0)}
 # sketch lengths re-measured once the full-resolution stage restarts higher (the presets' 3 was chosen by fidelity
 # before it): each with the most full-resolution steps that still reach the budget on FLUX.1-dev, as for_speedup plans
 SHAPE_BUDGETS = {"5x": 5.0, "10x": 10.0}
@@ -127,9 +131,11 @@ def main() -> None:
                         "(FrescoConfig(target_speedup=T) on calls of 28 and 50 steps, against the stock call and "
                         "steps@ at equal FLOPs), or tail (each budget's preset with its full-resolution stage "
                         "restarting as high but descending on the stock shift, against steps@), or rounds (each "
-                        "--budgets preset promoting a tenth and with no round, paired with the preset and steps@)")
+                        "--budgets preset promoting a tenth and with no round, paired with the preset and steps@), or "
+                        "round-free (each --budgets preset with no round, restarting at 3x its shift without "
+                        "guidance, and both, paired with the preset and steps@)")
     parser.add_argument("--budgets", nargs="+", default=list(BUDGET_PRESETS), choices=list(BUDGET_PRESETS),
-                        help="the budgets of --set rounds")
+                        help="the budgets of --set rounds and round-free")
     parser.add_argument("--restart-shift-scale", type=float, default=2.0)
     parser.add_argument("--out", default="unguided_sweep.json")
     args = parser.parse_args()
@@ -163,14 +169,15 @@ def main() -> None:
             methods += [Method(f"steps@{budget}", "fewer steps", budget=budget),
                         Method(f"fresco@{budget}", "Fresco", config=PRESETS[preset], budget=budget),
                         Method(f"fresco-stock-tail@{budget}", "Fresco, stock tail", config=tail, budget=budget)]
-    elif args.set == "rounds":
+    elif args.set in ("rounds", "round-free"):
+        variants = BUDGET_ROUNDS if args.set == "rounds" else BUDGET_ROUND_FREE
         for budget in args.budgets:
             preset = PRESETS[BUDGET_PRESETS[budget]]
             methods += [Method(f"steps@{budget}", "fewer steps", budget=budget),
                         Method(f"fresco@{budget}", "Fresco", config=preset, budget=budget)]
             methods += [Method(f"fresco {label}@{budget}", f"Fresco, {label}", config=replace(preset, **overrides),
                                budget=budget, against=f"fresco@{budget}")
-                        for label, overrides in BUDGET_ROUNDS.items() if replace(preset, **overrides) != preset]
+                        for label, overrides in variants.items() if replace(preset, **overrides) != preset]
     elif args.set == "presets":
         for budget, preset in BUDGET_PRESETS.items():
             scaled = replace(PRESETS[preset], restart_shift_scale=args.restart_shift_scale)
