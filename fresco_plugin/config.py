@@ -145,9 +145,9 @@ class FrescoConfig:
     to +3879 unguided), and kept the adherence gain (BENCHMARKS.md, "A higher restart")."""
     unguided_restart_shift_scale: float | None = None
     """``restart_shift_scale`` for a call that runs without guidance (no negative branch, no guidance embedded in the
-    transformer), in [0.01, 100]; ``None``: the same as guided. The video presets use 3: on the shipped video model
-    a higher restart cut the unguided frame-realism cost at every budget (most at 10x) but made guided clips flicker
-    more, so it applies where guidance is off (BENCHMARKS.md, "Video")."""
+    transformer), in [0.01, 100]; ``None``: the same as guided. The video presets use 3 (4 for ``wan2.1-10x``): on
+    the shipped video model a higher restart cut the unguided frame-realism cost at every budget (most at 10x) but
+    made guided clips flicker more, so it applies where guidance is off (BENCHMARKS.md, "Video")."""
 
     def __post_init__(self) -> None:
         # Normalise what a user may reasonably pass (lists, numpy numbers, whole-number floats for counts) and
@@ -301,16 +301,20 @@ def _rule_plan(sketch_ratio: float, full_steps: int) -> FrescoConfig:
                         restart_shift_scale=2.0)
 
 
-# video plans restart higher without guidance (FrescoConfig.unguided_restart_shift_scale)
+# video plans restart higher without guidance (FrescoConfig.unguided_restart_shift_scale): 3 times their shift, 4 from
+# UNGUIDED_VIDEO_HIGH_RESTART_FROM x up (the shipped video model's unguided sweep: at 3x, 4 cost realism against 3; at
+# 5x the two were level; at 10x 4 was clearly better; 7.5 splits the measured budgets)
 UNGUIDED_VIDEO_RESTART_SHIFT_SCALE = 3.0
+UNGUIDED_VIDEO_HIGH_RESTART_SHIFT_SCALE = 4.0
+UNGUIDED_VIDEO_HIGH_RESTART_FROM = 7.5
 
 
-def _video_plan(full_steps: int) -> FrescoConfig:
+def _video_plan(full_steps: int, unguided_restart: float = UNGUIDED_VIDEO_RESTART_SHIFT_SCALE) -> FrescoConfig:
     """The video models' shape: the rule's 3-step sketch without its promotion round (every token switches at the
-    sketch's end), then ``full_steps`` at full resolution restarting at twice its own shift (three times without
-    guidance)."""
+    sketch's end), then ``full_steps`` at full resolution restarting at twice its own shift (``unguided_restart``
+    times without guidance)."""
     return FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(3, full_steps), promotion_rounds=0,
-                        restart_shift_scale=2.0, unguided_restart_shift_scale=UNGUIDED_VIDEO_RESTART_SHIFT_SCALE)
+                        restart_shift_scale=2.0, unguided_restart_shift_scale=unguided_restart)
 
 
 def _distilled_plan(steps: int) -> FrescoConfig:
@@ -356,7 +360,8 @@ PRESETS: dict[str, FrescoConfig] = {
     "flux2-dev-3x": _rule_plan(0.5, 15), "flux2-dev-5x": _rule_plan(0.1, 9), "flux2-dev-10x": _rule_plan(0.1, 4),
     "qwen-image-3x": _rule_plan(0.5, 15), "qwen-image-5x": _rule_plan(0.1, 9), "qwen-image-10x": _rule_plan(0.1, 4),
     "z-image-3x": _rule_plan(0.5, 15), "z-image-5x": _rule_plan(0.1, 9), "z-image-10x": _rule_plan(0.1, 4),
-    "wan2.1-3x": _video_plan(16), "wan2.1-5x": _video_plan(9), "wan2.1-10x": _video_plan(4),
+    "wan2.1-3x": _video_plan(16), "wan2.1-5x": _video_plan(9),
+    "wan2.1-10x": _video_plan(4, UNGUIDED_VIDEO_HIGH_RESTART_SHIFT_SCALE),
     "wan2.2-3x": _video_plan(12), "wan2.2-5x": _video_plan(7),
     "hunyuan-video15-3x": _video_plan(16), "hunyuan-video15-5x": _video_plan(9),
     "flux-schnell-19x": _distilled_plan(4), "z-image-turbo-1.5x": _distilled_plan(8),

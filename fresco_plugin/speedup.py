@@ -4,7 +4,8 @@ A plan here has the shape the preset sweep measured best on the shipped scenes m
 BENCHMARKS.md): a short half-resolution sketch with one promotion round, then the rest of the budget at full
 resolution, restarting at twice that stage's own shift. Video models skip the round: on the shipped video model it
 cost unguided realism and added guided flicker at every budget (``benchmarks/video_plan_sweep.py --set no-round``);
-without guidance their full-resolution stage restarts at three times its shift (``--set round-free``).
+without guidance their full-resolution stage restarts at three times its shift (``--set round-free``), four times
+from 7.5x up (``--set unguided-restart``).
 For a target, the sketch is fixed by the budget's band and the full-resolution stage gets the most steps that still
 reach the target on the named architecture and size, counted exactly as ``fresco flops`` counts (so the presets are
 points of this function, a test).
@@ -15,7 +16,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .config import UNGUIDED_VIDEO_RESTART_SHIFT_SCALE, FrescoConfig
+from .config import (
+    UNGUIDED_VIDEO_HIGH_RESTART_FROM,
+    UNGUIDED_VIDEO_HIGH_RESTART_SHIFT_SCALE,
+    UNGUIDED_VIDEO_RESTART_SHIFT_SCALE,
+    FrescoConfig,
+)
 
 __all__ = ["SketchShape", "most_full_steps", "plan_for_speedup"]
 
@@ -47,9 +53,10 @@ RESTART_SHIFT_SCALE = 2.0
 # sketch shrinks until the target fits.
 BANDS = ((0.0, SketchShape(3, 0.5)), (4.0, SketchShape(3, 0.1)))
 FALLBACKS = (SketchShape(2, 0.1), SketchShape(1, 0.1))
-VIDEO_BANDS = ((0.0, SketchShape(3, None, UNGUIDED_VIDEO_RESTART_SHIFT_SCALE)),)
-VIDEO_FALLBACKS = (SketchShape(2, None, UNGUIDED_VIDEO_RESTART_SHIFT_SCALE),
-                   SketchShape(1, None, UNGUIDED_VIDEO_RESTART_SHIFT_SCALE))
+VIDEO_BANDS = ((0.0, SketchShape(3, None, UNGUIDED_VIDEO_RESTART_SHIFT_SCALE)),
+               (UNGUIDED_VIDEO_HIGH_RESTART_FROM, SketchShape(3, None, UNGUIDED_VIDEO_HIGH_RESTART_SHIFT_SCALE)))
+VIDEO_FALLBACKS = (SketchShape(2, None, UNGUIDED_VIDEO_HIGH_RESTART_SHIFT_SCALE),
+                   SketchShape(1, None, UNGUIDED_VIDEO_HIGH_RESTART_SHIFT_SCALE))
 
 
 def plan_for_speedup(target: float, *, model: str = "flux-dev", height: int | None = None, width: int | None = None,
