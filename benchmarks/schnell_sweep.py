@@ -11,12 +11,13 @@ import argparse
 import json
 import time
 from dataclasses import replace
+from pathlib import Path
 
 from unguided_sweep import print_rows
 
 from fresco_plugin.config import PRESETS
 from fresco_plugin.tools.bench import BASELINE_STEPS, DISTILLED, Method, _json_safe, run_benchmark
-from fresco_plugin.tools.shipped_model import SCHNELL_STEPS, prompt_set
+from fresco_plugin.tools.shipped_model import SCHNELL_STEPS, VARIANTS, prompt_set
 
 TWENTY_TWO = PRESETS["flux-schnell-22x"]
 # On schnell's unshifted 4-step schedule the full-resolution step starts at sigma 0.25; a shift s on that stage
@@ -36,8 +37,13 @@ def main() -> None:
                         help="restart: the preset at higher full-resolution restarts; plans: two full-resolution "
                              "steps after a 1- or 2-step sketch; dev: the same plans on the dev-like student (is it "
                              "the plan or the step-distilled student?)")
+    parser.add_argument("--schnell", type=Path, help="another schnell-like student's folder to run instead of the "
+                        "shipped one (for example one trained with `distill_scenes_model.py schnell --objective "
+                        "data-states --output <folder>`)")
     parser.add_argument("--out", default="schnell_sweep.json")
     args = parser.parse_args()
+    if args.schnell is not None:
+        VARIANTS["schnell"] = args.schnell
     student = "dev" if args.set == "dev" else "schnell"
     methods = [Method("baseline", "baseline", steps=BASELINE_STEPS, model="dev"),
                Method(f"{student}-{SCHNELL_STEPS}", f"{student}-like alone", steps=SCHNELL_STEPS, model=student),

@@ -51,7 +51,8 @@ GUIDANCE_RANGE = (1.0, 5.0)
 SCHNELL_SCHEDULER = dict(num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=False)  # FLUX.1-schnell's
 SCHNELL_STEPS = 4
 PAIR_STEPS = 16  # Euler steps of the dev student that draw each reflow pair
-UNUSED = {"dev": ("output", "dev_student", "pairs"), "schnell": ("output", "dev_student", "scenes")}  # not reported
+UNUSED = {"dev": ("output", "dev_student", "pairs", "objective"),  # not reported
+          "schnell": ("output", "dev_student", "scenes")}
 
 
 def load(folder: Path, device: torch.device) -> FluxPipeline:
@@ -174,12 +175,56 @@ def reflow_pairs(dev: FluxPipeline, count: int, size: int, rng: np.random.Genera
     return torch.cat(noises), torch.cat(pictures), prompts
 
 
+@torch.no_grad()
+def data_state_pairs(dev: FluxPipeline, count: int, size: int, rng: np.random.Generator, seed: int, device, log):
+    """(start, end, top sigma, prompt): a training scene's latents noised to a sigma ``s`` (a quarter at 1, the rest
+    uniform in [0.05, 1]), and where the dev student's guided Euler steps (``PAIR_STEPS`` times ``s``, at least 2)
+    take that state at sigma 0. ``start`` is the line through the two extended back to sigma 1, so the reflow loss
+    trains the student on the segment from the state to the picture."""
+    raw, prompts, _ = encode_dataset(dev.vae, count, rng, device, log)
+    latents = (raw[size] - dev.vae.config.shift_factor) * dev.vae.config.scaling_factor
+    tokens = PromptTokens(dev.tokenizer, dev.tokenizer_2, prompts)
+    generator = torch.Generator().manual_seed(seed)
+    txt_ids = torch.zeros(TEXT_TOKENS, 3, device=device)
+    image_ids = image_positions(size // 8, size // 8, 1, device)
+    starts, ends, tops = [], [], []
+    for first in range(0, count, 64):
+        x0 = packed(latents[first:first + 64]).to(device)
+        batch = x0.shape[0]
+        top = torch.where(torch.rand(batch, generator=generator) < 0.25, torch.ones(batch),
+                          0.05 + 0.95 * torch.rand(batch, generator=generator)).to(device)
+        noise = torch.randn(x0.shape, generator=generator).to(device)
+        state = (1 - top[:, None, None]) * x0 + top[:, None, None] * noise
+        ids = torch.tensor([tokens.index[p] for p in prompts[first:first + batch]])
+        embeds, pooled = encode_text(dev, tokens.clip[ids].to(device), tokens.t5[ids].to(device))
+        guidance = torch.full((batch,), GUIDANCE_SCALE, device=device)
+        steps = max(2, math.ceil(PAIR_STEPS * top.max().item()))
+        latent = state
+        for index in range(steps):  # each sample's own sigmas, evenly from its top to 0
+            sigma, following = top * (1 - index / steps), top * (1 - (index + 1) / steps)
+            velocity = dev.transformer(hidden_states=latent, encoder_hidden_states=embeds, pooled_projections=pooled,
+                                       timestep=sigma, guidance=guidance, img_ids=image_ids, txt_ids=txt_ids,
+                                       return_dict=False)[0]
+            latent = latent + (following - sigma)[:, None, None] * velocity
+        starts.append((latent + (state - latent) / top[:, None, None]).cpu())
+        ends.append(latent.cpu())
+        tops.append(top.cpu())
+        if first % 1024 == 0:
+            log(f"data-state pairs at {size}px: {first}/{count}")
+    return torch.cat(starts), torch.cat(ends), torch.cat(tops), prompts
+
+
 def distil_steps(teacher: FluxPipeline, dev: FluxPipeline, args, device: torch.device, log) -> FluxTransformer2DModel:
     rng = np.random.default_rng(args.seed)
-    pairs = {size: reflow_pairs(dev, count, size, rng, args.seed * 1000 + size * 100000, device, log)
-             for size, count in ((SIZE, args.pairs), (SIZE // 2, args.pairs))}
-    tokens = PromptTokens(teacher.tokenizer, teacher.tokenizer_2, pairs[SIZE][2] + pairs[SIZE // 2][2])
-    prompt_ids = {size: torch.tensor([tokens.index[p] for p in triple[2]]) for size, triple in pairs.items()}
+    if args.objective == "reflow":
+        pairs = {size: reflow_pairs(dev, count, size, rng, args.seed * 1000 + size * 100000, device, log)
+                 for size, count in ((SIZE, args.pairs), (SIZE // 2, args.pairs))}
+        pairs = {size: (noise, x0, torch.ones(len(x0)), prompts) for size, (noise, x0, prompts) in pairs.items()}
+    else:
+        pairs = {size: data_state_pairs(dev, count, size, rng, args.seed * 1000 + size * 100000, device, log)
+                 for size, count in ((SIZE, args.pairs), (SIZE // 2, args.pairs))}
+    tokens = PromptTokens(teacher.tokenizer, teacher.tokenizer_2, pairs[SIZE][3] + pairs[SIZE // 2][3])
+    prompt_ids = {size: torch.tensor([tokens.index[p] for p in pair[3]]) for size, pair in pairs.items()}
     student = student_from(teacher.transformer, guidance=False).to(device)
     trainer = Trainer(student, args.lr, args.steps, args.ema)
     generator = torch.Generator().manual_seed(args.seed)
@@ -187,12 +232,14 @@ def distil_steps(teacher: FluxPipeline, dev: FluxPipeline, args, device: torch.d
     cycle = [(SIZE, args.batch), (SIZE // 2, args.batch * 2)]
     for step in range(args.steps):
         size, batch = cycle[step % len(cycle)]
-        noises, pictures, _ = pairs[size]
+        noises, pictures, tops, _ = pairs[size]
         index = torch.randint(len(noises), (batch,), generator=generator)
         noise, x0 = noises[index].to(device), pictures[index].to(device)
-        # Uniform times over the straight line, plus a share at sigma = 1: the first of few steps starts there.
+        # Uniform times over the straight line up to the pair's top sigma (1 for reflow), plus a share at the top:
+        # the first of few steps starts there.
         sigma = torch.rand(batch, generator=generator)
-        sigma = torch.where(torch.rand(batch, generator=generator) < 0.1, torch.ones_like(sigma), sigma).to(device)
+        sigma = torch.where(torch.rand(batch, generator=generator) < 0.1, torch.ones_like(sigma), sigma)
+        sigma = (sigma * tops[index]).to(device)
         noisy = (1 - sigma[:, None, None]) * x0 + sigma[:, None, None] * noise
         with torch.no_grad():
             embeds, pooled = encode_text(teacher, tokens.clip[prompt_ids[size][index]].to(device),
@@ -236,6 +283,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="training steps (default: dev 2000, schnell 2500)")
     parser.add_argument("--scenes", type=int, default=8000, help="dev: training scenes encoded at 128 and 64 pixels")
     parser.add_argument("--pairs", type=int, default=2048, help="schnell: reflow pairs at each size")
+    parser.add_argument("--objective", choices=("reflow", "data-states"), default="reflow",
+                        help="schnell: reflow (the shipped student: straight lines from seeded noise to the dev "
+                        "student's pictures) or data-states (from training scenes noised to a random sigma to where "
+                        "the dev student takes them)")
     parser.add_argument("--batch", type=int, default=16, help="batch at 128 pixels (twice this at 64)")
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--ema", type=float, default=0.995)
