@@ -25,7 +25,8 @@ FIVE = FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(10, 8), promotion_rati
 RULE = {budget: PRESETS[f"flux-dev-{budget}"] for budget in ("3x", "5x", "10x")}
 RULE_FIVE = RULE["5x"]
 RESTARTS = (2.0, 3.0, 4.0)
-PAIRED_SETS = ("no-round", "round-free", "unguided-restart")  # variants paired with their budget's first plan
+# variants paired with their budget's first plan
+PAIRED_SETS = ("no-round", "round-free", "unguided-restart", "3x-sketch")
 UNGUIDED_RESTARTS = (4.0, 6.0)  # beyond the presets' 3, without guidance only
 ROUNDS = {"ratio 0.5": dict(promotion_ratio=0.5), "ratio 0.1": dict(promotion_ratio=0.1),
           "no round": dict(promotion_rounds=0)}
@@ -63,6 +64,11 @@ def candidates(name: str) -> list[tuple[str, str, FrescoConfig]]:
         return out + [(budget, f"{budget} unguided restart x{scale:g}",
                        replace(plan, unguided_restart_shift_scale=scale))
                       for budget, plan in presets.items() for scale in UNGUIDED_RESTARTS]
+    if name == "3x-sketch":  # unguided 3x still lost realism at every restart: a shorter sketch, same full stage
+        preset = PRESETS[BUDGETS["3x"]]
+        return [("3x", f"3x {BUDGETS['3x']}", preset),
+                *[("3x", f"3x {steps}-step sketch ({steps}+16)", replace(preset, stage_steps=(steps, 16)))
+                  for steps in (2, 1)]]
     # tube: promotions decided per place for all frames at once, against token by token
     return [(budget, f"{budget} by {unit}", replace(plan, promotion_unit=unit))
             for budget, plan in plans.items() for unit in ("token", "tube")]
@@ -71,7 +77,8 @@ def candidates(name: str) -> list[tuple[str, str, FrescoConfig]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--set", default="5x",
-                        choices=["5x", "restart", "tube", "round", "no-round", "round-free", "unguided-restart"],
+                        choices=["5x", "restart", "tube", "round", "no-round", "round-free", "unguided-restart",
+                                 "3x-sketch"],
                         help="5x: the 5x preset's shape against the picture presets' rule, and each change alone; "
                              "restart: each budget's plan with its full-resolution stage restarting at 2, 3 and 4 "
                              "times its shift; tube: each budget's plan promoting token by token and by tube; "
@@ -80,7 +87,9 @@ def main() -> None:
                              "the plan as it is; round-free: the video presets as they are, restarting at 3x "
                              "their shift, and 10x with a 2-step sketch, each paired with the preset; "
                              "unguided-restart: the video presets restarting at 3 (as they are), 4 and 6 times their "
-                             "shift without guidance, paired with the preset (use --regime unguided)")
+                             "shift without guidance, paired with the preset (use --regime unguided); 3x-sketch: "
+                             "the 3x preset (3+16) against a 2- and a 1-step sketch before the same 16 steps, paired "
+                             "with it")
     parser.add_argument("--prompts", type=int, default=24)
     parser.add_argument("--held-out", type=int, default=8)
     parser.add_argument("--seed", type=int, default=7, help="prompt-set seed (the bench uses 2026)")
