@@ -14,7 +14,9 @@
   noise and its picture, so a few Euler steps follow them. Why reflow: on two CPU cores it costs one batch of
   inference plus plain flow-matching training, with no discriminator (adversarial post-training), no second model
   stepping alongside (consistency distillation) and no chain of halving rounds (progressive distillation). Its
-  scheduler is FLUX.1-schnell's (no time shift) and it is sampled in 4 steps.
+  scheduler is FLUX.1-schnell's (no time shift) and it is sampled in 4 steps. ``--objective data-states`` trains it
+  instead from training scenes noised to a random sigma towards where the dev student takes them (an experiment:
+  BENCHMARKS.md, "A student trained on noisy data states"; the shipped student is reflow's).
 
 Both are saved as whole diffusers folders (``FluxPipeline.from_pretrained`` loads them; the VAE, tokenizers and text
 encoders are the teacher's, unchanged) with ``training_report.json`` beside them. Every draw comes from the seed and
@@ -178,9 +180,9 @@ def reflow_pairs(dev: FluxPipeline, count: int, size: int, rng: np.random.Genera
 @torch.no_grad()
 def data_state_pairs(dev: FluxPipeline, count: int, size: int, rng: np.random.Generator, seed: int, device, log):
     """(start, end, top sigma, prompt): a training scene's latents noised to a sigma ``s`` (a quarter at 1, the rest
-    uniform in [0.05, 1]), and where the dev student's guided Euler steps (``PAIR_STEPS`` times ``s``, at least 2)
-    take that state at sigma 0. ``start`` is the line through the two extended back to sigma 1, so the reflow loss
-    trains the student on the segment from the state to the picture."""
+    uniform in [0.05, 1]), and where ``PAIR_STEPS`` guided Euler steps of the dev student, evenly spaced from ``s`` to
+    0, take that state. ``start`` is the line through the two extended back to sigma 1, so the reflow loss trains the
+    student on the segment from the state to the picture."""
     raw, prompts, _ = encode_dataset(dev.vae, count, rng, device, log)
     latents = (raw[size] - dev.vae.config.shift_factor) * dev.vae.config.scaling_factor
     tokens = PromptTokens(dev.tokenizer, dev.tokenizer_2, prompts)
@@ -198,10 +200,9 @@ def data_state_pairs(dev: FluxPipeline, count: int, size: int, rng: np.random.Ge
         ids = torch.tensor([tokens.index[p] for p in prompts[first:first + batch]])
         embeds, pooled = encode_text(dev, tokens.clip[ids].to(device), tokens.t5[ids].to(device))
         guidance = torch.full((batch,), GUIDANCE_SCALE, device=device)
-        steps = max(2, math.ceil(PAIR_STEPS * top.max().item()))
         latent = state
-        for index in range(steps):  # each sample's own sigmas, evenly from its top to 0
-            sigma, following = top * (1 - index / steps), top * (1 - (index + 1) / steps)
+        for index in range(PAIR_STEPS):  # each sample's own sigmas, evenly from its top to 0
+            sigma, following = top * (1 - index / PAIR_STEPS), top * (1 - (index + 1) / PAIR_STEPS)
             velocity = dev.transformer(hidden_states=latent, encoder_hidden_states=embeds, pooled_projections=pooled,
                                        timestep=sigma, guidance=guidance, img_ids=image_ids, txt_ids=txt_ids,
                                        return_dict=False)[0]
