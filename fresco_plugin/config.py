@@ -11,7 +11,7 @@ from typing import Any, Literal
 __all__ = ["FrescoConfig", "PRESETS", "PRESET_BASELINES"]
 
 PromotionOrder = Literal["settled_first", "unsettled_first"]
-Expansion = Literal["hadamard", "nearest", "dct"]
+Expansion = Literal["hadamard", "nearest", "dct", "bilinear"]
 NoiseSource = Literal["generator", "hash"]
 PositionMode = Literal["center", "anchor"]
 PositionUnits = Literal["stage", "final"]
@@ -119,7 +119,9 @@ class FrescoConfig:
     Flow's equivalent; RALU fits about 6.3)."""
     expansion: Expansion = "hadamard"
     """How a promoted token becomes four: ``hadamard`` (variance- and field-consistent 1->4), ``nearest`` (copies
-    the re-noised parent: the paper's interpolation ablation), ``dct`` (block-DCT interpolation of the signal)."""
+    the re-noised parent: the paper's interpolation ablation), ``dct`` (block-DCT interpolation of the signal),
+    ``bilinear`` (the signal interpolated across token borders, each 2x2 group still averaging to its parent; the
+    field noise as with ``hadamard``)."""
     noise_source: NoiseSource = "generator"
     """Where the coordinate-bound field comes from: ``generator``, the pipeline's own initial noise for your seed (so
     Fresco and the stock pipeline start from the same noise, and a one-stage plan is the stock result bit for bit), or
@@ -238,8 +240,9 @@ class FrescoConfig:
         if not 1 <= self.token_multiple <= MAX_TOKEN_MULTIPLE:
             raise ValueError(f"FrescoConfig.token_multiple={self.token_multiple}: use a whole number in "
                              f"[1, {MAX_TOKEN_MULTIPLE}] (a context-parallel degree)")
-        if self.expansion not in ("hadamard", "nearest", "dct"):
-            raise ValueError(f"FrescoConfig.expansion={self.expansion!r}; use 'hadamard', 'nearest' or 'dct'")
+        if self.expansion not in ("hadamard", "nearest", "dct", "bilinear"):
+            raise ValueError(f"FrescoConfig.expansion={self.expansion!r}; use 'hadamard', 'nearest', 'dct' or "
+                             "'bilinear'")
         if self.noise_source not in ("generator", "hash"):
             raise ValueError(f"FrescoConfig.noise_source={self.noise_source!r}; use 'generator' or 'hash'")
         if self.position_mode not in ("center", "anchor"):

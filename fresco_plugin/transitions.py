@@ -14,12 +14,14 @@ from functools import lru_cache
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 
-from .layout import TokenGeometry, TokenLayout
+from .layout import TokenGeometry, TokenLayout, pack, unpack
 from .noise import FreshNoise, NoiseField
 from .registry import register_strategy
 
-__all__ = ["Transition", "TransitionRule", "expand_tokens", "FrescoRule", "FreshNoiseRule", "RaluRule", "DctRewindRule"]
+__all__ = ["Transition", "TransitionRule", "expand_tokens", "bilinear_children", "FrescoRule", "FreshNoiseRule",
+           "RaluRule", "DctRewindRule"]
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,55 @@ def expand_tokens(tokens: torch.Tensor, geometry: TokenGeometry, mode: str) -> t
     return _children_from_blocks(up)
 
 
+def _clean_picture(x0: torch.Tensor, layout: TokenLayout, geometry: TokenGeometry, level: int) -> torch.Tensor:
+    """``(B * frames, C, H, W)``: the clean latent of every token painted at ``level``'s latent-pixel resolution.
+
+    Coarser tokens are copied into the pixels they cover, finer ones averaged over them; padded grids are kept whole.
+    """
+    b, _, d = x0.shape
+    frames, c, p = geometry.num_frames, geometry.channels, geometry.patch
+    # full-resolution token rows and cols the layout covers (a padded grid's children reach past the real one),
+    # rounded up to whole tokens at ``level``
+    factor = 1 << level
+    rows = -(-max(geometry.rows, int(((layout.row + 1) << layout.level).max())) // factor) * factor
+    cols = -(-max(geometry.cols, int(((layout.col + 1) << layout.level).max())) // factor) * factor
+    full = torch.zeros(b, c, frames, rows * p, cols * p, device=x0.device)
+    images = torch.arange(b, device=x0.device)[:, None].expand_as(layout.level)
+    for token_level in range(layout.coarsest_level + 1):
+        at = layout.level == token_level
+        if not bool(at.any()):
+            continue
+        grid_rows, grid_cols = rows >> token_level, cols >> token_level
+        grid = torch.zeros(b, frames * grid_rows * grid_cols, d, device=x0.device)
+        place = (layout.frame * grid_rows + layout.row) * grid_cols + layout.col
+        grid[images[at], place[at]] = x0[at]
+        painted = unpack(grid, grid_rows, grid_cols, p, frames=frames)
+        full += painted.repeat_interleave(1 << token_level, -1).repeat_interleave(1 << token_level, -2)
+    full = full.transpose(1, 2).reshape(b * frames, c, *full.shape[-2:])
+    return F.avg_pool2d(full, factor) if level else full
+
+
+def bilinear_children(x0: torch.Tensor, layout: TokenLayout, children: TokenLayout,
+                      geometry: TokenGeometry) -> torch.Tensor:
+    """The children's clean latent from a bilinear upsampling of the whole clean picture at their parents' level.
+
+    Each 2x2 group of children still averages to its parent (the Haar low band is the parent's, as with ``hadamard``);
+    only the detail inside the group now follows the neighbours instead of a flat copy.
+    """
+    b, frames, p = x0.shape[0], geometry.num_frames, geometry.patch
+    if children.num_tokens == 0:  # a stage whose round already promoted every token
+        return x0.new_zeros(b, 0, x0.shape[-1])
+    level = int(children.level.max()) + 1
+    coarse = _clean_picture(x0, layout, geometry, level)
+    smooth = F.interpolate(coarse, scale_factor=2, mode="bilinear", align_corners=False)
+    detail = smooth - F.avg_pool2d(smooth, 2).repeat_interleave(2, -1).repeat_interleave(2, -2)
+    fine = coarse.repeat_interleave(2, -1).repeat_interleave(2, -2) + detail
+    rows, cols = fine.shape[-2] // p, fine.shape[-1] // p
+    tokens = pack(fine.view(b, frames, *fine.shape[1:]).transpose(1, 2), p)
+    place = (children.frame * rows + children.row) * cols + children.col
+    return tokens.gather(1, place.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+
+
 # ---------------------------------------------------------------------------------------------------- shared parts
 @dataclass(frozen=True)
 class _Split:
@@ -139,7 +190,8 @@ class FrescoRule:
     detail bands of the field): the children's noise is white, unit-variance and is the field at their own
     coordinates, so nothing fresh enters the trajectory. ``expansion="nearest"`` instead copies the re-noised parent
     into its children (their noise is then correlated: the paper's interpolation ablation); ``"dct"`` interpolates the
-    signal with a block DCT and keeps the field noise. Kept tokens move to ``s'`` along their own field noise.
+    signal with a block DCT and keeps the field noise; ``"bilinear"`` interpolates it across token borders
+    (:func:`bilinear_children`) and keeps the field noise. Kept tokens move to ``s'`` along their own field noise.
     """
 
     independent_noise = False
@@ -158,7 +210,13 @@ class FrescoRule:
             renoised_parents = (1.0 - target) * s.parents_x0 + target * self.noise(t, s.parent_layout)
             children = expand_tokens(renoised_parents, t.geometry, "nearest")
         else:
-            signal = expand_tokens(s.parents_x0, t.geometry, t.expansion)
+            if t.expansion == "bilinear":
+                new = torch.arange(s.num_kept, s.layout.num_tokens, device=t.latents.device)
+                x0 = t.latents.float() - t.sigma * t.velocity.float()
+                signal = bilinear_children(x0, t.layout, s.layout.gather(new.expand(t.latents.shape[0], -1)),
+                                           t.geometry)
+            else:
+                signal = expand_tokens(s.parents_x0, t.geometry, t.expansion)
             children = (1.0 - target) * signal + target * noise[:, s.num_kept :]
         latents = torch.cat([kept, children], dim=1).to(t.latents.dtype)
         return latents, s.layout, target

@@ -129,7 +129,7 @@ def test_flux_shift_helpers_match_the_published_formula():
         ({"promotion_order": "random"}, "settled_first"),
         ({"score": "nope"}, "unknown Fresco score"),
         ({"strategy": "nope"}, "unknown Fresco strategy"),
-        ({"expansion": "bilinear"}, "hadamard"),
+        ({"expansion": "bicubic"}, "hadamard"),
     ],
 )
 def test_bad_config_names_the_field(kwargs, match):

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from fresco_plugin.layout import TokenGeometry, TokenLayout
+from fresco_plugin.layout import TokenGeometry, TokenLayout, pack, unpack
 from fresco_plugin.noise import FreshNoise, NoiseField
 from fresco_plugin.registry import get_strategy
-from fresco_plugin.transitions import Transition, expand_tokens
+from fresco_plugin.transitions import Transition, bilinear_children, expand_tokens
 
 GEOMETRY = TokenGeometry(channels=16, patch=2, rows=64, cols=64)
 
@@ -121,3 +121,57 @@ def test_expand_tokens_keeps_the_block_mean():
     for mode in ("nearest", "dct"):
         children = expand_tokens(tokens, GEOMETRY, mode).view(2, 5, 4, GEOMETRY.token_dim)
         assert torch.allclose(children.mean((2, 3)), tokens.mean(-1), atol=1e-5)
+
+
+def _ramp_tokens(geometry: TokenGeometry, level: int) -> torch.Tensor:
+    """A clean latent that is one plane over the full-resolution latent pixels, read at ``level``'s pixel centres."""
+    rows, cols = geometry.grid(level)
+    size = 1 << level
+    y = (torch.arange(rows * geometry.patch) + 0.5) * size - 0.5  # pixel centres in full-resolution pixel units
+    x = (torch.arange(cols * geometry.patch) + 0.5) * size - 0.5
+    plane = 0.3 * y[:, None] - 0.2 * x[None, :] + torch.arange(geometry.channels)[:, None, None].float()
+    return pack(plane.unsqueeze(0).contiguous(), geometry.patch)
+
+
+def test_bilinear_expansion_keeps_the_field_and_the_parents_and_follows_a_plane():
+    sigma, restart = 0.5, 0.7
+    geometry = TokenGeometry(channels=4, patch=2, rows=8, cols=12)
+    field = NoiseField.from_hash([3], geometry.channels, 16, 24)
+    layout = TokenLayout.uniform(1, geometry, 1, torch.device("cpu"))
+    x0, eps = _ramp_tokens(geometry, 1), field.tokens(layout, geometry)
+    promote = torch.ones(1, layout.num_tokens, dtype=torch.bool)
+    t = Transition(latents=(1 - sigma) * x0 + sigma * eps, velocity=eps - x0, sigma=torch.tensor(sigma),
+                   restart_sigma=torch.tensor(restart), layout=layout, promote=promote, geometry=geometry,
+                   field=field, fresh=None, expansion="bilinear")
+    out, new_layout, reached = get_strategy("fresco")()(t)
+    assert float(reached) == pytest.approx(restart)
+    signal = (out - restart * field.tokens(new_layout, geometry)) / (1 - restart)  # the field noise, untouched
+    fine = _ramp_tokens(geometry, 0)
+    truth = fine.gather(1, (new_layout.row * geometry.cols + new_layout.col).unsqueeze(-1).expand(-1, -1, 16))
+    inside = (new_layout.row > 0) & (new_layout.row < geometry.rows - 1) & \
+             (new_layout.col > 0) & (new_layout.col < geometry.cols - 1)
+    assert torch.allclose(signal[inside], truth[inside], atol=1e-4)  # a plane comes back exactly, not in steps
+    # every 2x2 group of children averages to its parent, borders included
+    order = new_layout.raster_order()
+    picture = unpack(signal.gather(1, order.unsqueeze(-1).expand(-1, -1, 16)), geometry.rows, geometry.cols, 2)
+    assert torch.allclose(pack(torch.nn.functional.avg_pool2d(picture, 2), 2), x0, atol=1e-4)
+
+
+def test_bilinear_expansion_reads_already_promoted_neighbours():
+    """After a round, the picture the rest expands from averages the finer tokens over the area they cover."""
+    geometry = TokenGeometry(channels=2, patch=2, rows=8, cols=8)
+    layout = TokenLayout.uniform(1, geometry, 1, torch.device("cpu"))
+    first = torch.zeros(1, layout.num_tokens, dtype=torch.bool)
+    first[:, ::3] = True
+    mixed, _, _ = layout.promote(first)
+    coarse, fine = _ramp_tokens(geometry, 1), _ramp_tokens(geometry, 0)
+    at = lambda tokens, lay, cols: tokens.gather(  # noqa: E731
+        1, (lay.row * cols + lay.col).unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+    on_level1 = mixed.level == 1
+    on_level1_grid = TokenLayout(mixed.level, mixed.frame, mixed.row.clamp(max=3), mixed.col.clamp(max=3))
+    x0 = torch.where(on_level1.unsqueeze(-1), at(coarse, on_level1_grid, 4), at(fine, mixed, 8))
+    rest, _, _ = mixed.promote(on_level1)
+    children = TokenLayout(*(t[:, -4 * int(on_level1.sum()):] for t in (rest.level, rest.frame, rest.row, rest.col)))
+    signal = bilinear_children(x0, mixed, children, geometry)
+    inside = (children.row > 0) & (children.row < 7) & (children.col > 0) & (children.col < 7)
+    assert torch.allclose(signal[inside], at(fine, children, 8)[inside], atol=1e-4)
