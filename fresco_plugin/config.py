@@ -115,8 +115,9 @@ class FrescoConfig:
     """Transition rule, by name in the strategy registry: ``fresco`` (the method), ``fresh-noise`` (Bottleneck-style),
     ``ralu``, ``dct-rewind`` (SGLang), there for comparison."""
     strategy_options: Mapping[str, Any] = field(default_factory=dict, hash=False)
-    """Keyword arguments for the strategy; only ``ralu`` takes one, ``noise_ratio`` (Z >= 2, default 2.0, Pyramid
-    Flow's equivalent; RALU fits about 6.3)."""
+    """Keyword arguments for the strategy: ``ralu`` takes ``noise_ratio`` (Z >= 2, default 2.0, Pyramid Flow's
+    equivalent; RALU fits about 6.3); ``fresco`` takes ``renoise``, ``field`` (default: the coordinate-bound noise) or
+    ``trajectory`` (back along each token's own velocity, the field's detail bands for new sub-tokens)."""
     expansion: Expansion = "hadamard"
     """How a promoted token becomes four: ``hadamard`` (variance- and field-consistent 1->4), ``nearest`` (copies
     the re-noised parent: the paper's interpolation ablation), ``dct`` (block-DCT interpolation of the signal),

@@ -148,6 +148,7 @@ class _Split:
     kept: torch.Tensor  # (B, n_kept, D) state of the tokens that stay
     kept_velocity: torch.Tensor  # (B, n_kept, D)
     parents: torch.Tensor  # (B, k, D) state of the promoted tokens
+    parents_velocity: torch.Tensor  # (B, k, D)
     parents_x0: torch.Tensor  # (B, k, D) their predicted clean latent x0 = x - sigma * v
 
     @property
@@ -160,9 +161,9 @@ def _split(t: Transition) -> _Split:
     d = t.latents.shape[-1]
     gather = lambda x, idx: x.float().gather(1, idx.unsqueeze(-1).expand(-1, -1, d))  # noqa: E731
     parents = gather(t.latents, promoted_index)
-    parents_x0 = parents - t.sigma * gather(t.velocity, promoted_index)
+    parents_velocity = gather(t.velocity, promoted_index)
     return _Split(layout, t.layout.gather(promoted_index), gather(t.latents, kept_index),
-                  gather(t.velocity, kept_index), parents, parents_x0)
+                  gather(t.velocity, kept_index), parents, parents_velocity, parents - t.sigma * parents_velocity)
 
 
 def _renoise_kept(kept: torch.Tensor, velocity_kept: torch.Tensor, sigma: torch.Tensor,
@@ -192,10 +193,21 @@ class FrescoRule:
     into its children (their noise is then correlated: the paper's interpolation ablation); ``"dct"`` interpolates the
     signal with a block DCT and keeps the field noise; ``"bilinear"`` interpolates it across token borders
     (:func:`bilinear_children`) and keeps the field noise. Kept tokens move to ``s'`` along their own field noise.
+
+    ``renoise="trajectory"`` moves every token back along the straight line its last velocity draws instead:
+    ``(1 - s') * x0 + s' * eps_hat`` with the predicted noise ``eps_hat = x + (1 - sigma) * v`` (for kept tokens,
+    an Euler step backwards), and the children's noise is the field's with its Haar low band replaced by the parent's
+    ``eps_hat``; the detail bands stay the field's. On an exactly straight path the two agree.
     """
 
     independent_noise = False
     needs_fresh_noise = False  # read off the registered factory: the runner then supplies a FreshNoise source
+
+    def __init__(self, renoise: str = "field"):
+        if renoise not in ("field", "trajectory"):
+            raise ValueError(f"fresco renoise={renoise!r}: use 'field' (the coordinate-bound noise) or 'trajectory' "
+                             "(back along each token's own velocity)")
+        self.renoise = renoise
 
     def noise(self, t: Transition, layout: TokenLayout) -> torch.Tensor:
         return t.field.tokens(layout, t.geometry).float()
@@ -204,10 +216,21 @@ class FrescoRule:
         s = _split(t)
         target = t.restart_sigma
         noise = self.noise(t, s.layout)
-        kept = _renoise_kept(s.kept, s.kept_velocity, t.sigma, target, noise[:, : s.num_kept],
-                             self.independent_noise)
+        parent_noise = None
+        if self.renoise == "trajectory":
+            kept = s.kept + (target - t.sigma) * s.kept_velocity
+            parent_noise = s.parents + (1.0 - t.sigma) * s.parents_velocity
+            # 2x2 copies of half the change move each group's Haar low band (sum / 2) by exactly the change
+            shift = (parent_noise - self.noise(t, s.parent_layout)) / 2.0
+            noise = torch.cat([noise[:, : s.num_kept],
+                               noise[:, s.num_kept :] + expand_tokens(shift, t.geometry, "nearest")], dim=1)
+        else:
+            kept = _renoise_kept(s.kept, s.kept_velocity, t.sigma, target, noise[:, : s.num_kept],
+                                 self.independent_noise)
         if t.expansion == "nearest":
-            renoised_parents = (1.0 - target) * s.parents_x0 + target * self.noise(t, s.parent_layout)
+            if parent_noise is None:
+                parent_noise = self.noise(t, s.parent_layout)
+            renoised_parents = (1.0 - target) * s.parents_x0 + target * parent_noise
             children = expand_tokens(renoised_parents, t.geometry, "nearest")
         else:
             if t.expansion == "bilinear":
@@ -227,6 +250,9 @@ class FreshNoiseRule(FrescoRule):
 
     independent_noise = True
     needs_fresh_noise = True
+
+    def __init__(self):
+        super().__init__()
 
     def noise(self, t: Transition, layout: TokenLayout) -> torch.Tensor:
         if t.fresh is None:

@@ -46,6 +46,8 @@ def _oracle(target: torch.Tensor, stages, config):
         FrescoConfig(stage_scales=(0.25, 0.5, 1.0), stage_steps=(4, 4, 3), promotion_rounds=1, expansion="dct"),
         FrescoConfig(stage_scales=(0.25, 0.5, 1.0), stage_steps=(4, 4, 3), promotion_rounds=1, expansion="bilinear"),
         FrescoConfig(stage_scales=(0.25, 0.5, 1.0), stage_steps=(5, 5, 2), promotion_rounds=2,
+                     strategy_options={"renoise": "trajectory"}),
+        FrescoConfig(stage_scales=(0.25, 0.5, 1.0), stage_steps=(5, 5, 2), promotion_rounds=2,
                      promotion_order="unsettled_first", score="channel_variance"),
         FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(4, 3), strategy="dct-rewind"),
         FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(4, 3), strategy="fresh-noise", expansion="nearest"),

@@ -175,3 +175,47 @@ def test_bilinear_expansion_reads_already_promoted_neighbours():
     signal = bilinear_children(x0, mixed, children, geometry)
     inside = (children.row > 0) & (children.row < 7) & (children.col > 0) & (children.col < 7)
     assert torch.allclose(signal[inside], at(fine, children, 8)[inside], atol=1e-4)
+
+
+def _haar_low(tokens: torch.Tensor) -> torch.Tensor:
+    """``(B, 4k, D)`` children in promotion order -> ``(B, k, D)``: each 2x2 group of latent pixels summed / 2."""
+    b, n, _ = tokens.shape
+    c, p = GEOMETRY.channels, GEOMETRY.patch
+    children = tokens.view(b, n // 4, 2, 2, c, p, p).permute(0, 1, 4, 2, 5, 3, 6).reshape(b, n // 4, c, 2 * p, 2 * p)
+    return children.view(b, n // 4, c, p, 2, p, 2).sum((4, 6)).reshape(b, n // 4, c * p * p) / 2
+
+
+@pytest.mark.parametrize("expansion", ["hadamard", "nearest", "bilinear"])
+def test_trajectory_renoise_equals_the_field_on_a_straight_path(expansion):
+    field_out, layout, _, _, _, _ = _run("fresco", expansion, 0.5, 0.8)
+    trajectory_out, same_layout, _, _, _, _ = _run("fresco", expansion, 0.5, 0.8, renoise="trajectory")
+    assert torch.equal(layout.row, same_layout.row)
+    assert torch.allclose(trajectory_out, field_out, atol=1e-5)
+
+
+@pytest.mark.parametrize("restart", [0.6, 0.85])  # a round at the same sigma, and a stage switch that rewinds
+def test_trajectory_renoise_follows_each_tokens_own_velocity(restart):
+    """With a velocity that is not the straight path's, the new state lies on the line the velocity draws."""
+    sigma = 0.6
+    field, layout, x0, x, _, promote = _setup(sigma)
+    velocity = torch.randn(x.shape, generator=torch.Generator().manual_seed(5))
+    t = Transition(latents=x, velocity=velocity, sigma=torch.tensor(sigma), restart_sigma=torch.tensor(restart),
+                   layout=layout, promote=promote, geometry=GEOMETRY, field=field, fresh=None, expansion="hadamard")
+    out, new_layout, reached = get_strategy("fresco")(renoise="trajectory")(t)
+    kept = int((~promote).sum())
+    assert torch.allclose(out[:, :kept], x[~promote].unsqueeze(0) + (restart - sigma) * velocity[~promote], atol=1e-5)
+    predicted_x0, predicted_noise = x - sigma * velocity, x + (1 - sigma) * velocity
+    children_noise = (out[:, kept:] - (1 - restart) * expand_tokens(predicted_x0[promote].unsqueeze(0), GEOMETRY,
+                                                                    "nearest")) / restart
+    assert torch.allclose(_haar_low(children_noise), predicted_noise[promote].unsqueeze(0), atol=1e-4)
+    # the detail bands are still the field's
+    field_detail = field.tokens(new_layout, GEOMETRY)[:, kept:]
+    field_detail = field_detail - expand_tokens(_haar_low(field_detail) / 2, GEOMETRY, "nearest")
+    assert torch.allclose(children_noise - expand_tokens(_haar_low(children_noise) / 2, GEOMETRY, "nearest"),
+                          field_detail, atol=1e-4)
+    assert float(reached) == pytest.approx(restart)
+
+
+def test_fresco_renoise_must_be_named():
+    with pytest.raises(ValueError, match="'field'.*'trajectory'"):
+        get_strategy("fresco")(renoise="velocity")
