@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from dataclasses import dataclass, replace
 
@@ -55,13 +56,29 @@ ROUND_VARIANTS = {
     "dct expansion": dict(expansion="dct"),
 }
 SETS = {"plan": VARIANTS, "restart": RESTART_VARIANTS, "round": ROUND_VARIANTS}
-SET_NAMES = [*sorted(SETS), "presets", "shapes", "default", "tail", "rounds", "round-free"]
+SET_NAMES = [*sorted(SETS), "presets", "shapes", "default", "tail", "rounds", "round-free", "expansion",
+             "sketch-shift", "low-restart", "trajectory"]
 # each budget's promotion round promoting a tenth or nothing (the video sweep's lead), paired with the preset
 BUDGET_ROUNDS = {"ratio 0.1": dict(promotion_ratio=0.1), "no round": dict(promotion_rounds=0)}
 # the two changes that lowered unguided KID in every budget's sweep, each inside noise alone (no round: "rounds";
 # restart 3: preset_restart3_sweep.json), alone and together, paired with the preset
 BUDGET_ROUND_FREE = {"no round": dict(promotion_rounds=0), "unguided restart 3": dict(unguided_restart_shift_scale=3.0),
                      "no round, unguided restart 3": dict(promotion_rounds=0, unguided_restart_shift_scale=3.0)}
+# the children's clean latent interpolated across token borders instead of copied flat into each 2x2 group
+BUDGET_EXPANSION = {"bilinear expansion": dict(expansion="bilinear")}
+# the sketch at a lower shift than its own e^0.5 (so its three steps end nearer the clean picture and hand a sharper x0
+# to the restart), the full-resolution stage at its own e^1.15 (then x2, as in the presets)
+BUDGET_SKETCH_SHIFT = {f"sketch shift {shift:g}": dict(stage_shifts=(shift, math.exp(1.15))) for shift in (1.0, 0.6)}
+# where the clean latent still carries a fifth of the state (the restart before the presets' x2), does the expansion
+# matter?
+BUDGET_LOW_RESTART = {f"restart x{scale:g}{', bilinear' if expansion == 'bilinear' else ''}":
+                      dict(restart_shift_scale=scale, expansion=expansion)
+                      for scale in (1.0, 1.5) for expansion in ("hadamard", "bilinear")}
+# re-noise back along each token's own velocity (its predicted noise) instead of with the field's value
+BUDGET_TRAJECTORY = {"trajectory renoise": dict(strategy_options={"renoise": "trajectory"})}
+BUDGET_VARIANTS = {"rounds": BUDGET_ROUNDS, "round-free": BUDGET_ROUND_FREE, "expansion": BUDGET_EXPANSION,
+                   "sketch-shift": BUDGET_SKETCH_SHIFT, "low-restart": BUDGET_LOW_RESTART,
+                   "trajectory": BUDGET_TRAJECTORY}
 # sketch lengths re-measured once the full-resolution stage restarts higher (the presets' 3 was chosen by fidelity
 # before it): each with the most full-resolution steps that still reach the budget on FLUX.1-dev, as for_speedup plans
 SHAPE_BUDGETS = {"5x": 5.0, "10x": 10.0}
@@ -133,9 +150,15 @@ def main() -> None:
                         "restarting as high but descending on the stock shift, against steps@), or rounds (each "
                         "--budgets preset promoting a tenth and with no round, paired with the preset and steps@), or "
                         "round-free (each --budgets preset with no round, restarting at 3x its shift without "
-                        "guidance, and both, paired with the preset and steps@)")
+                        "guidance, and both, paired with the preset and steps@), or expansion (each --budgets preset "
+                        "with the bilinear expansion, paired with the preset and steps@), or sketch-shift (each "
+                        "--budgets preset with its sketch at shift 1 and 0.6, paired with the preset and steps@), or "
+                        "low-restart (each --budgets preset restarting at x1 and x1.5, each with the Hadamard and "
+                        "the bilinear expansion, paired with the preset and steps@), or trajectory (each --budgets "
+                        "preset re-noising along each token's velocity, paired with the preset and steps@)")
     parser.add_argument("--budgets", nargs="+", default=list(BUDGET_PRESETS), choices=list(BUDGET_PRESETS),
-                        help="the budgets of --set rounds and round-free")
+                        help="the budgets of the sets paired with the preset (rounds, round-free, expansion, "
+                        "sketch-shift, low-restart, trajectory)")
     parser.add_argument("--restart-shift-scale", type=float, default=2.0)
     parser.add_argument("--out", default="unguided_sweep.json")
     args = parser.parse_args()
@@ -169,8 +192,8 @@ def main() -> None:
             methods += [Method(f"steps@{budget}", "fewer steps", budget=budget),
                         Method(f"fresco@{budget}", "Fresco", config=PRESETS[preset], budget=budget),
                         Method(f"fresco-stock-tail@{budget}", "Fresco, stock tail", config=tail, budget=budget)]
-    elif args.set in ("rounds", "round-free"):
-        variants = BUDGET_ROUNDS if args.set == "rounds" else BUDGET_ROUND_FREE
+    elif args.set in BUDGET_VARIANTS:
+        variants = BUDGET_VARIANTS[args.set]
         for budget in args.budgets:
             preset = PRESETS[BUDGET_PRESETS[budget]]
             methods += [Method(f"steps@{budget}", "fewer steps", budget=budget),
