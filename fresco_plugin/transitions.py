@@ -251,7 +251,7 @@ class FreshNoiseRule(FrescoRule):
     independent_noise = True
     needs_fresh_noise = True
 
-    def __init__(self):
+    def __init__(self):  # no renoise choice: its noise is fresh by definition
         super().__init__()
 
     def noise(self, t: Transition, layout: TokenLayout) -> torch.Tensor:
