@@ -219,3 +219,18 @@ def test_trajectory_renoise_follows_each_tokens_own_velocity(restart):
 def test_fresco_renoise_must_be_named():
     with pytest.raises(ValueError, match="'field'.*'trajectory'"):
         get_strategy("fresco")(renoise="velocity")
+
+
+def test_bilinear_expansion_keeps_video_frames_apart():
+    """Video latents interpolate within each frame: a plane that moves from frame to frame comes back per frame."""
+    geometry = TokenGeometry(channels=2, patch=2, rows=6, cols=8, frames=3)
+    layout = TokenLayout.uniform(1, geometry, 1, torch.device("cpu"))
+    still = TokenGeometry(channels=2, patch=2, rows=6, cols=8)
+    coarse = torch.cat([_ramp_tokens(still, 1) + 10.0 * f for f in range(3)], dim=1)  # frame-major, as pack orders
+    fine = torch.cat([_ramp_tokens(still, 0) + 10.0 * f for f in range(3)], dim=1)
+    new, _, _ = layout.promote(torch.ones(1, layout.num_tokens, dtype=torch.bool))
+    signal = bilinear_children(coarse, layout, new, geometry)
+    place = (new.frame * geometry.rows + new.row) * geometry.cols + new.col
+    truth = fine.gather(1, place.unsqueeze(-1).expand(-1, -1, fine.shape[-1]))
+    inside = (new.row > 0) & (new.row < geometry.rows - 1) & (new.col > 0) & (new.col < geometry.cols - 1)
+    assert torch.allclose(signal[inside], truth[inside], atol=1e-4)
