@@ -5,6 +5,7 @@
     python training/relation_probe.py train --layout-weight 2 --layout-min-sigma 0.8 --out probe.json
     python training/relation_probe.py train --high-noise-share 0.5 --out probe.json
     python training/relation_probe.py train --coarse-weight 10 --out probe.json
+    python training/relation_probe.py train --text-roles spatial --out probe.json
     python training/relation_probe.py layout-only --out probe.json                  # ~9 min on 1 thread
     python training/relation_probe.py shipped-x0 --out probe.json                   # ~3 min on 2 threads
 
@@ -18,7 +19,9 @@ column added after the patch embedding, so a token knows where it is without rea
 and the loss puts no pressure on the text binding); ``--high-noise-share`` draws that share of each batch's sigma
 uniformly in [0.8, 1], where the shipped model's clean-image prediction has the order at chance; ``--coarse-weight``
 adds a loss on the clean-image prediction's quadrant means (where each colour goes), which the flow loss weighs as a
-tiny share of its total.
+tiny share of its total. ``--text-roles spatial`` pre-trains the text encoders to name each object by place (the
+left or top one, the right or bottom one) instead of by word order, so an image token can find its object by its own
+position alone rather than by position and relation word together.
 
 ``layout-only``: the same fresh encoders and transformer, trained on the layout loss alone with pure noise as the image
 input (sigma 1), so only the prompt and the token's position can answer; then, on 128 held-out scenes, whether the
@@ -107,7 +110,8 @@ def probe_training(args, log) -> dict:
     tokens = PromptTokens(pipe.tokenizer, pipe.tokenizer_2, prompts)
     prompt_ids = torch.tensor([tokens.index[p] for p in prompts])
     device = torch.device("cpu")
-    pretrain_text_encoders(pipe, tokens, 400, torch.Generator().manual_seed(0), device, log)
+    pretrain_text_encoders(pipe, tokens, 400, torch.Generator().manual_seed(0), device, log,
+                           spatial_roles=args.text_roles == "spatial")
     training = argparse.Namespace(lr=1e-3, seed=0, batch=16, large_per_cycle=0, small_per_cycle=1,
                                   transformer_steps=args.steps, caption_dropout=0.1, sketch_positions="stage",
                                   ema=0.999, layout_weight=args.layout_weight,
@@ -244,6 +248,7 @@ def main() -> None:
     parser.add_argument("--layout-min-sigma", type=float, default=0.0)
     parser.add_argument("--high-noise-share", type=float, default=0.0)
     parser.add_argument("--coarse-weight", type=float, default=0.0)
+    parser.add_argument("--text-roles", choices=("order", "spatial"), default="order")
     parser.add_argument("--steps", type=int, default=None, help="2500 for train, 1500 for layout-only")
     parser.add_argument("--scenes", type=int, default=8000)
     parser.add_argument("--threads", type=int, default=None, help="1, or 2 for shipped-x0")

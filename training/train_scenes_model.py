@@ -19,7 +19,10 @@ with a fixed thread count, so a rerun on the same kind of machine reproduces the
   four it covers, so a picture region has one position at both sizes; a Fresco sketch on such a model needs
   ``FrescoConfig(position_units="final")``). Measured once, not shipped: BENCHMARKS.md, "The shipped scenes model".
   ``--layout-weight`` adds a per-token layout loss (which object covers each image token, read by a linear head that
-  is dropped after training); measured in ``relation_probe.py`` runs, not shipped.
+  is dropped after training); measured in ``relation_probe.py`` runs, not shipped. ``--text-roles spatial`` names the
+  object slots of the grammar pre-training by place (the left or top object first) instead of word order: in
+  ``relation_probe.py`` runs it took relations from chance to every prompt right (BENCHMARKS.md, "The shipped scenes
+  model").
 """
 
 from __future__ import annotations
@@ -218,31 +221,46 @@ SLOTS = (("color_1", list(COLORS)), ("shape_1", list(SHAPES)), ("relation", list
          ("color_2", list(COLORS)), ("shape_2", list(SHAPES)), ("background", list(BACKGROUNDS)))
 
 
-def slot_labels(prompt: str) -> list[int]:
+# Relations whose first-named object lies right of or below the second one.
+TRAILING_FIRST = ("below", "right of")
+
+
+def slot_names(spec, spatial: bool) -> tuple[str, str]:
+    """Which object slot the first- and the second-named object fill. By word order (``spatial=False``, the shipped
+    model) slot 1 is the first-named object; by place (``spatial=True``) slot 1 is the object on the left or on top,
+    whichever the prompt names first, so "red" in "a red circle right of ..." fills slot 2."""
+    swap = spatial and spec.relation in TRAILING_FIRST
+    return ("2", "1") if swap else ("1", "2")
+
+
+def slot_labels(prompt: str, spatial: bool = False) -> list[int]:
     spec = parse_prompt(prompt)
-    values = (spec.first[0], spec.first[1], spec.relation, spec.second[0], spec.second[1], spec.background)
-    return [choices.index(v) for (_, choices), v in zip(SLOTS, values)]
+    first, second = slot_names(spec, spatial)
+    named = {f"color_{first}": spec.first[0], f"shape_{first}": spec.first[1], "relation": spec.relation,
+             f"color_{second}": spec.second[0], f"shape_{second}": spec.second[1], "background": spec.background}
+    return [choices.index(named[name]) for name, choices in SLOTS]
 
 
-def word_roles(prompt: str, t5_tokenizer) -> list[int]:
+def word_roles(prompt: str, t5_tokenizer, spatial: bool = False) -> list[int]:
     """Per T5 token: which slot's value it names (an index into the flattened slot values), or -100 for the others
-    ("a", "on", "of", "background", the end and the padding)."""
+    ("a", "on", "of", "background", the end and the padding). ``spatial``: object slots by place, ``slot_names``."""
     offsets, start = {}, 0
     for name, choices in SLOTS:
         offsets[name] = start
         start += len(choices)
     spec = parse_prompt(prompt)
+    first, second_slot = slot_names(spec, spatial)
     words = prompt.split()
     roles = [-100] * len(words)
     relation_words = spec.relation.split()
     at = 3  # "a <colour> <shape> <relation...> a <colour> <shape> on a <background> background"
-    roles[1] = offsets["color_1"] + list(COLORS).index(spec.first[0])
-    roles[2] = offsets["shape_1"] + SHAPES.index(spec.first[1])
+    roles[1] = offsets[f"color_{first}"] + list(COLORS).index(spec.first[0])
+    roles[2] = offsets[f"shape_{first}"] + SHAPES.index(spec.first[1])
     for k in range(len(relation_words)):
         roles[at + k] = offsets["relation"] + RELATIONS.index(spec.relation)
     second = at + len(relation_words) + 1
-    roles[second] = offsets["color_2"] + list(COLORS).index(spec.second[0])
-    roles[second + 1] = offsets["shape_2"] + SHAPES.index(spec.second[1])
+    roles[second] = offsets[f"color_{second_slot}"] + list(COLORS).index(spec.second[0])
+    roles[second + 1] = offsets[f"shape_{second_slot}"] + SHAPES.index(spec.second[1])
     roles[-2] = offsets["background"] + BACKGROUNDS.index(spec.background)
     ids = t5_tokenizer(words, is_split_into_words=True).word_ids()
     labels = [roles[w] if w is not None else -100 for w in ids][:TEXT_TOKENS]
@@ -250,14 +268,16 @@ def word_roles(prompt: str, t5_tokenizer) -> list[int]:
 
 
 def pretrain_text_encoders(pipe, tokens: PromptTokens, steps: int, generator: torch.Generator,
-                           device: torch.device, log) -> None:
+                           device: torch.device, log, spatial_roles: bool = False) -> None:
     """Teach the text encoders the grammar before the transformer sees them, as FLUX's come pretrained: the CLIP
     pooled vector reads every slot of the prompt (both objects' colour and shape, the relation, the background), and
     each T5 token says which slot it fills ("red" as the first or the second object's colour). The transformer then
-    binds image regions to slots from its first step instead of waiting for the encoders to discover word order."""
+    binds image regions to slots from its first step instead of waiting for the encoders to discover word order.
+    ``spatial_roles`` names the object slots by place (left or top object first) instead of word order, so an image
+    token can pick its object by where it is alone, without also reading the relation."""
     prompts = tokens.prompts[1:]
-    labels = torch.tensor([slot_labels(p) for p in prompts])
-    roles = torch.tensor([word_roles(p, pipe.tokenizer_2) for p in prompts])
+    labels = torch.tensor([slot_labels(p, spatial_roles) for p in prompts])
+    roles = torch.tensor([word_roles(p, pipe.tokenizer_2, spatial_roles) for p in prompts])
     width = sum(len(choices) for _, choices in SLOTS)
     heads = torch.nn.ModuleDict({"pooled": torch.nn.Linear(pipe.text_encoder.config.hidden_size, width),
                                  "tokens": torch.nn.Linear(pipe.text_encoder_2.config.d_model, width)}).to(device)
@@ -460,6 +480,8 @@ def main() -> None:
                         help="weight of a loss on the clean-image prediction's quadrant means (0: off)")
     parser.add_argument("--high-noise-share", type=float, default=0.0,
                         help=f"share of each batch drawn uniformly in sigma [{HIGH_NOISE}, 1] instead of logit-normal")
+    parser.add_argument("--text-roles", choices=("order", "spatial"), default="order",
+                        help="grammar pre-training names object slots by word order (shipped) or by place")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--ema", type=float, default=0.999)
     parser.add_argument("--caption-dropout", type=float, default=0.1)
@@ -507,7 +529,8 @@ def main() -> None:
     tokens = PromptTokens(clip_tokenizer, t5_tokenizer, prompts)
     prompt_ids = torch.tensor([tokens.index[p] for p in prompts])
     log(f"{len(tokens.prompts) - 1} distinct training prompts")
-    pretrain_text_encoders(pipe, tokens, args.text_steps, torch.Generator().manual_seed(args.seed), device, log)
+    pretrain_text_encoders(pipe, tokens, args.text_steps, torch.Generator().manual_seed(args.seed), device, log,
+                           spatial_roles=args.text_roles == "spatial")
     train_transformer(pipe, latents, prompt_ids, tokens, args, device, log, labels)
 
     args.output.mkdir(parents=True, exist_ok=True)
