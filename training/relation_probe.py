@@ -21,7 +21,9 @@ uniformly in [0.8, 1], where the shipped model's clean-image prediction has the 
 adds a loss on the clean-image prediction's quadrant means (where each colour goes), which the flow loss weighs as a
 tiny share of its total. ``--text-roles spatial`` pre-trains the text encoders to name each object by place (the
 left or top one, the right or bottom one) instead of by word order, so an image token can find its object by its own
-position alone rather than by position and relation word together.
+position alone rather than by position and relation word together. ``--sizes both`` trains in the full script's
+cycle (one 128-pixel batch to two 64-pixel ones) and adds a 128-pixel reading at CFG 3; ``--sketch-positions final``
+puts the 64-pixel tokens at the 128-pixel grid's coordinates (and samples them there).
 
 ``layout-only``: the same fresh encoders and transformer, trained on the layout loss alone with pure noise as the image
 input (sigma 1), so only the prompt and the token's position can answer; then, on 128 held-out scenes, whether the
@@ -98,33 +100,46 @@ def probe_training(args, log) -> dict:
         pipe.transformer.x_embedder.register_forward_hook(
             lambda module, inputs, out: out + absolute_position_code(out.shape[1], out.shape[2]).to(out))
     vae = pipe.vae
-    small, prompts, labels = [], [], []
+    sizes = (SIZE // 2, SIZE) if args.sizes == "both" else (SIZE // 2,)
+    encoded, prompts, labels = {size: [] for size in sizes}, [], {size: [] for size in sizes}
     with torch.no_grad():
         for _ in range(0, args.scenes, 64):
             scenes = [sample_scene(rng) for _ in range(64)]
-            small.append(vae.encode(downsample(to_tensor([render(s, SIZE) for s in scenes]))).latent_dist.mean)
+            pictures = to_tensor([render(s, SIZE) for s in scenes])
+            for size in sizes:
+                encoded[size].append(vae.encode(pictures if size == SIZE else downsample(pictures)).latent_dist.mean)
+                labels[size] += [layout_labels(s, size) for s in scenes]
             prompts += [s.prompt for s in scenes]
-            labels += [layout_labels(s, SIZE // 2) for s in scenes]
-    log(f"encoded {len(prompts)} scenes at 64 pixels")
-    latents = {SIZE // 2: (torch.cat(small) - vae.config.shift_factor) * vae.config.scaling_factor}
+    log(f"encoded {len(prompts)} scenes at {' and '.join(str(s) for s in sizes)} pixels")
+    latents = {size: (torch.cat(z) - vae.config.shift_factor) * vae.config.scaling_factor
+               for size, z in encoded.items()}
     tokens = PromptTokens(pipe.tokenizer, pipe.tokenizer_2, prompts)
     prompt_ids = torch.tensor([tokens.index[p] for p in prompts])
     device = torch.device("cpu")
     pretrain_text_encoders(pipe, tokens, 400, torch.Generator().manual_seed(0), device, log,
                            spatial_roles=args.text_roles == "spatial")
-    training = argparse.Namespace(lr=1e-3, seed=0, batch=16, large_per_cycle=0, small_per_cycle=1,
-                                  transformer_steps=args.steps, caption_dropout=0.1, sketch_positions="stage",
+    both = args.sizes == "both"  # the full script's cycle: one 128-pixel batch of 16, two 64-pixel batches of 32
+    training = argparse.Namespace(lr=1e-3, seed=0, batch=16, large_per_cycle=int(both),
+                                  small_per_cycle=2 if both else 1, transformer_steps=args.steps, caption_dropout=0.1,
+                                  sketch_positions=args.sketch_positions,
                                   ema=0.999, layout_weight=args.layout_weight,
                                   layout_min_sigma=args.layout_min_sigma, high_noise_share=args.high_noise_share,
                                   coarse_weight=args.coarse_weight)
-    train_transformer(pipe, latents, prompt_ids, tokens, training, device, log, {SIZE // 2: torch.stack(labels)})
+    train_transformer(pipe, latents, prompt_ids, tokens, training, device, log,
+                      {size: torch.stack(per_size) for size, per_size in labels.items()})
     report = {}
+    factor = 2 if args.sketch_positions == "final" else 1
     for split, held_out in (("train", False), ("held_out", True)):
         split_prompts = [sample_scene(rng, held_out=held_out).prompt for _ in range(64)]
         for cfg in (1.0, 3.0):
-            rates = checker_rates(sample(pipe, split_prompts, SIZE // 2, cfg, steps=30), split_prompts)
+            rates = checker_rates(sample(pipe, split_prompts, SIZE // 2, cfg, steps=30, position_factor=factor),
+                                  split_prompts)
             report[f"{split}/cfg{cfg:g}"] = rates
             log(f"{split} cfg {cfg:g}: " + " ".join(f"{k} {v:.3f}" for k, v in rates.items()))
+        if both:  # the size the bench samples at
+            rates = checker_rates(sample(pipe, split_prompts, SIZE, 3.0, steps=30), split_prompts)
+            report[f"{split}/cfg3/128px"] = rates
+            log(f"{split} cfg 3, 128 px: " + " ".join(f"{k} {v:.3f}" for k, v in rates.items()))
     return report
 
 
@@ -249,6 +264,10 @@ def main() -> None:
     parser.add_argument("--high-noise-share", type=float, default=0.0)
     parser.add_argument("--coarse-weight", type=float, default=0.0)
     parser.add_argument("--text-roles", choices=("order", "spatial"), default="order")
+    parser.add_argument("--sizes", choices=("64", "both"), default="64",
+                        help="train at 64 pixels only, or at 128 and 64 in the full script's cycle")
+    parser.add_argument("--sketch-positions", choices=("stage", "final"), default="stage",
+                        help="64-pixel tokens on their own integer grid, or at the 128-pixel grid's coordinates")
     parser.add_argument("--steps", type=int, default=None, help="2500 for train, 1500 for layout-only")
     parser.add_argument("--scenes", type=int, default=8000)
     parser.add_argument("--threads", type=int, default=None, help="1, or 2 for shipped-x0")
