@@ -21,8 +21,8 @@ with a fixed thread count, so a rerun on the same kind of machine reproduces the
   ``--layout-weight`` adds a per-token layout loss (which object covers each image token, read by a linear head that
   is dropped after training); measured in ``relation_probe.py`` runs, not shipped. ``--text-roles spatial`` names the
   object slots of the grammar pre-training by place (the left or top object first) instead of word order: in
-  ``relation_probe.py`` runs it took relations from chance to every prompt right (BENCHMARKS.md, "The shipped scenes
-  model").
+  64-pixel ``relation_probe.py`` runs it took relations from chance to every prompt right; a full run of this script
+  with it had them at chance again (BENCHMARKS.md, "The shipped scenes model").
 """
 
 from __future__ import annotations
