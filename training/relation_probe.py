@@ -6,6 +6,8 @@
     python training/relation_probe.py train --high-noise-share 0.5 --out probe.json
     python training/relation_probe.py train --coarse-weight 10 --out probe.json
     python training/relation_probe.py train --text-roles spatial --out probe.json
+    python training/relation_probe.py train --text-roles spatial --layout-weight 0.5 --sketch-positions final \
+        --rope-axes 16 8 8 --out probe.json
     python training/relation_probe.py layout-only --out probe.json                  # ~9 min on 1 thread
     python training/relation_probe.py shipped-x0 --out probe.json                   # ~3 min on 2 threads
 
@@ -22,8 +24,11 @@ adds a loss on the clean-image prediction's quadrant means (where each colour go
 tiny share of its total. ``--text-roles spatial`` pre-trains the text encoders to name each object by place (the
 left or top one, the right or bottom one) instead of by word order, so an image token can find its object by its own
 position alone rather than by position and relation word together. ``--sizes both`` trains in the full script's
-cycle (one 128-pixel batch to two 64-pixel ones) and adds a 128-pixel reading at CFG 3; ``--sketch-positions final``
-puts the 64-pixel tokens at the 128-pixel grid's coordinates (and samples them there).
+cycle (one 128-pixel batch to two 64-pixel ones) and adds a 128-pixel reading at CFG 3; ``--sizes 128`` trains on
+128-pixel batches of 16 only and reads at 128 pixels; ``--sketch-positions final``
+puts the 64-pixel tokens at the 128-pixel grid's coordinates (and samples them there); ``--rope-axes`` sets the
+transformer's rotary channels per axis (frame, row, column): the shipped 8 12 12 give a row or column the frequencies
+1, 0.22, 0.046, ...; 16 8 8 give 1, 0.1, 0.01, 0.001.
 
 ``layout-only``: the same fresh encoders and transformer, trained on the layout loss alone with pure noise as the image
 input (sigma 1), so only the prompt and the token's position can answer; then, on 128 held-out scenes, whether the
@@ -81,11 +86,11 @@ def absolute_position_code(tokens: int, width: int) -> torch.Tensor:
                       torch.sin(cols[:, None] * frequencies), torch.cos(cols[:, None] * frequencies)], dim=1)
 
 
-def fresh_pipeline() -> FluxPipeline:
+def fresh_pipeline(rope_axes: tuple[int, int, int] = (8, 12, 12)) -> FluxPipeline:
     """The shipped VAE, tokenizers and scheduler; fresh text encoders and a fresh transformer of the shipped size."""
     shipped = FluxPipeline.from_pretrained(OUTPUT)
     clip, t5 = build_text_encoders(shipped.tokenizer, shipped.tokenizer_2, TEXT_WIDTH)
-    transformer = FluxTransformer2DModel(**transformer_config(4, 2, 4))
+    transformer = FluxTransformer2DModel(**transformer_config(4, 2, 4, rope_axes=rope_axes))
     pipe = FluxPipeline(scheduler=shipped.scheduler, vae=shipped.vae, text_encoder=clip, tokenizer=shipped.tokenizer,
                         text_encoder_2=t5, tokenizer_2=shipped.tokenizer_2, transformer=transformer)
     pipe.set_progress_bar_config(disable=True)
@@ -95,12 +100,12 @@ def fresh_pipeline() -> FluxPipeline:
 def probe_training(args, log) -> dict:
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    pipe = fresh_pipeline()
+    pipe = fresh_pipeline(args.rope_axes)
     if args.absolute_positions:
         pipe.transformer.x_embedder.register_forward_hook(
             lambda module, inputs, out: out + absolute_position_code(out.shape[1], out.shape[2]).to(out))
     vae = pipe.vae
-    sizes = (SIZE // 2, SIZE) if args.sizes == "both" else (SIZE // 2,)
+    sizes = {"64": (SIZE // 2,), "128": (SIZE,), "both": (SIZE // 2, SIZE)}[args.sizes]
     encoded, prompts, labels = {size: [] for size in sizes}, [], {size: [] for size in sizes}
     with torch.no_grad():
         for _ in range(0, args.scenes, 64):
@@ -118,9 +123,10 @@ def probe_training(args, log) -> dict:
     device = torch.device("cpu")
     pretrain_text_encoders(pipe, tokens, 400, torch.Generator().manual_seed(0), device, log,
                            spatial_roles=args.text_roles == "spatial")
-    both = args.sizes == "both"  # the full script's cycle: one 128-pixel batch of 16, two 64-pixel batches of 32
-    training = argparse.Namespace(lr=1e-3, seed=0, batch=16, large_per_cycle=int(both),
-                                  small_per_cycle=2 if both else 1, transformer_steps=args.steps, caption_dropout=0.1,
+    # "both" is the full script's cycle: one 128-pixel batch of 16, two 64-pixel batches of 32
+    large, small = {"64": (0, 1), "128": (1, 0), "both": (1, 2)}[args.sizes]
+    training = argparse.Namespace(lr=1e-3, seed=0, batch=16, large_per_cycle=large,
+                                  small_per_cycle=small, transformer_steps=args.steps, caption_dropout=0.1,
                                   sketch_positions=args.sketch_positions,
                                   ema=0.999, layout_weight=args.layout_weight,
                                   layout_min_sigma=args.layout_min_sigma, high_noise_share=args.high_noise_share,
@@ -131,15 +137,15 @@ def probe_training(args, log) -> dict:
     factor = 2 if args.sketch_positions == "final" else 1
     for split, held_out in (("train", False), ("held_out", True)):
         split_prompts = [sample_scene(rng, held_out=held_out).prompt for _ in range(64)]
-        for cfg in (1.0, 3.0):
-            rates = checker_rates(sample(pipe, split_prompts, SIZE // 2, cfg, steps=30, position_factor=factor),
-                                  split_prompts)
-            report[f"{split}/cfg{cfg:g}"] = rates
-            log(f"{split} cfg {cfg:g}: " + " ".join(f"{k} {v:.3f}" for k, v in rates.items()))
-        if both:  # the size the bench samples at
-            rates = checker_rates(sample(pipe, split_prompts, SIZE, 3.0, steps=30), split_prompts)
-            report[f"{split}/cfg3/128px"] = rates
-            log(f"{split} cfg 3, 128 px: " + " ".join(f"{k} {v:.3f}" for k, v in rates.items()))
+        # 64 pixels where the run trained there; 128 pixels (the size the bench samples at) where it trained there
+        readings = [(SIZE // 2, cfg, "") for cfg in (1.0, 3.0) if args.sizes != "128"]
+        readings += [(SIZE, cfg, "/128px") for cfg in ((3.0,) if args.sizes == "both" else (1.0, 3.0))
+                     if args.sizes != "64"]
+        for size, cfg, suffix in readings:
+            rates = checker_rates(sample(pipe, split_prompts, size, cfg, steps=30,
+                                         position_factor=factor if size < SIZE else 1), split_prompts)
+            report[f"{split}/cfg{cfg:g}{suffix}"] = rates
+            log(f"{split} cfg {cfg:g}, {size} px: " + " ".join(f"{k} {v:.3f}" for k, v in rates.items()))
     return report
 
 
@@ -264,10 +270,12 @@ def main() -> None:
     parser.add_argument("--high-noise-share", type=float, default=0.0)
     parser.add_argument("--coarse-weight", type=float, default=0.0)
     parser.add_argument("--text-roles", choices=("order", "spatial"), default="order")
-    parser.add_argument("--sizes", choices=("64", "both"), default="64",
-                        help="train at 64 pixels only, or at 128 and 64 in the full script's cycle")
+    parser.add_argument("--sizes", choices=("64", "128", "both"), default="64",
+                        help="train at 64 pixels only, at 128 only, or at both in the full script's cycle")
     parser.add_argument("--sketch-positions", choices=("stage", "final"), default="stage",
                         help="64-pixel tokens on their own integer grid, or at the 128-pixel grid's coordinates")
+    parser.add_argument("--rope-axes", type=int, nargs=3, default=(8, 12, 12),
+                        help="the transformer's rotary channels per axis (frame, row, column); they sum to 32")
     parser.add_argument("--steps", type=int, default=None, help="2500 for train, 1500 for layout-only")
     parser.add_argument("--scenes", type=int, default=8000)
     parser.add_argument("--threads", type=int, default=None, help="1, or 2 for shipped-x0")

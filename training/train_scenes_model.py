@@ -61,10 +61,11 @@ VAE = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D"
 TEXT_WIDTH = 64
 
 
-def transformer_config(heads: int, double: int, single: int, text_width: int = TEXT_WIDTH) -> dict:
+def transformer_config(heads: int, double: int, single: int, text_width: int = TEXT_WIDTH,
+                       rope_axes: tuple[int, int, int] = (8, 12, 12)) -> dict:
     return dict(patch_size=1, in_channels=16, num_layers=double, num_single_layers=single, attention_head_dim=32,
                 num_attention_heads=heads, joint_attention_dim=text_width, pooled_projection_dim=text_width,
-                guidance_embeds=False, axes_dims_rope=(8, 12, 12))
+                guidance_embeds=False, axes_dims_rope=tuple(rope_axes))
 
 
 def grammar_words() -> list[str]:
@@ -467,6 +468,9 @@ def main() -> None:
     parser.add_argument("--double-blocks", type=int, default=2)
     parser.add_argument("--single-blocks", type=int, default=4)
     parser.add_argument("--text-width", type=int, default=TEXT_WIDTH)
+    parser.add_argument("--rope-axes", type=int, nargs=3, default=(8, 12, 12),
+                        help="rotary channels per axis (frame, row, column), summing to 32; 8 gives a row or column "
+                        "the frequencies 1, 0.1, 0.01 and 0.001, 12 gives 1, 0.22, 0.046, ...")
     parser.add_argument("--batch", type=int, default=16, help="batch at 128 pixels (twice this at 64)")
     parser.add_argument("--large-per-cycle", type=int, default=1, help="128-pixel steps per cycle")
     parser.add_argument("--small-per-cycle", type=int, default=2, help="64-pixel steps per cycle")
@@ -506,7 +510,7 @@ def main() -> None:
     clip, t5 = build_text_encoders(clip_tokenizer, t5_tokenizer, args.text_width)
     vae = AutoencoderKL(**VAE)
     transformer = FluxTransformer2DModel(**transformer_config(args.heads, args.double_blocks, args.single_blocks,
-                                                              args.text_width))
+                                                              args.text_width, args.rope_axes))
     log(f"transformer {sum(p.numel() for p in transformer.parameters()) / 1e6:.2f}M parameters, text encoders "
         f"{sum(p.numel() for m in (clip, t5) for p in m.parameters()) / 1e6:.2f}M")
     pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(**SCHEDULER), vae=vae, text_encoder=clip,
