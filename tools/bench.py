@@ -54,6 +54,7 @@ from .shipped_model import (
     ScenePrompt,
     load_scenes_pipeline,
     prompt_set,
+    sketch_position_units,
 )
 
 __all__ = ["DISTILLED", "REGIMES", "Method", "benchmark_methods", "distilled_methods", "run_benchmark", "main"]
@@ -163,6 +164,7 @@ class _Runner:
         self.pipes = {"base": pipe}
         self.embeddings: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.full_precision = {"base": pipe.transformer}
+        self.position_units = {model: sketch_position_units(model) for model in VARIANTS}
         self._int8: dict[str, torch.nn.Module] = {}
 
     def pipeline(self, model: str) -> Any:
@@ -210,8 +212,8 @@ class _Runner:
         if method.steps is not None:
             kwargs["num_inference_steps"] = method.steps
         pipe.transformer = self.int8_transformer(method.model) if method.int8 else self.full_precision[method.model]
-        if method.config is not None:
-            apply_fresco(pipe, method.config)
+        if method.config is not None:  # a model trained with sketch positions on the final grid is sampled there
+            apply_fresco(pipe, replace(method.config, position_units=self.position_units[method.model]))
         if method.cache is not None:
             pipe.transformer.enable_cache(method.cache())
         maps: list[tuple[int, np.ndarray]] = []
@@ -411,9 +413,11 @@ def run_benchmark(prompts: list[ScenePrompt], methods: list[Method], *, regimes:
         rows = [_row(m, runs[regime], scored, prompts, truth, truth_features, index) for m in order]
         guidance = dict(guidance_scale=GUIDANCE_SCALE) if regime == DISTILLED else dict(true_cfg_scale=REGIMES[regime])
         report_regimes[regime] = dict(**guidance, methods=rows)
-    models = [f"tools/models/{VARIANTS[m].name}" for m in dict.fromkeys(m.model for m in methods)]
+    used = list(dict.fromkeys(m.model for m in methods))
+    models = [f"tools/models/{VARIANTS[m].name}" for m in used]
     return dict(
-        model=", ".join(models), size=SIZE, text_tokens=TEXT_TOKENS, resamples=resamples,
+        model=", ".join(models), sketch_position_units={m: runner.position_units[m] for m in used}, size=SIZE,
+        text_tokens=TEXT_TOKENS, resamples=resamples,
         prompts=[dict(prompt=p.prompt, seed=p.seed, held_out=p.held_out) for p in prompts],
         equal_flops_steps=matched,
         true_renders=dict(adherence=_interval(floor.facts["whole"].mean(), floor.facts["whole"][index].mean(1)),

@@ -14,6 +14,7 @@ folder (no network). It was trained by ``training/train_scenes_model.py`` with a
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -27,7 +28,7 @@ from .video_scenes import Clip, is_held_out_clip, sample_clip
 
 __all__ = ["CLIPS_DIR", "CLIP_FRAMES", "CLIP_GUIDANCE_SCALE", "CLIP_SIZE", "CLIP_TEXT_TOKENS", "GUIDANCE_SCALE",
            "MODEL_DIR", "SCHNELL_STEPS", "SIZE", "TEXT_TOKENS", "VARIANTS", "ClipPrompt", "ScenePrompt",
-           "clip_prompt_set", "load_clips_pipeline", "load_scenes_pipeline", "prompt_set"]
+           "clip_prompt_set", "load_clips_pipeline", "load_scenes_pipeline", "prompt_set", "sketch_position_units"]
 
 MODEL_DIR = Path(str(resources.files("fresco_plugin.tools").joinpath("models/scenes-flux")))
 # The teacher and its two distilled students (``training/distill_scenes_model.py``), each a whole diffusers folder.
@@ -63,6 +64,15 @@ def load_scenes_pipeline(variant: str = "base", *, device: str | torch.device = 
         raise ValueError(f"variant={variant!r} is not a shipped scenes model; choose one of {', '.join(VARIANTS)}")
     command, duration = _TRAINING[variant]
     return _load(FluxPipeline, VARIANTS[variant], f"scenes model {variant!r}", command, duration, device, progress)
+
+
+def sketch_position_units(variant: str = "base") -> str:
+    """The ``FrescoConfig.position_units`` a shipped scenes model's sketch needs: ``"final"`` when it was trained with
+    its 64-pixel batches at the 128-pixel grid's coordinates (``--sketch-positions final``, read from its training
+    report), else the stock ``"stage"``."""
+    report = VARIANTS[variant] / "training_report.json"
+    arguments = json.loads(report.read_text()).get("arguments", {}) if report.is_file() else {}
+    return "final" if arguments.get("sketch_positions") == "final" else "stage"
 
 
 def load_clips_pipeline(*, device: str | torch.device = "cpu", progress: bool = True) -> Any:

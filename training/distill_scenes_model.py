@@ -41,12 +41,13 @@ from train_scenes_model import (
     cosine_lr,
     encode_dataset,
     encode_text,
+    grid_positions,
     image_positions,
     sample_scene,
 )
 
 from fresco_plugin.schedule import flux_mu
-from fresco_plugin.tools.shipped_model import GUIDANCE_SCALE, MODEL_DIR, SIZE, TEXT_TOKENS
+from fresco_plugin.tools.shipped_model import GUIDANCE_SCALE, MODEL_DIR, SIZE, TEXT_TOKENS, sketch_position_units
 
 OUTPUTS = {"dev": MODEL_DIR.parent / "scenes-flux-dev", "schnell": MODEL_DIR.parent / "scenes-flux-schnell"}
 GUIDANCE_RANGE = (1.0, 5.0)
@@ -74,6 +75,12 @@ def student_from(teacher: FluxTransformer2DModel, guidance: bool) -> FluxTransfo
         torch.nn.init.zeros_(student.time_text_embed.guidance_embedder.linear_2.weight)
         torch.nn.init.zeros_(student.time_text_embed.guidance_embedder.linear_2.bias)
     return student
+
+
+def position_factor(size: int, sketch_positions: str) -> int:
+    """How :func:`image_positions` spaces a ``size``-pixel picture's tokens for a teacher trained with
+    ``--sketch-positions``: its 64-pixel tokens at the 128-pixel grid's coordinates (``final``) or the stock grid."""
+    return SIZE // size if sketch_positions == "final" else 1
 
 
 def training_sigmas(tokens: int, batch: int, generator: torch.Generator) -> torch.Tensor:
@@ -139,7 +146,7 @@ def distil_guidance(teacher: FluxPipeline, args, device: torch.device, log) -> F
         noisy = (1 - sigma[:, None, None]) * x0 + sigma[:, None, None] * noise
         scale = GUIDANCE_RANGE[0] + (GUIDANCE_RANGE[1] - GUIDANCE_RANGE[0]) * torch.rand(batch, generator=generator)
         scale = scale.to(device)
-        image_ids = image_positions(size // 8, size // 8, 1, device)
+        image_ids = image_positions(size // 8, size // 8, position_factor(size, args.sketch_positions), device)
         with torch.no_grad():
             ids = torch.cat([prompt_ids[index], torch.zeros_like(prompt_ids[index])])
             embeds, pooled = encode_text(teacher, tokens.clip[ids].to(device), tokens.t5[ids].to(device))
@@ -159,7 +166,8 @@ def distil_guidance(teacher: FluxPipeline, args, device: torch.device, log) -> F
 
 
 @torch.no_grad()
-def reflow_pairs(dev: FluxPipeline, count: int, size: int, rng: np.random.Generator, seed: int, device, log):
+def reflow_pairs(dev: FluxPipeline, count: int, size: int, rng: np.random.Generator, seed: int, device, log,
+                 factor: int = 1):
     """(noise, picture latents, prompt) triples: the dev student's guided samples from seeded noise."""
     noises, pictures, prompts = [], [], []
     for start in range(0, count, 64):
@@ -167,8 +175,9 @@ def reflow_pairs(dev: FluxPipeline, count: int, size: int, rng: np.random.Genera
         generator = torch.Generator().manual_seed(seed + start)
         latents = dev.prepare_latents(len(chunk), dev.transformer.config.in_channels // 4, size, size, torch.float32,
                                       device, generator)[0]
-        out = dev(chunk, height=size, width=size, num_inference_steps=PAIR_STEPS, guidance_scale=GUIDANCE_SCALE,
-                  max_sequence_length=TEXT_TOKENS, latents=latents.clone(), output_type="latent").images
+        with grid_positions(dev, factor):
+            out = dev(chunk, height=size, width=size, num_inference_steps=PAIR_STEPS, guidance_scale=GUIDANCE_SCALE,
+                      max_sequence_length=TEXT_TOKENS, latents=latents.clone(), output_type="latent").images
         noises.append(latents.cpu())
         pictures.append(out.cpu())
         prompts += chunk
@@ -178,7 +187,8 @@ def reflow_pairs(dev: FluxPipeline, count: int, size: int, rng: np.random.Genera
 
 
 @torch.no_grad()
-def data_state_pairs(dev: FluxPipeline, count: int, size: int, rng: np.random.Generator, seed: int, device, log):
+def data_state_pairs(dev: FluxPipeline, count: int, size: int, rng: np.random.Generator, seed: int, device, log,
+                     factor: int = 1):
     """(start, end, top sigma, prompt): a training scene's latents noised to a sigma ``s`` (a quarter at 1, the rest
     uniform in [0.05, 1]), and where ``PAIR_STEPS`` guided Euler steps of the dev student, evenly spaced from ``s`` to
     0, take that state. ``start`` is the line through the two extended back to sigma 1, so the reflow loss trains the
@@ -188,7 +198,7 @@ def data_state_pairs(dev: FluxPipeline, count: int, size: int, rng: np.random.Ge
     tokens = PromptTokens(dev.tokenizer, dev.tokenizer_2, prompts)
     generator = torch.Generator().manual_seed(seed)
     txt_ids = torch.zeros(TEXT_TOKENS, 3, device=device)
-    image_ids = image_positions(size // 8, size // 8, 1, device)
+    image_ids = image_positions(size // 8, size // 8, factor, device)
     starts, ends, tops = [], [], []
     for first in range(0, count, 64):
         x0 = packed(latents[first:first + 64]).to(device)
@@ -218,11 +228,13 @@ def data_state_pairs(dev: FluxPipeline, count: int, size: int, rng: np.random.Ge
 def distil_steps(teacher: FluxPipeline, dev: FluxPipeline, args, device: torch.device, log) -> FluxTransformer2DModel:
     rng = np.random.default_rng(args.seed)
     if args.objective == "reflow":
-        pairs = {size: reflow_pairs(dev, count, size, rng, args.seed * 1000 + size * 100000, device, log)
+        pairs = {size: reflow_pairs(dev, count, size, rng, args.seed * 1000 + size * 100000, device, log,
+                                    position_factor(size, args.sketch_positions))
                  for size, count in ((SIZE, args.pairs), (SIZE // 2, args.pairs))}
         pairs = {size: (noise, x0, torch.ones(len(x0)), prompts) for size, (noise, x0, prompts) in pairs.items()}
     else:
-        pairs = {size: data_state_pairs(dev, count, size, rng, args.seed * 1000 + size * 100000, device, log)
+        pairs = {size: data_state_pairs(dev, count, size, rng, args.seed * 1000 + size * 100000, device, log,
+                                        position_factor(size, args.sketch_positions))
                  for size, count in ((SIZE, args.pairs), (SIZE // 2, args.pairs))}
     tokens = PromptTokens(teacher.tokenizer, teacher.tokenizer_2, pairs[SIZE][3] + pairs[SIZE // 2][3])
     prompt_ids = {size: torch.tensor([tokens.index[p] for p in pair[3]]) for size, pair in pairs.items()}
@@ -245,7 +257,7 @@ def distil_steps(teacher: FluxPipeline, dev: FluxPipeline, args, device: torch.d
         with torch.no_grad():
             embeds, pooled = encode_text(teacher, tokens.clip[prompt_ids[size][index]].to(device),
                                          tokens.t5[prompt_ids[size][index]].to(device))
-        image_ids = image_positions(size // 8, size // 8, 1, device)
+        image_ids = image_positions(size // 8, size // 8, position_factor(size, args.sketch_positions), device)
         prediction = student(hidden_states=noisy, encoder_hidden_states=embeds, pooled_projections=pooled,
                              timestep=sigma, img_ids=image_ids, txt_ids=txt_ids, return_dict=False)[0]
         loss = (prediction - (noise - x0)).pow(2).mean()
@@ -296,6 +308,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     args.steps = args.steps or dict(dev=2000, schnell=2500)[args.variant]
+    args.sketch_positions = sketch_position_units("base")  # the teacher's: reported, so tools sample students alike
     output = args.output or OUTPUTS[args.variant]
 
     torch.set_num_threads(args.threads)

@@ -31,6 +31,7 @@ import argparse
 import json
 import math
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -402,11 +403,18 @@ def sample(pipe, prompts: list[str], size: int, cfg: float, steps: int = 50, see
            position_factor: int = 1) -> list[np.ndarray]:
     """50-step samples; ``position_factor=2`` gives a 64-pixel run the positions it was trained with (a Fresco sketch's
     ``position_units="final"``) in place of the stock integer grid."""
-    if position_factor != 1:  # an instance attribute shadows the static method for this pipeline only
-        pipe._prepare_latent_image_ids = lambda batch, rows, cols, device, dtype: image_positions(
-            rows, cols, position_factor, device).to(dtype)
-    try:
+    with grid_positions(pipe, position_factor):
         return _sample(pipe, prompts, size, cfg, steps, seed)
+
+
+@contextmanager
+def grid_positions(pipe, factor: int):
+    """The pipeline's calls place image tokens as :func:`image_positions` with ``factor`` does (1: stock)."""
+    if factor != 1:  # an instance attribute shadows the static method for this pipeline only
+        pipe._prepare_latent_image_ids = lambda batch, rows, cols, device, dtype: image_positions(
+            rows, cols, factor, device).to(dtype)
+    try:
+        yield
     finally:
         pipe.__dict__.pop("_prepare_latent_image_ids", None)
 
