@@ -17,6 +17,7 @@ from fresco_plugin.tools.shipped_model import (
     VARIANTS,
     load_scenes_pipeline,
     prompt_set,
+    sketch_position_units,
 )
 
 
@@ -28,6 +29,18 @@ def test_the_shipped_model_loads_with_the_stock_from_pretrained():
     assert pipe.tokenizer_2.model_max_length == TEXT_TOKENS
     params = sum(p.numel() for p in pipe.transformer.parameters())
     assert 1e6 < params < 1e7  # "a few million"
+
+
+def test_a_model_trained_with_its_sketch_on_the_final_grid_is_sampled_there(monkeypatch, tmp_path):
+    shipped = json.loads((VARIANTS["base"] / "training_report.json").read_text())["arguments"]
+    assert sketch_position_units("base") == shipped.get("sketch_positions", "stage")  # older reports: the stock grid
+    for trained, units in (("final", "final"), ("stage", "stage"), (None, "stage")):
+        folder = tmp_path / str(trained)
+        folder.mkdir()
+        arguments = {} if trained is None else {"sketch_positions": trained}
+        (folder / "training_report.json").write_text(json.dumps({"arguments": arguments}))
+        monkeypatch.setitem(VARIANTS, "dev", folder)
+        assert sketch_position_units("dev") == units
 
 
 # both regimes take 2 min on 2 cores (guided runs two forwards a step): the default run keeps the unguided one
