@@ -28,7 +28,8 @@ from .video_scenes import Clip, is_held_out_clip, sample_clip
 
 __all__ = ["CLIPS_DIR", "CLIP_FRAMES", "CLIP_GUIDANCE_SCALE", "CLIP_SIZE", "CLIP_TEXT_TOKENS", "GUIDANCE_SCALE",
            "MODEL_DIR", "SCHNELL_STEPS", "SIZE", "TEXT_TOKENS", "VARIANTS", "ClipPrompt", "ScenePrompt",
-           "clip_prompt_set", "load_clips_pipeline", "load_scenes_pipeline", "prompt_set", "sketch_position_units"]
+           "clip_prompt_set", "load_clips_pipeline", "load_scenes_pipeline", "prompt_set", "sketch_position_units",
+           "sketch_position_units_of"]
 
 MODEL_DIR = Path(str(resources.files("fresco_plugin.tools").joinpath("models/scenes-flux")))
 # The teacher and its two distilled students (``training/distill_scenes_model.py``), each a whole diffusers folder.
@@ -70,7 +71,12 @@ def sketch_position_units(variant: str = "base") -> str:
     """The ``FrescoConfig.position_units`` a shipped scenes model's sketch needs: ``"final"`` when it was trained with
     its 64-pixel batches at the 128-pixel grid's coordinates (``--sketch-positions final``, read from its training
     report), else the stock ``"stage"``."""
-    report = VARIANTS[variant] / "training_report.json"
+    return sketch_position_units_of(VARIANTS[variant])
+
+
+def sketch_position_units_of(folder: Path) -> str:
+    """``sketch_position_units`` of the scenes model saved in ``folder`` (shipped or not)."""
+    report = Path(folder) / "training_report.json"
     arguments = json.loads(report.read_text()).get("arguments", {}) if report.is_file() else {}
     return "final" if arguments.get("sketch_positions") == "final" else "stage"
 

@@ -47,15 +47,15 @@ from train_scenes_model import (
 )
 
 from fresco_plugin.schedule import flux_mu
-from fresco_plugin.tools.shipped_model import GUIDANCE_SCALE, MODEL_DIR, SIZE, TEXT_TOKENS, sketch_position_units
+from fresco_plugin.tools.shipped_model import GUIDANCE_SCALE, MODEL_DIR, SIZE, TEXT_TOKENS, sketch_position_units_of
 
 OUTPUTS = {"dev": MODEL_DIR.parent / "scenes-flux-dev", "schnell": MODEL_DIR.parent / "scenes-flux-schnell"}
 GUIDANCE_RANGE = (1.0, 5.0)
 SCHNELL_SCHEDULER = dict(num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=False)  # FLUX.1-schnell's
 SCHNELL_STEPS = 4
 PAIR_STEPS = 16  # Euler steps of the dev student that draw each reflow pair
-UNUSED = {"dev": ("output", "dev_student", "pairs", "objective"),  # not reported
-          "schnell": ("output", "dev_student", "scenes")}
+UNUSED = {"dev": ("output", "teacher", "dev_student", "pairs", "objective"),  # not reported
+          "schnell": ("output", "teacher", "dev_student", "scenes")}
 
 
 def load(folder: Path, device: torch.device) -> FluxPipeline:
@@ -290,6 +290,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("variant", choices=tuple(OUTPUTS))
     parser.add_argument("--output", type=Path, help="default: tools/models/scenes-flux-<variant>")
+    parser.add_argument("--teacher", type=Path, default=MODEL_DIR,
+                        help="the scenes model to distil (default: the shipped one, %(default)s)")
     parser.add_argument("--dev-student", type=Path, default=OUTPUTS["dev"],
                         help="schnell: the dev student whose samples it learns (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
@@ -308,7 +310,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     args.steps = args.steps or dict(dev=2000, schnell=2500)[args.variant]
-    args.sketch_positions = sketch_position_units("base")  # the teacher's: reported, so tools sample students alike
+    args.sketch_positions = sketch_position_units_of(args.teacher)  # reported, so tools sample students alike
     output = args.output or OUTPUTS[args.variant]
 
     torch.set_num_threads(args.threads)
@@ -319,7 +321,7 @@ def main() -> None:
     def log(message: str) -> None:
         print(f"[{time.time() - started:7.0f}s] {message}", flush=True)
 
-    teacher = load(MODEL_DIR, device)
+    teacher = load(args.teacher, device)
     if args.variant == "dev":
         transformer = distil_guidance(teacher, args, device, log)
         scheduler = teacher.scheduler
