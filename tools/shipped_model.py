@@ -35,9 +35,9 @@ MODEL_DIR = Path(str(resources.files("fresco_plugin.tools").joinpath("models/sce
 # The teacher and its two distilled students (``training/distill_scenes_model.py``), each a whole diffusers folder.
 VARIANTS = {"base": MODEL_DIR, "dev": MODEL_DIR.parent / "scenes-flux-dev",
             "schnell": MODEL_DIR.parent / "scenes-flux-schnell"}
-_TRAINING = {"base": ("python training/train_scenes_model.py", "about 75 minutes on 2 CPU cores"),
-             "dev": ("python training/distill_scenes_model.py dev", "about 30 minutes on 2 CPU cores"),
-             "schnell": ("python training/distill_scenes_model.py schnell", "about 30 minutes, after the dev student")}
+_TRAINING = {"base": ("python training/train_scenes_model.py", "92-111 minutes measured on 2 CPU cores"),
+             "dev": ("python training/distill_scenes_model.py dev", "about 50 minutes on 2 CPU cores"),
+             "schnell": ("python training/distill_scenes_model.py schnell", "about 50 minutes, after the dev student")}
 SCHNELL_STEPS = 4  # the schnell-like student's own step count, as FLUX.1-schnell's
 TEXT_TOKENS = 32
 SIZE = 128

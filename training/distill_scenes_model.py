@@ -1,7 +1,7 @@
 """Distils the shipped scenes model into the two kinds of checkpoint FLUX users run.
 
-    python training/distill_scenes_model.py dev        # about 30 minutes on 2 CPU cores
-    python training/distill_scenes_model.py schnell    # needs the dev student; about 30 minutes
+    python training/distill_scenes_model.py dev        # about 50 minutes on 2 CPU cores
+    python training/distill_scenes_model.py schnell    # needs the dev student; about 50 minutes
 
 - **dev** (``tools/models/scenes-flux-dev``): guidance-distilled, as FLUX.1-dev is. A ``FluxTransformer2DModel`` with
   ``guidance_embeds=True`` starts from the teacher's weights (its guidance embedder's last layer zeroed, so it begins
@@ -43,6 +43,7 @@ from train_scenes_model import (
     encode_text,
     grid_positions,
     image_positions,
+    library_versions,
     sample_scene,
 )
 
@@ -339,7 +340,7 @@ def main() -> None:
     saved = load(output, device)
     results = report(saved, args.variant, np.random.default_rng(args.seed + 1), args.report_prompts, log)
     results.update(variant=args.variant, seed=args.seed, minutes=round((time.time() - started) / 60, 1),
-                   torch=torch.__version__,
+                   **library_versions(),
                    arguments={k: v for k, v in vars(args).items() if k not in UNUSED[args.variant]})
     (output / "training_report.json").write_text(json.dumps(results, indent=2) + "\n")
     log(f"saved to {output}")
