@@ -43,7 +43,7 @@ from train_scenes_model import (
     encode_text,
     grid_positions,
     image_positions,
-    library_versions,
+    run_environment,
     sample_scene,
 )
 
@@ -340,7 +340,7 @@ def main() -> None:
     saved = load(output, device)
     results = report(saved, args.variant, np.random.default_rng(args.seed + 1), args.report_prompts, log)
     results.update(variant=args.variant, seed=args.seed, minutes=round((time.time() - started) / 60, 1),
-                   **library_versions(),
+                   **run_environment(),
                    arguments={k: v for k, v in vars(args).items() if k not in UNUSED[args.variant]})
     (output / "training_report.json").write_text(json.dumps(results, indent=2) + "\n")
     log(f"saved to {output}")

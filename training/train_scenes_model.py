@@ -465,14 +465,21 @@ def adherence_report(pipe, rng: np.random.Generator, prompts_per_split: int, cfg
     return report
 
 
-def library_versions() -> dict[str, str]:
-    """The versions a rerun must match to hope for the same weights (two runs of this script in different sessions,
-    each in a fresh install, did not give the same weights)."""
+def run_environment() -> dict[str, str]:
+    """What a rerun must match to hope for the same weights: library versions, and the CPU and the vector kernels torch
+    picks on it (two runs of this script in different sessions did not give the same weights)."""
+    import platform
+
     import diffusers
     import transformers
 
+    cpu = platform.processor()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                    if line.startswith("model name")), cpu)
     return dict(torch=torch.__version__, diffusers=diffusers.__version__, transformers=transformers.__version__,
-                numpy=np.__version__)
+                numpy=np.__version__, cpu=cpu, cpu_capability=torch.backends.cpu.get_cpu_capability())
 
 
 def main() -> None:
@@ -572,7 +579,7 @@ def main() -> None:
                                              device, log))
     report.update(seed=args.seed, arguments={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                                              if k != "output"},
-                  minutes=round((time.time() - started) / 60, 1), **library_versions())
+                  minutes=round((time.time() - started) / 60, 1), **run_environment())
     (args.output / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
     log(f"saved to {args.output}")
 
