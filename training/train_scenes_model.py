@@ -22,8 +22,7 @@ noise but not the same weights (which step differs is not isolated: BENCHMARKS.m
   read by a linear head that is dropped after training) and grammar pre-training that names the object slots by
   place (``--text-roles spatial``: the left or top object first) teach relations; rotary channels 16 8 8 (frame,
   row, column) give a row or column the frequency 0.1, which turns about a quarter turn across the 16-token picture
-  (8 12 12 left relations at chance). Each choice measured:
-  BENCHMARKS.md, "The shipped scenes model".
+  (8 12 12 left relations at chance). Each choice measured: BENCHMARKS.md, "The shipped scenes model".
 """
 
 from __future__ import annotations
