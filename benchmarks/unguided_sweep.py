@@ -57,7 +57,7 @@ ROUND_VARIANTS = {
 }
 SETS = {"plan": VARIANTS, "restart": RESTART_VARIANTS, "round": ROUND_VARIANTS}
 SET_NAMES = [*sorted(SETS), "presets", "shapes", "default", "tail", "rounds", "round-free", "expansion",
-             "sketch-shift", "low-restart", "trajectory"]
+             "sketch-shift", "low-restart", "trajectory", "unified"]
 # each budget's promotion round promoting a tenth or nothing (the video sweep's lead), paired with the preset
 BUDGET_ROUNDS = {"ratio 0.1": dict(promotion_ratio=0.1), "no round": dict(promotion_rounds=0)}
 # the two changes that lowered unguided KID in every budget's sweep, each inside noise alone (no round: "rounds";
@@ -76,9 +76,14 @@ BUDGET_LOW_RESTART = {f"restart x{scale:g}{', bilinear' if expansion == 'bilinea
                       for scale in (1.0, 1.5) for expansion in ("hadamard", "bilinear")}
 # re-noise back along each token's own velocity (its predicted noise) instead of with the field's value
 BUDGET_TRAJECTORY = {"trajectory renoise": dict(strategy_options={"renoise": "trajectory"})}
+# the unified field's fidelity lead over fresh noise at the switch (the near-lossless issue asks +5 dB at equal plans)
+# against the restart: a higher restart redraws more of the picture from the noise, whichever noise it is
+BUDGET_UNIFIED = {f"restart x{scale:g}{', fresh noise' if fresh else ''}":
+                  dict(restart_shift_scale=scale, **(dict(strategy="fresh-noise") if fresh else {}))
+                  for scale in (1.0, 1.5, 2.0) for fresh in (False, True)}
 BUDGET_VARIANTS = {"rounds": BUDGET_ROUNDS, "round-free": BUDGET_ROUND_FREE, "expansion": BUDGET_EXPANSION,
                    "sketch-shift": BUDGET_SKETCH_SHIFT, "low-restart": BUDGET_LOW_RESTART,
-                   "trajectory": BUDGET_TRAJECTORY}
+                   "trajectory": BUDGET_TRAJECTORY, "unified": BUDGET_UNIFIED}
 # sketch lengths re-measured once the full-resolution stage restarts higher (the presets' 3 was chosen by fidelity
 # before it): each with the most full-resolution steps that still reach the budget on FLUX.1-dev, as for_speedup plans
 SHAPE_BUDGETS = {"5x": 5.0, "10x": 10.0}
@@ -155,7 +160,9 @@ def main() -> None:
                         "--budgets preset with its sketch at shift 1 and 0.6, paired with the preset and steps@), or "
                         "low-restart (each --budgets preset restarting at x1 and x1.5, each with the Hadamard and "
                         "the bilinear expansion, paired with the preset and steps@), or trajectory (each --budgets "
-                        "preset re-noising along each token's velocity, paired with the preset and steps@)")
+                        "preset re-noising along each token's velocity, paired with the preset and steps@), or unified "
+                        "(each --budgets preset restarting at x1, x1.5 and x2, each with the unified field and with "
+                        "fresh noise at the switch: PSNR to the baseline, paired with the preset and steps@)")
     parser.add_argument("--budgets", nargs="+", default=list(BUDGET_PRESETS), choices=list(BUDGET_PRESETS),
                         help="the budgets of the sets paired with the preset (rounds, round-free, expansion, "
                         "sketch-shift, low-restart, trajectory)")
@@ -235,7 +242,8 @@ def print_rows(report: dict, regimes) -> None:
         for row in report["regimes"][regime]["methods"]:
             versus, other = row["versus_fewer_steps"], row.get("versus_other")
             print(f"{regime:9s} {row['method']:42s} FLOPs {row['flops_ratio']:5.2f}  KID {figure(row['kid'])}  "
-                  f"adherence {row['adherence']['whole']['value']:.2f}" + "".join(
+                  f"adherence {row['adherence']['whole']['value']:.2f}"
+                  + (f"  PSNR {row['psnr']:.2f}" if row.get("psnr") is not None else "") + "".join(
                       f"  KID - {v['method']} {figure(v['kid'])}  adherence - it {v['adherence']['value']:+.2f} "
                       f"{v['adherence']['ci']}" for v in (versus, other) if v is not None))
 
