@@ -40,6 +40,8 @@ def main() -> None:
     parser.add_argument("--schnell", type=Path, help="another schnell-like student's folder to run instead of the "
                         "shipped one (for example one trained with `distill_scenes_model.py schnell --objective "
                         "data-states --output <folder>`)")
+    parser.add_argument("--restart-scales", type=float, nargs="+", default=RESTART_SCALES,
+                        help="the restart set's scales; a scale s starts the full-resolution step at s / (3 + s)")
     parser.add_argument("--out", default="schnell_sweep.json")
     args = parser.parse_args()
     if args.schnell is not None:
@@ -49,7 +51,9 @@ def main() -> None:
                Method(f"{student}-{SCHNELL_STEPS}", f"{student}-like alone", steps=SCHNELL_STEPS, model=student),
                Method("steps@22x", f"{student}-like alone", budget="22x", model=student)]
     if args.set == "restart":
-        for scale in RESTART_SCALES:
+        # one plain step from pure noise: where an ever higher restart tends, less the sketch's layout
+        methods.append(Method("schnell-1", "schnell-like alone", steps=1, model="schnell"))
+        for scale in args.restart_scales:
             methods.append(Method(f"restart x{scale:g}@22x", "flux-schnell-22x, full-resolution restart",
                                   config=replace(TWENTY_TWO, restart_shift_scale=scale), budget="22x",
                                   model="schnell"))
