@@ -14,12 +14,13 @@ import math
 import time
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 
 from fresco_plugin.config import PRESETS, FrescoConfig
 from fresco_plugin.flops import count_plan_flops
 from fresco_plugin.speedup import BANDS, SketchShape, most_full_steps
-from fresco_plugin.tools.bench import BASELINE_STEPS, Method, _json_safe, run_benchmark
+from fresco_plugin.tools.bench import BASELINE_STEPS, RESAMPLES, Method, _json_safe, run_benchmark
 from fresco_plugin.tools.shipped_model import SIZE, TEXT_TOKENS, prompt_set
 
 TEN = PRESETS["flux-dev-10x"]
@@ -78,12 +79,18 @@ BUDGET_LOW_RESTART = {f"restart x{scale:g}{', bilinear' if expansion == 'bilinea
 BUDGET_TRAJECTORY = {"trajectory renoise": dict(strategy_options={"renoise": "trajectory"})}
 # the unified field's fidelity lead over fresh noise at the switch (the near-lossless issue asks +5 dB at equal plans)
 # against the restart: a higher restart redraws more of the picture from the noise, whichever noise it is
-BUDGET_UNIFIED = {f"restart x{scale:g}{', fresh noise' if fresh else ''}":
-                  dict(restart_shift_scale=scale, **(dict(strategy="fresh-noise") if fresh else {}))
-                  for scale in (1.0, 1.5, 2.0) for fresh in (False, True)}
+UNIFIED_RESTART_SCALES = (1.0, 1.5, 2.0)
+
+
+def unified_variants(scales) -> dict[str, dict]:
+    return {f"restart x{scale:g}{', fresh noise' if fresh else ''}":
+            dict(restart_shift_scale=scale, **(dict(strategy="fresh-noise") if fresh else {}))
+            for scale in scales for fresh in (False, True)}
+
+
 BUDGET_VARIANTS = {"rounds": BUDGET_ROUNDS, "round-free": BUDGET_ROUND_FREE, "expansion": BUDGET_EXPANSION,
                    "sketch-shift": BUDGET_SKETCH_SHIFT, "low-restart": BUDGET_LOW_RESTART,
-                   "trajectory": BUDGET_TRAJECTORY, "unified": BUDGET_UNIFIED}
+                   "trajectory": BUDGET_TRAJECTORY, "unified": unified_variants(UNIFIED_RESTART_SCALES)}
 # sketch lengths re-measured once the full-resolution stage restarts higher (the presets' 3 was chosen by fidelity
 # before it): each with the most full-resolution steps that still reach the budget on FLUX.1-dev, as for_speedup plans
 SHAPE_BUDGETS = {"5x": 5.0, "10x": 10.0}
@@ -167,8 +174,11 @@ def main() -> None:
                         help="the budgets of the sets paired with the preset (rounds, round-free, expansion, "
                         "sketch-shift, low-restart, trajectory)")
     parser.add_argument("--restart-shift-scale", type=float, default=2.0)
+    parser.add_argument("--unified-scales", type=float, nargs="+", default=UNIFIED_RESTART_SCALES,
+                        help="the unified set's restart scales")
     parser.add_argument("--out", default="unguided_sweep.json")
     args = parser.parse_args()
+    BUDGET_VARIANTS["unified"] = unified_variants(args.unified_scales)
     methods = [Method("baseline", "baseline", steps=BASELINE_STEPS)]
     if args.set == "default":
         for call_steps in DEFAULT_CALL_STEPS:
@@ -228,9 +238,34 @@ def main() -> None:
     report = {k: v for k, v in report.items() if not k.startswith("_")}
     report["seconds"] = time.perf_counter() - start
     report["size"], report["text_tokens"] = SIZE, TEXT_TOKENS
+    if args.set == "unified":
+        report["unified_field_leads"] = unified_field_leads(report, regimes)
     with open(args.out, "w") as f:
         json.dump(_json_safe(report), f, indent=1)
     print_rows(report, regimes)
+    for lead in report.get("unified_field_leads", []):
+        print(f"{lead['regime']:9s} unified field - fresh noise, {lead['plan']:28s} PSNR {lead['psnr']['value']:+.2f} "
+              f"[{lead['psnr']['ci'][0]:+.2f}, {lead['psnr']['ci'][1]:+.2f}] dB")
+
+
+def unified_field_leads(report: dict, regimes) -> list[dict]:
+    """Per plan of the unified set: the field's PSNR to the baseline minus fresh noise's, paired per prompt, with a
+    95% percentile-bootstrap interval over prompts."""
+    leads = []
+    for regime in regimes:
+        rows = {row["method"]: row for row in report["regimes"][regime]["methods"]}
+        for name, fresh in rows.items():
+            if ", fresh noise@" not in name:
+                continue
+            unified_name = name.replace(", fresh noise", "")
+            budget = name.rsplit("@", 1)[1]
+            unified = rows.get(unified_name) or rows[f"fresco@{budget}"]  # the preset's own restart is its row
+            difference = np.asarray(unified["per_prompt"]["psnr"]) - np.asarray(fresh["per_prompt"]["psnr"])
+            resampled = np.random.default_rng(0).integers(len(difference), size=(RESAMPLES, len(difference)))
+            low, high = np.percentile(difference[resampled].mean(1), [2.5, 97.5])
+            leads.append(dict(regime=regime, plan=unified_name.replace("fresco ", ""),
+                              psnr=dict(value=float(difference.mean()), ci=[float(low), float(high)])))
+    return leads
 
 
 def print_rows(report: dict, regimes) -> None:
