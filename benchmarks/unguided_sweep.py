@@ -90,7 +90,7 @@ def unified_variants(scales) -> dict[str, dict]:
 
 BUDGET_VARIANTS = {"rounds": BUDGET_ROUNDS, "round-free": BUDGET_ROUND_FREE, "expansion": BUDGET_EXPANSION,
                    "sketch-shift": BUDGET_SKETCH_SHIFT, "low-restart": BUDGET_LOW_RESTART,
-                   "trajectory": BUDGET_TRAJECTORY, "unified": unified_variants(UNIFIED_RESTART_SCALES)}
+                   "trajectory": BUDGET_TRAJECTORY}
 # sketch lengths re-measured once the full-resolution stage restarts higher (the presets' 3 was chosen by fidelity
 # before it): each with the most full-resolution steps that still reach the budget on FLUX.1-dev, as for_speedup plans
 SHAPE_BUDGETS = {"5x": 5.0, "10x": 10.0}
@@ -168,17 +168,17 @@ def main() -> None:
                         "low-restart (each --budgets preset restarting at x1 and x1.5, each with the Hadamard and "
                         "the bilinear expansion, paired with the preset and steps@), or trajectory (each --budgets "
                         "preset re-noising along each token's velocity, paired with the preset and steps@), or unified "
-                        "(each --budgets preset restarting at x1, x1.5 and x2, each with the unified field and with "
-                        "fresh noise at the switch: PSNR to the baseline, paired with the preset and steps@)")
+                        "(each --budgets preset restarting at each --unified-scales, by default x1, x1.5 and x2, "
+                        "with the unified field and with fresh noise at the switch: PSNR to the baseline, paired with "
+                        "the preset and steps@)")
     parser.add_argument("--budgets", nargs="+", default=list(BUDGET_PRESETS), choices=list(BUDGET_PRESETS),
                         help="the budgets of the sets paired with the preset (rounds, round-free, expansion, "
-                        "sketch-shift, low-restart, trajectory)")
+                        "sketch-shift, low-restart, trajectory, unified)")
     parser.add_argument("--restart-shift-scale", type=float, default=2.0)
     parser.add_argument("--unified-scales", type=float, nargs="+", default=UNIFIED_RESTART_SCALES,
                         help="the unified set's restart scales")
     parser.add_argument("--out", default="unguided_sweep.json")
     args = parser.parse_args()
-    BUDGET_VARIANTS["unified"] = unified_variants(args.unified_scales)
     methods = [Method("baseline", "baseline", steps=BASELINE_STEPS)]
     if args.set == "default":
         for call_steps in DEFAULT_CALL_STEPS:
@@ -209,8 +209,8 @@ def main() -> None:
             methods += [Method(f"steps@{budget}", "fewer steps", budget=budget),
                         Method(f"fresco@{budget}", "Fresco", config=PRESETS[preset], budget=budget),
                         Method(f"fresco-stock-tail@{budget}", "Fresco, stock tail", config=tail, budget=budget)]
-    elif args.set in BUDGET_VARIANTS:
-        variants = BUDGET_VARIANTS[args.set]
+    elif args.set in BUDGET_VARIANTS or args.set == "unified":
+        variants = unified_variants(args.unified_scales) if args.set == "unified" else BUDGET_VARIANTS[args.set]
         for budget in args.budgets:
             preset = PRESETS[BUDGET_PRESETS[budget]]
             methods += [Method(f"steps@{budget}", "fewer steps", budget=budget),
