@@ -5,7 +5,8 @@ arithmetic. This module is where those costs come from: each named transformer i
 public config (no weights, no memory) and a forward is traced with torch's FLOP counter (``torch.utils.flop_counter``:
 2 FLOPs per multiply-add, matrix products and attention). Every product in these transformers is linear or bilinear
 in the image and text token counts, so a forward's FLOPs are an exact polynomial of degree 2 in the two: nine traces
-give its coefficients (``derive_forward_flops``), and ``python -m fresco_plugin.tools.flops_trace --write`` rewrites
+(each running one block of every block list and counting the others as its copies) give its coefficients
+(``derive_forward_flops``), and ``python -m fresco_plugin.tools.flops_trace --write`` rewrites
 the stored file (a test checks the two agree). :class:`ForwardRecorder` prices a run as it really ran, blocks a
 feature cache skipped excluded. Requires diffusers.
 """
@@ -15,6 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from functools import cache
@@ -72,23 +75,31 @@ class TransformerFlops:
                 if isinstance(child, torch.nn.ModuleList)}
 
     def trace(self, image_tokens: int) -> int:
-        """FLOPs of one forward at ``image_tokens``, traced with torch's FLOP counter on the meta device."""
+        """FLOPs of one whole forward at ``image_tokens``, traced with torch's FLOP counter on the meta device."""
         return self._trace_parts(image_tokens)[0]
 
-    def _trace_parts(self, image_tokens: int) -> tuple[int, dict[str, int]]:
-        """A forward's total and the FLOPs of the first block of each block list (all blocks of a list are alike)."""
+    def _trace_parts(self, image_tokens: int, one_block_each: bool = False) -> tuple[int, dict[str, int]]:
+        """A forward's total and the FLOPs of the first block of each block list. The blocks of a list are alike, so
+        ``one_block_each`` runs only the first of each and counts the rest as copies of it: the same total, a few
+        times faster on the deep models (``trace`` runs them all, which is how the two are checked against each
+        other)."""
         from torch.utils.flop_counter import FlopCounterMode
 
         if self._transformer is None:
             self._transformer = self._build()
         if self.family == "hunyuan-video15":
             return self._trace_hunyuan_video15(image_tokens)
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        counts = self.block_counts()
+        with torch.no_grad(), FlopCounterMode(display=False) as counter, \
+                _first_block_of_each_list(self._transformer, enabled=one_block_each):
             self._transformer(**self._inputs(image_tokens), return_dict=False)
         per_module = counter.get_flop_counts()
         root = type(self._transformer).__name__
-        blocks = {kind: int(sum(per_module.get(f"{root}.{kind}.0", {}).values())) for kind in self.block_counts()}
-        return int(counter.get_total_flops()), blocks
+        blocks = {kind: int(sum(per_module.get(f"{root}.{kind}.0", {}).values())) for kind in counts}
+        total = int(counter.get_total_flops())
+        if one_block_each:
+            total += sum((counts[kind] - 1) * blocks[kind] for kind in counts if counts[kind])
+        return total, blocks
 
     def _trace_hunyuan_video15(self, image_tokens: int) -> tuple[int, dict[str, int]]:
         """HunyuanVideo-1.5's forward reads its image stream's values (zeros: text to video) and keeps only the valid
@@ -119,7 +130,7 @@ class TransformerFlops:
 
     def _fit(self):
         if self._coefficients is None:
-            traces = [(n, *self._trace_parts(n)) for n in self._FIT_SIZES]
+            traces = [(n, *self._trace_parts(n, one_block_each=True)) for n in self._FIT_SIZES]
             self._coefficients = (
                 _quadratic_through([(n, total) for n, total, _ in traces]),
                 {kind: _quadratic_through([(n, blocks[kind]) for n, _, blocks in traces]) for kind in traces[0][2]},
@@ -279,6 +290,20 @@ def _quadratic_through(points: list[tuple[int, int]]) -> tuple[Fraction, Fractio
     c1 = Fraction(y1 - y0, x1 - x0) - c2 * (x0 + x1)
     c0 = y0 - c1 * x0 - c2 * x0 * x0
     return c0, c1, c2
+
+
+@contextmanager
+def _first_block_of_each_list(model: torch.nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Within the block, each of ``model``'s block lists holds only its first block (the forwards loop over them)."""
+    lists = {name: child for name, child in model.named_children() if isinstance(child, torch.nn.ModuleList)}
+    try:
+        if enabled:
+            for name, blocks in lists.items():
+                setattr(model, name, torch.nn.ModuleList(list(blocks)[:1]))
+        yield
+    finally:
+        for name, blocks in lists.items():
+            setattr(model, name, blocks)
 
 
 @cache
