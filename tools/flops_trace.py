@@ -17,7 +17,7 @@ import argparse
 import json
 import math
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from functools import cache
@@ -90,8 +90,8 @@ class TransformerFlops:
         if self.family == "hunyuan-video15":
             return self._trace_hunyuan_video15(image_tokens)
         counts = self.block_counts()
-        with torch.no_grad(), FlopCounterMode(display=False) as counter, \
-                _first_block_of_each_list(self._transformer, enabled=one_block_each):
+        blocks_run = _first_block_of_each_list(self._transformer) if one_block_each else nullcontext()
+        with torch.no_grad(), FlopCounterMode(display=False) as counter, blocks_run:
             self._transformer(**self._inputs(image_tokens), return_dict=False)
         per_module = counter.get_flop_counts()
         root = type(self._transformer).__name__
@@ -293,13 +293,12 @@ def _quadratic_through(points: list[tuple[int, int]]) -> tuple[Fraction, Fractio
 
 
 @contextmanager
-def _first_block_of_each_list(model: torch.nn.Module, enabled: bool = True) -> Iterator[None]:
+def _first_block_of_each_list(model: torch.nn.Module) -> Iterator[None]:
     """Within the block, each of ``model``'s block lists holds only its first block (the forwards loop over them)."""
     lists = {name: child for name, child in model.named_children() if isinstance(child, torch.nn.ModuleList)}
     try:
-        if enabled:
-            for name, blocks in lists.items():
-                setattr(model, name, torch.nn.ModuleList(list(blocks)[:1]))
+        for name, blocks in lists.items():
+            setattr(model, name, torch.nn.ModuleList(list(blocks)[:1]))
         yield
     finally:
         for name, blocks in lists.items():
