@@ -241,15 +241,18 @@ def tiny_wan_pipeline(*, seed: int = 0, two_experts: bool = False, expand_timest
 
 
 def random_flux_pipeline(*, device: str = "cuda", dtype: torch.dtype = torch.bfloat16, schnell: bool = False,
-                         seed: int = 0):
+                         seed: int = 0, shrink: bool = False):
     """FLUX.1-dev (or, with ``schnell``, FLUX.1-schnell) at its real size with random weights, from the embedded
     public config, without text encoders (pass prompt embeddings: 512 x 4096 and 768). The VAE is a tiny stand-in,
-    so decode nothing: use ``output_type="latent"``. About 24 GB in bf16."""
+    so decode nothing: use ``output_type="latent"``. About 24 GB in bf16. ``shrink`` keeps the inputs' sizes but
+    only one block of each kind, two heads wide: the same call path, small enough for a CPU smoke check."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
     from fresco_plugin.flops import MODELS
 
     config = MODELS["flux-schnell" if schnell else "flux-dev"].config()
+    if shrink:
+        config.update(num_layers=1, num_single_layers=1, num_attention_heads=2)
     torch.manual_seed(seed)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
