@@ -5,8 +5,8 @@ FLUX.1-dev and FLUX.1-schnell transformers at their real size (random bf16 weigh
 under that same treatment:
 
 - ``eager``; ``compiled``: ``compile_repeated_blocks(fullgraph=True, dynamic=True)``, the sequence dimension dynamic
-  from the first call; ``graphs``: ``torch.compile(transformer, mode="reduce-overhead", dynamic=True)``, one CUDA
-  graph per distinct token count; ``float8``: torchao's float8 dynamic activations and weights, compiled as
+  from the first call; ``graphs``: the same with ``mode="reduce-overhead"``, CUDA graphs per block and distinct token
+  count; ``float8``: torchao's float8 dynamic activations and weights, compiled as
   ``compiled``.
 - rows: the Fresco presets, stock at the step count whose FLOPs match each preset, diffusers' FirstBlockCache and
   TaylorSeer (default configs) on the 50-step run (eager), float8 alone and with Fresco.
@@ -167,7 +167,7 @@ def treat(pipe, treatment: str) -> None:
             quantize_(pipe.transformer, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
         pipe.transformer.compile_repeated_blocks(fullgraph=True, dynamic=True)
     elif treatment == "graphs":
-        pipe.transformer = torch.compile(pipe.transformer, mode="reduce-overhead", dynamic=True)
+        pipe.transformer.compile_repeated_blocks(fullgraph=True, dynamic=True, mode="reduce-overhead")
 
 
 def run_treatment(table: Table, key: str) -> None:
