@@ -278,14 +278,50 @@ def _row(label: str, steps: int | None, flops_ratio: float | None, seconds: floa
     return row
 
 
+def markdown(result: dict[str, Any]) -> str:
+    """The tables BENCHMARKS.md shows, from a run's JSON."""
+    lines = ["| treatment | run | seconds | wall ratio | FLOPs ratio | wall / FLOPs | beyond its forwards (ms) | peak "
+             "memory |", "|---|---|---|---|---|---|---|---|"]
+    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+    for key, record in result["treatments"].items():
+        if record.get("stock_seconds") is not None and not key.endswith("float8"):
+            loop = record.get("stock_loop_seconds")
+            lines.append(f"| {key} | stock 50 steps | {record['stock_seconds']:.2f} | 1 | 1 | 1 | "
+                         f"{fmt(loop and loop * 1000, '.0f')} | {record['stock_peak_gb']:.2f} GB |")
+        for row in record["rows"]:
+            loop = row.get("loop_seconds")
+            lines.append(f"| {key} | {row['row']} | {row['seconds']:.2f} | {fmt(row['wall_ratio'], '.2f')} | "
+                         f"{fmt(row['flops_ratio'], '.2f')} | {fmt(row['wall_over_flops'], '.3f')} | "
+                         f"{fmt(loop and loop * 1000, '.0f')} | {row['peak_gb']:.2f} GB |")
+        if not record.get("rows"):
+            errors = [line for e in record.get("errors", []) for line in e.splitlines() if "Error:" in line]
+            why = errors[-1].strip()[:160] if errors else "no generation finished before the process's time limit"
+            lines.append(f"| {key} | {why} | | | | | | |")
+    keys = [k for k, r in result["treatments"].items() if r.get("forwards")]
+    if not keys:
+        return "\n".join(lines)
+    lines += ["", "| image tokens | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    counts = sorted({int(n) for k in keys for n in result["treatments"][k]["forwards"]})
+    for n in counts:
+        cells = [result["treatments"][k]["forwards"].get(str(n)) for k in keys]
+        lines.append(f"| {n} | " + " | ".join("-" if c is None else f"{c['seconds'] * 1000:.1f} ms "
+                                               f"({c['tflops_per_s']:.0f} TFLOP/s)" for c in cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="gpu_wall_table.json")
+    parser.add_argument("--markdown", metavar="JSON", help="print the tables of an earlier run's JSON and exit")
     parser.add_argument("--budget", type=float, default=420.0, help="start no treatment after this many seconds")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--treatments", nargs="+", default=list(TREATMENTS), choices=TREATMENTS)
     parser.add_argument("--tiny", action="store_true", help="one block of each kind on the CPU (a smoke check)")
     args = parser.parse_args()
+    if args.markdown:
+        with open(args.markdown) as handle:
+            print(markdown(json.load(handle)))
+        return
     if not args.tiny and not torch.cuda.is_available():
         raise SystemExit("gpu_wall_table.py needs a CUDA GPU; --tiny runs the same path on the CPU")
     table = Table(args.out, args.tiny, args.budget, args.repeats)

@@ -25,6 +25,7 @@ import pytest
 import torch
 from diffusers.hooks import FirstBlockCacheConfig
 from torch._dynamo.testing import CompileCounter
+from torch.utils._pytree import tree_map
 
 from fresco_plugin import FrescoConfig, apply_fresco, fresco_config_of, remove_fresco
 from fresco_plugin.schedule import plan_stages, plan_token_counts
@@ -485,8 +486,8 @@ def test_on_a_gpu_a_step_synchronises_no_more_than_stock(case):
         if fresco:
             apply_fresco(pipe, FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(steps // 2, steps // 2),
                                             promotion_rounds=1, promotion_ratio=0.3))
-        args = {k: v.to("cuda") if isinstance(v, torch.Tensor) else v
-                for k, v in _args(case, guided=True, num_inference_steps=steps).items() if k != "generator"}
+        args = {k: v for k, v in _args(case, guided=True, num_inference_steps=steps).items() if k != "generator"}
+        args = tree_map(lambda v: v.to("cuda") if isinstance(v, torch.Tensor) else v, args)  # lists too (Z-Image)
         pipe(**args, generator=torch.Generator("cuda").manual_seed(0))  # first-call set-up stays out of the count
         torch.cuda.synchronize()
         with warnings.catch_warnings(record=True) as caught:
