@@ -126,17 +126,19 @@ class TokenLayout:
     def gather(self, index: torch.Tensor) -> TokenLayout:
         return TokenLayout(*(t.gather(1, index) for t in (self.level, self.frame, self.row, self.col)))
 
-    def promote(self, mask: torch.Tensor) -> tuple[TokenLayout, torch.Tensor, torch.Tensor]:
+    def promote(self, mask: torch.Tensor, count: int | None = None) -> tuple[TokenLayout, torch.Tensor, torch.Tensor]:
         """Replace the masked tokens by their four children, appended after the kept tokens.
 
         ``mask`` must select the same number of tokens in every image. Returns the new layout, the indices of the kept
-        tokens and the indices of the promoted ones (each ``(B, n)``, ascending).
+        tokens and the indices of the promoted ones (each ``(B, n)``, ascending). A caller that knows that number
+        passes it as ``count``: then nothing is read back from the device (and the check is the caller's).
         """
-        counts = mask.sum(dim=1)
-        if not bool((counts == counts[0]).all()):
-            raise ValueError("promotion must select the same number of tokens in every image of a batch")
-        kept = _true_indices(~mask)
-        promoted = _true_indices(mask)
+        if count is None:
+            counts = mask.sum(dim=1)
+            if not bool((counts == counts[0]).all()):
+                raise ValueError("promotion must select the same number of tokens in every image of a batch")
+        kept = true_indices(~mask, None if count is None else mask.shape[1] - count)
+        promoted = true_indices(mask, count)
         parents = self.gather(promoted)
         offsets = torch.tensor([[0, 0], [0, 1], [1, 0], [1, 1]], device=mask.device)
         four = lambda t: t.unsqueeze(-1).expand(-1, -1, 4).flatten(1)  # noqa: E731
@@ -178,15 +180,23 @@ class TokenLayout:
                     out[b, f, r + dr, c + dc] = level
         return out[:, :, :rows, :cols]
 
-    def raster_order(self) -> torch.Tensor:
-        """Indices that sort a single-level layout into (frame, row, col) raster order."""
-        if bool((self.level != self.level[:, :1]).any()):
-            raise ValueError("only a layout whose tokens share one level has a raster order")
-        rows, cols = int(self.row.max()) + 1, int(self.col.max()) + 1
+    def raster_order(self, extent: tuple[int, int] | None = None) -> torch.Tensor:
+        """Indices that sort a single-level layout into (frame, row, col) raster order.
+
+        ``extent`` (rows, cols), any bound above every token's row and col, spares reading the layout back from the
+        device (and the single-level check, which is then the caller's).
+        """
+        if extent is None:
+            if bool((self.level != self.level[:, :1]).any()):
+                raise ValueError("only a layout whose tokens share one level has a raster order")
+            extent = int(self.row.max()) + 1, int(self.col.max()) + 1
+        rows, cols = extent
         return torch.argsort((self.frame * rows + self.row) * cols + self.col, dim=1)
 
 
-def _true_indices(mask: torch.Tensor) -> torch.Tensor:
-    """Column indices of the true entries of each row, ascending (rows hold equal counts)."""
-    batch = mask.shape[0]
-    return mask.nonzero()[:, 1].view(batch, -1)
+def true_indices(mask: torch.Tensor, count: int | None = None) -> torch.Tensor:
+    """Column indices of the true entries of each row, ascending (rows hold equal counts). With ``count``, that
+    number, no read from the device: a stable sort puts the true entries first, in order."""
+    if count is None:
+        return mask.nonzero()[:, 1].view(mask.shape[0], -1)
+    return torch.sort(mask.to(torch.uint8), dim=1, descending=True, stable=True).indices[:, :count]

@@ -151,11 +151,14 @@ class NoiseField:
             self._levels.append((pool * self.gain).to(finer.dtype))
         return self._levels[level]
 
-    def tokens(self, layout: TokenLayout, geometry: TokenGeometry) -> torch.Tensor:
-        """The field at every token of ``layout``, packed ``(B, N, D)``: each token reads its own coordinates."""
+    def tokens(self, layout: TokenLayout, geometry: TokenGeometry, levels: Sequence[int] | None = None) -> torch.Tensor:
+        """The field at every token of ``layout``, packed ``(B, N, D)``: each token reads its own coordinates.
+
+        ``levels``, any set holding every token's level, spares reading the layout's levels back from the device.
+        """
         base = self._levels[0]
         out = base.new_zeros(*layout.level.shape, geometry.token_dim)  # stays empty for a layout without tokens
-        for index, level in enumerate(layout.level.unique().tolist()):
+        for index, level in enumerate(layout.level.unique().tolist() if levels is None else sorted(set(levels))):
             values = self.level(level)
             rows, cols = values.shape[-2] // geometry.patch, values.shape[-1] // geometry.patch
             packed = pack(values, geometry.patch)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from .config import FrescoConfig
-from .layout import TokenGeometry, TokenLayout
+from .layout import TokenGeometry, TokenLayout, true_indices
 from .noise import FreshNoise, NoiseField
 from .registry import get_score, get_strategy
 from .schedule import StagePlan, StageSchedule
@@ -36,6 +36,11 @@ class Step:
     # the tokens' identities, in the latents' order: per-token side inputs (an image-to-video model's conditioning
     # latents) are read at the same coordinates as the noise field
     layout: TokenLayout | None = None
+    # with ``grid_known``, ``grid`` says without reading the device whether the positions are one whole integer grid
+    # of (frames, rows, cols) in raster order (a stage before its first round), or not (None)
+    grid: tuple[int, int, int] | None = None
+    grid_known: bool = False
+    levels: tuple[int, ...] | None = None  # a set holding every token's level (the layout's, without reading it)
 
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, Step], torch.Tensor]
@@ -74,6 +79,10 @@ def sample(
 
     ``noise`` is the initial latent of the first stage's layout (the field read at its tokens, or the user's latents).
     ``agree`` turns each promotion choice into the one every process uses (under parallelism: rank 0's).
+
+    Between the first model call and the last nothing is read back from the device when each round promotes a count
+    the host can work out (a ratio, by token, with no token multiple): what is known on the host (token counts,
+    levels, grid sizes) is passed down, and what depends on the device's values is selected on the device.
     """
     rule = get_strategy(config.strategy)(**config.strategy_options)
     score = get_score(config.score)
@@ -83,27 +92,37 @@ def sample(
     history: list[StepRecord] = []
     tokens_per_step: list[int] = []
     sigmas_used: list[torch.Tensor] = []  # read back once at the end: a read per step would wait on the device
-    rewound_to: torch.Tensor | None = None  # where a stage switch left the latent, if not where the plan said
-    resolution_maps: list[tuple[int, torch.Tensor]] = []
-    mapped: TokenLayout | None = None
+    # where a stage switch left the latent, and whether that is not where the plan said (a device bool)
+    rewound_to: tuple[torch.Tensor, torch.Tensor] | None = None
+    counts_on_host = (config.promotion_threshold is None and config.promotion_unit != "tube"
+                      and config.token_multiple == 1)
+    padded = not geometry.divides(stages[0].level)  # the sketch's grid covers more than the picture
+    layouts_run: list[tuple[int, TokenLayout]] = []  # mapped once the loop is over: mapping reads the device
 
     for stage, schedule in zip(stages, schedules):
         sigmas, timesteps = schedule.sigmas.clone(), schedule.timesteps.clone()
         if rewound_to is not None:
-            sigmas[0], timesteps[0] = rewound_to, rewound_to * schedule.timestep_scale
+            reached, moved = rewound_to
+            sigmas[0] = torch.where(moved, reached, sigmas[0])
+            timesteps[0] = torch.where(moved, reached * schedule.timestep_scale, timesteps[0])
             rewound_to = None
+        candidates_left: int | None = layout.num_tokens  # every stage starts as one grid at its own level
+        levels = tuple(range(max(stage.level - 1, 0), stage.level + 1))  # a token's, until the stage's end
         grid_level = stage.level if config.position_units == "stage" else 0  # the grid positions are counted on
         positions = layout.positions(grid_level, config.position_mode)
+        # until its first round a stage is one grid, whole integer positions when counted on its own level. A padded
+        # sketch's children can reach past that grid's size in a stage between the first and the last (3+ stages),
+        # so there the runner reads the grid instead
+        grid = (geometry.num_frames, *geometry.grid(stage.level)) if grid_level == stage.level else None
+        grid_known = not padded or stage.level in (stages[0].level, 0)
         last_round = max(stage.promotion_after, default=0)
         for local in range(stage.num_steps):
             step = Step(stage.first_step + local, stage.index, sigmas[local], timesteps[local], grid_level,
-                        next_sigma=sigmas[local + 1], layout=layout)
+                        next_sigma=sigmas[local + 1], layout=layout, grid=grid, grid_known=grid_known,
+                        levels=levels)
             if not interrupted():
-                if layout is not mapped:
-                    levels = layout.level_map(geometry)
-                    if not resolution_maps or not torch.equal(levels, resolution_maps[-1][1]):
-                        resolution_maps.append((step.index, levels))
-                    mapped = layout
+                if not layouts_run or layouts_run[-1][1] is not layout:
+                    layouts_run.append((step.index, layout))
                 velocity = denoise(x, positions, step)
                 tokens_per_step.append(layout.num_tokens)
                 sigmas_used.append(step.sigma)
@@ -120,7 +139,7 @@ def sample(
                 continue
             candidates = layout.level == stage.level
             if stage_end:
-                promote = candidates
+                promote, count = candidates, candidates_left
                 restart = schedules[stage.index + 1].sigmas[0]
             else:
                 scores = score(history) if history else torch.zeros(candidates.shape, device=x.device)
@@ -130,45 +149,64 @@ def sample(
                     tubes=layout.places() if config.promotion_unit == "tube" else None,
                 ))
                 restart = sigmas[local + 1]
-                if not bool(promote.any()):
+                # select_promotions' own count, round(ratio * candidates), worked out on the host
+                count = None
+                if counts_on_host and candidates_left is not None:
+                    count = min(candidates_left, round(candidates_left * config.promotion_ratio))
+                if count == 0 or (count is None and not bool(promote.any())):
                     continue
             transition = Transition(
                 latents=x, velocity=velocity, sigma=sigmas[local + 1], restart_sigma=restart, layout=layout,
                 promote=promote, geometry=geometry, field=field, fresh=fresh, expansion=config.expansion,
+                promote_count=count, levels=levels,
             )
+            num_tokens = layout.num_tokens
             x, layout, reached = rule(transition)
             velocity = torch.zeros_like(x)  # no velocity exists for the new layout until the next model call
-            moved = not torch.equal(reached, restart)  # rules like dct-rewind pick their own sigma
+            moved = reached != restart  # rules like dct-rewind pick their own sigma
             if stage_end:
                 history.clear()
-                rewound_to = reached if moved else None
-                x, layout = _next_stage_order(x, layout, geometry)
+                rewound_to = reached, moved
+                x, layout = _next_stage_order(x, layout, geometry, stages[stage.index + 1].level, padded)
             else:
-                kept = (~promote).nonzero()[:, 1].view(promote.shape[0], -1)
+                kept = true_indices(~promote, None if count is None else num_tokens - count)
                 history = [_keep(record, kept, x.shape[1]) for record in history]
                 positions = layout.positions(grid_level, config.position_mode)
-                if moved:
-                    sigmas[local + 1], timesteps[local + 1] = reached, reached * schedule.timestep_scale
+                grid = None  # a round mixes levels
+                sigmas[local + 1] = torch.where(moved, reached, sigmas[local + 1])
+                timesteps[local + 1] = torch.where(moved, reached * schedule.timestep_scale, timesteps[local + 1])
+                candidates_left = None if count is None else candidates_left - count  # None: known on the device only
 
     if layout.coarsest_level != 0:
         raise RuntimeError("the plan ended before every token reached full resolution")
     sigmas_read = tuple(torch.stack(sigmas_used).tolist()) if sigmas_used else ()
-    return SamplerResult(x, tuple(tokens_per_step), sigmas_read, tuple(resolution_maps))
+    return SamplerResult(x, tuple(tokens_per_step), sigmas_read, _resolution_maps(layouts_run, geometry))
+
+
+def _resolution_maps(layouts_run: list[tuple[int, TokenLayout]],
+                     geometry: TokenGeometry) -> tuple[tuple[int, torch.Tensor], ...]:
+    """(first step, level map) each time the map changed (a reordering alone leaves it as it was)."""
+    maps: list[tuple[int, torch.Tensor]] = []
+    for index, layout in layouts_run:
+        levels = layout.level_map(geometry)
+        if not maps or not torch.equal(levels, maps[-1][1]):
+            maps.append((index, levels))
+    return tuple(maps)
 
 
 def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
-def _next_stage_order(x: torch.Tensor, layout: TokenLayout,
-                      geometry: TokenGeometry) -> tuple[torch.Tensor, TokenLayout]:
-    """A new stage starts as a whole grid in raster order; at full resolution, padding beyond the grid is dropped."""
-    if layout.coarsest_level == 0:
-        inside = layout.inside(geometry)
-        if not bool(inside.all()):
-            keep = inside.nonzero()[:, 1].view(inside.shape[0], -1)
-            x, layout = _gather(x, keep), layout.gather(keep)
-    order = layout.raster_order()
+def _next_stage_order(x: torch.Tensor, layout: TokenLayout, geometry: TokenGeometry, level: int,
+                      padded: bool) -> tuple[torch.Tensor, TokenLayout]:
+    """A new stage starts as a whole grid in raster order at ``level``; at full resolution, the padding of a sketch
+    grid that covered more than the picture (``padded``) is dropped."""
+    if level == 0 and padded:
+        keep = true_indices(layout.inside(geometry), geometry.num_tokens)
+        x, layout = _gather(x, keep), layout.gather(keep)
+    # any bound above every row and col gives the same order; a sketch's padded grid reaches at most one row past
+    order = layout.raster_order(extent=(geometry.rows + 2, geometry.cols + 2))
     return _gather(x, order), layout.gather(order)
 
 

@@ -36,6 +36,10 @@ class Transition:
     field: NoiseField
     fresh: FreshNoise | None
     expansion: str
+    # what the caller knows on the host, so that the transition reads nothing back from the device: how many tokens
+    # each image promotes, and a set holding every level the new layout's tokens can have
+    promote_count: int | None = None
+    levels: tuple[int, ...] | None = None
 
 
 class TransitionRule(Protocol):
@@ -157,7 +161,7 @@ class _Split:
 
 
 def _split(t: Transition) -> _Split:
-    layout, kept_index, promoted_index = t.layout.promote(t.promote)
+    layout, kept_index, promoted_index = t.layout.promote(t.promote, t.promote_count)
     d = t.latents.shape[-1]
     gather = lambda x, idx: x.float().gather(1, idx.unsqueeze(-1).expand(-1, -1, d))  # noqa: E731
     parents = gather(t.latents, promoted_index)
@@ -173,13 +177,11 @@ def _renoise_kept(kept: torch.Tensor, velocity_kept: torch.Tensor, sigma: torch.
     Upward, the signal is scaled by ``(1 - target) / (1 - sigma)`` and noise is added: along the token's own field
     noise (amplitudes add), or independent fresh noise (variances add). Equal sigmas leave the tokens as they are.
     """
-    if bool(target == sigma):
-        return kept
-    if bool(target < sigma):
-        return kept + (target - sigma) * velocity_kept  # an Euler step along the token's own velocity
+    # all three computed and one selected on the device: comparing the sigmas on the host would wait for the device
+    backward = kept + (target - sigma) * velocity_kept  # an Euler step along the token's own velocity
     scale = (1.0 - target) / (1.0 - sigma)
-    extra = torch.sqrt(target**2 - (scale * sigma) ** 2) if independent else target - scale * sigma
-    return scale * kept + extra * noise
+    extra = torch.sqrt((target**2 - (scale * sigma) ** 2).clamp(min=0)) if independent else target - scale * sigma
+    return torch.where(target == sigma, kept, torch.where(target < sigma, backward, scale * kept + extra * noise))
 
 
 # ---------------------------------------------------------------------------------------------------- the rules
@@ -210,7 +212,7 @@ class FrescoRule:
         self.renoise = renoise
 
     def noise(self, t: Transition, layout: TokenLayout) -> torch.Tensor:
-        return t.field.tokens(layout, t.geometry).float()
+        return t.field.tokens(layout, t.geometry, t.levels).float()
 
     def __call__(self, t: Transition) -> tuple[torch.Tensor, TokenLayout, torch.Tensor]:
         s = _split(t)

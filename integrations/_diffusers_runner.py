@@ -539,7 +539,7 @@ class TransformerDenoiser:
         """The forwards one layout needs: (cache-context suffix, images, their positions). Worked out once per layout
         (the sampler passes the same positions until a switch or round), since comparing them reads the device."""
         if self._layout_groups is None or self._layout_groups[0] is not positions:
-            if bool((positions == positions[:1]).all()):
+            if positions.shape[0] == 1 or bool((positions == positions[:1]).all()):
                 groups = [("", slice(None), positions[0])]  # one layout for the whole batch: one forward
             else:  # each image its own forward, and its own cache state
                 groups = [(f"-image{i}", slice(i, i + 1), positions[i]) for i in range(positions.shape[0])]

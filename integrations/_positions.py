@@ -162,7 +162,7 @@ class StripDenoiser(TransformerDenoiser):
                 rows: slice) -> torch.Tensor:
         tokens = latents.shape[1]
         pad = -tokens % self.pad_multiple
-        grid = None if pad else self._grid(positions)
+        grid = None if pad else step.grid if step.grid_known else self._grid(positions)
         if grid is not None:
             frames, height, width = grid
             hidden = unpack(latents, height, width, self.patch, frames=frames if self.video else None)

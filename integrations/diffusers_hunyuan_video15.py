@@ -256,11 +256,11 @@ class _HunyuanVideo15ImageDenoiser(_HunyuanVideo15Denoiser):
     _read_for: object = None  # the layout _appended was read for: it changes only at a switch or a round
 
     def __call__(self, latents: torch.Tensor, positions: torch.Tensor, step: Step) -> torch.Tensor:
-        if step.layout is not self._read_for:  # reading the field asks the device which levels are present
+        if step.layout is not self._read_for:  # the layout changes only at a switch or a round
             field = self.condition
             if self.images != slice(None):  # one image sampled on its own (a promotion threshold)
                 field = field.select(range(field.level(0).shape[0])[self.images])
-            self._appended = field.tokens(step.layout, self.condition_geometry).to(latents.dtype)
+            self._appended = field.tokens(step.layout, self.condition_geometry, step.levels).to(latents.dtype)
             self._read_for = step.layout
         return super().__call__(latents, positions, step)
 

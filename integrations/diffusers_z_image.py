@@ -233,7 +233,7 @@ class _ZImageDenoiser(TransformerDenoiser):
         pipe = self.pipe
         transformer = pipe.transformer
         count, tokens = latents.shape[:2]
-        grid = self._grid(positions)
+        grid = (step.grid[1:] if step.grid else None) if step.grid_known else self._grid(positions)
         images = unpack(latents, *(grid or (1, tokens)), 2).to(transformer.dtype)  # (B, C, H, W) or a 1-row strip
         captions = self.text["prompt_embeds"][rows]
         if guided:
