@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -52,9 +53,20 @@ class SamplerResult:
     latents: torch.Tensor  # (B, N_full, D) in raster order
     tokens_per_step: tuple[int, ...]  # tokens per image that each step's model call saw
     sigmas_used: tuple[float, ...]
-    # (first step, map) each time the layout changed: the map is (B, frames, rows, cols) int8, the level of the token
-    # that covered each full-resolution token's area from that step on (0: full resolution, 1: half, ...)
-    resolution_maps: tuple[tuple[int, torch.Tensor], ...] = ()
+    layouts_run: tuple[tuple[int, TokenLayout], ...] = ()  # each layout the model saw, with its first step
+    geometry: TokenGeometry | None = None
+
+    @cached_property
+    def resolution_maps(self) -> tuple[tuple[int, torch.Tensor], ...]:
+        """(first step, map) each time the map changed: the map is (B, frames, rows, cols) int8, the level of the token
+        that covered each full-resolution token's area from that step on (0: full resolution, 1: half, ...). Worked
+        out when first asked for, not inside the generation: it reads the device."""
+        maps: list[tuple[int, torch.Tensor]] = []
+        for index, layout in self.layouts_run:
+            levels = layout.level_map(self.geometry)
+            if not maps or not torch.equal(levels, maps[-1][1]):  # a reordering alone leaves the map as it was
+                maps.append((index, levels))
+        return tuple(maps)
 
 
 def min_score_history(config: FrescoConfig) -> int:
@@ -97,7 +109,7 @@ def sample(
     counts_on_host = (config.promotion_threshold is None and config.promotion_unit != "tube"
                       and config.token_multiple == 1)
     padded = not geometry.divides(stages[0].level)  # the sketch's grid covers more than the picture
-    layouts_run: list[tuple[int, TokenLayout]] = []  # mapped once the loop is over: mapping reads the device
+    layouts_run: list[tuple[int, TokenLayout]] = []  # mapped when asked for: mapping reads the device
 
     for stage, schedule in zip(stages, schedules):
         sigmas, timesteps = schedule.sigmas.clone(), schedule.timesteps.clone()
@@ -180,18 +192,7 @@ def sample(
     if layout.coarsest_level != 0:
         raise RuntimeError("the plan ended before every token reached full resolution")
     sigmas_read = tuple(torch.stack(sigmas_used).tolist()) if sigmas_used else ()
-    return SamplerResult(x, tuple(tokens_per_step), sigmas_read, _resolution_maps(layouts_run, geometry))
-
-
-def _resolution_maps(layouts_run: list[tuple[int, TokenLayout]],
-                     geometry: TokenGeometry) -> tuple[tuple[int, torch.Tensor], ...]:
-    """(first step, level map) each time the map changed (a reordering alone leaves it as it was)."""
-    maps: list[tuple[int, torch.Tensor]] = []
-    for index, layout in layouts_run:
-        levels = layout.level_map(geometry)
-        if not maps or not torch.equal(levels, maps[-1][1]):
-            maps.append((index, levels))
-    return tuple(maps)
+    return SamplerResult(x, tuple(tokens_per_step), sigmas_read, tuple(layouts_run), geometry)
 
 
 def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
