@@ -6,8 +6,7 @@ under that same treatment:
 
 - ``eager``; ``compiled``: ``compile_repeated_blocks(fullgraph=True, dynamic=True)``, the sequence dimension dynamic
   from the first call; ``graphs``: the same with ``mode="reduce-overhead"``, CUDA graphs per block and distinct token
-  count; ``float8``: torchao's float8 dynamic activations and weights, compiled as
-  ``compiled``.
+  count; ``float8``: torchao's float8 dynamic activations and weights, compiled as ``compiled``.
 - rows: the Fresco presets, stock at the step count whose FLOPs match each preset, diffusers' FirstBlockCache and
   TaylorSeer (default configs) on the 50-step run (eager), float8 alone and with Fresco.
 
@@ -175,6 +174,7 @@ def run_treatment(table: Table, key: str) -> None:
     schnell = model == "schnell"
     record: dict[str, Any] = dict(rows=[], forwards={}, errors=[])
     table.result["treatments"][key] = record
+    table.save()  # a treatment killed by the time limit still shows, with no rows
     torch._dynamo.reset()
     from torch._dynamo.utils import counters
 
