@@ -26,7 +26,8 @@ RULE = {budget: PRESETS[f"flux-dev-{budget}"] for budget in ("3x", "5x", "10x")}
 RULE_FIVE = RULE["5x"]
 RESTARTS = (2.0, 3.0, 4.0)
 # variants paired with their budget's first plan
-PAIRED_SETS = ("no-round", "round-free", "unguided-restart", "3x-sketch", "3x-long-sketch", "trajectory")
+PAIRED_SETS = ("no-round", "round-free", "unguided-restart", "3x-sketch", "3x-long-sketch", "trajectory",
+               "3x-fresh-noise")
 UNGUIDED_RESTARTS = (4.0, 6.0)  # beyond the presets' 3, without guidance only
 ROUNDS = {"ratio 0.5": dict(promotion_ratio=0.5), "ratio 0.1": dict(promotion_ratio=0.1),
           "no round": dict(promotion_rounds=0)}
@@ -72,6 +73,10 @@ def candidates(name: str) -> list[tuple[str, str, FrescoConfig]]:
         return [("3x", f"3x {BUDGETS['3x']}", preset),
                 *[("3x", f"3x {steps}-step sketch ({steps}+16)", replace(preset, stage_steps=(steps, 16)))
                   for steps in lengths]]
+    if name == "3x-fresh-noise":  # independent noise at the switch instead of the field's (Bottleneck's choice)
+        preset = PRESETS[BUDGETS["3x"]]
+        return [("3x", f"3x {BUDGETS['3x']}", preset),
+                ("3x", "3x fresh noise at the switch", replace(preset, strategy="fresh-noise"))]
     if name == "trajectory":  # re-noise back along each token's own velocity instead of with the field's value
         presets = {budget: PRESETS[preset] for budget, preset in BUDGETS.items()}
         out = [(budget, f"{budget} {BUDGETS[budget]}", plan) for budget, plan in presets.items()]
@@ -87,7 +92,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--set", default="5x",
                         choices=["5x", "restart", "tube", "round", "no-round", "round-free", "unguided-restart",
-                                 "3x-sketch", "3x-long-sketch", "trajectory"],
+                                 "3x-sketch", "3x-long-sketch", "trajectory", "3x-fresh-noise"],
                         help="5x: the 5x preset's shape against the picture presets' rule, and each change alone; "
                              "restart: each budget's plan with its full-resolution stage restarting at 2, 3 and 4 "
                              "times its shift; tube: each budget's plan promoting token by token and by tube; "
@@ -99,7 +104,8 @@ def main() -> None:
                              "shift without guidance, paired with the preset (use --regime unguided); 3x-sketch: "
                              "the 3x preset (3+16) against a 2- and a 1-step sketch before the same 16 steps, paired "
                              "with it; 3x-long-sketch: the same against a 4-, 5- and 6-step sketch; trajectory: "
-                             "each video preset re-noising along each token's velocity, paired with the preset")
+                             "each video preset re-noising along each token's velocity, paired with the preset; "
+                             "3x-fresh-noise: the 3x preset with independent noise at the switch, paired with it")
     parser.add_argument("--prompts", type=int, default=24)
     parser.add_argument("--held-out", type=int, default=8)
     parser.add_argument("--seed", type=int, default=7, help="prompt-set seed (the bench uses 2026)")
