@@ -15,7 +15,7 @@ from dataclasses import replace
 
 from fresco_plugin.config import PRESETS, FrescoConfig
 from fresco_plugin.tools.bench import _json_safe
-from fresco_plugin.tools.shipped_model import clip_prompt_set
+from fresco_plugin.tools.shipped_model import CLIPS_DIR, clip_prompt_set
 from fresco_plugin.tools.video_bench import BASELINE_STEPS, BUDGETS, VideoMethod, run_video_benchmark
 
 # hunyuan-video-5x before this sweep: the paper's NFE (18), a 10-step sketch promoting a quarter, restart at the shift
@@ -27,7 +27,8 @@ RULE_FIVE = RULE["5x"]
 RESTARTS = (2.0, 3.0, 4.0)
 # variants paired with their budget's first plan
 PAIRED_SETS = ("no-round", "round-free", "unguided-restart", "3x-sketch", "3x-long-sketch", "trajectory",
-               "3x-fresh-noise")
+               "3x-fresh-noise", "3x-sketch-shift")
+SKETCH_SHIFTS = (2.0, 1.5, 1.0)  # below the shipped video model's static shift of 3
 UNGUIDED_RESTARTS = (4.0, 6.0)  # beyond the presets' 3, without guidance only
 ROUNDS = {"ratio 0.5": dict(promotion_ratio=0.5), "ratio 0.1": dict(promotion_ratio=0.1),
           "no round": dict(promotion_rounds=0)}
@@ -77,6 +78,12 @@ def candidates(name: str) -> list[tuple[str, str, FrescoConfig]]:
         preset = PRESETS[BUDGETS["3x"]]
         return [("3x", f"3x {BUDGETS['3x']}", preset),
                 ("3x", "3x fresh noise at the switch", replace(preset, strategy="fresh-noise"))]
+    if name == "3x-sketch-shift":  # a sketch that leaves high noise sooner, before the same full stage
+        preset = PRESETS[BUDGETS["3x"]]
+        full_shift = json.loads((CLIPS_DIR / "scheduler" / "scheduler_config.json").read_text())["shift"]
+        return [("3x", f"3x {BUDGETS['3x']}", preset),
+                *[("3x", f"3x sketch shift {shift:g}", replace(preset, stage_shifts=(shift, full_shift)))
+                  for shift in SKETCH_SHIFTS]]
     if name == "trajectory":  # re-noise back along each token's own velocity instead of with the field's value
         presets = {budget: PRESETS[preset] for budget, preset in BUDGETS.items()}
         out = [(budget, f"{budget} {BUDGETS[budget]}", plan) for budget, plan in presets.items()]
@@ -92,7 +99,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--set", default="5x",
                         choices=["5x", "restart", "tube", "round", "no-round", "round-free", "unguided-restart",
-                                 "3x-sketch", "3x-long-sketch", "trajectory", "3x-fresh-noise"],
+                                 "3x-sketch", "3x-long-sketch", "trajectory", "3x-fresh-noise",
+                                 "3x-sketch-shift"],
                         help="5x: the 5x preset's shape against the picture presets' rule, and each change alone; "
                              "restart: each budget's plan with its full-resolution stage restarting at 2, 3 and 4 "
                              "times its shift; tube: each budget's plan promoting token by token and by tube; "
@@ -105,7 +113,9 @@ def main() -> None:
                              "the 3x preset (3+16) against a 2- and a 1-step sketch before the same 16 steps, paired "
                              "with it; 3x-long-sketch: the same against a 4-, 5- and 6-step sketch; trajectory: "
                              "each video preset re-noising along each token's velocity, paired with the preset; "
-                             "3x-fresh-noise: the 3x preset with independent noise at the switch, paired with it")
+                             "3x-fresh-noise: the 3x preset with independent noise at the switch, paired with it; "
+                             "3x-sketch-shift: the 3x preset with its sketch at shift 2, 1.5 and 1 instead of the "
+                             "model's 3, paired with it")
     parser.add_argument("--prompts", type=int, default=24)
     parser.add_argument("--held-out", type=int, default=8)
     parser.add_argument("--seed", type=int, default=7, help="prompt-set seed (the bench uses 2026)")
