@@ -28,7 +28,7 @@ RESTARTS = (2.0, 3.0, 4.0)
 # variants paired with their budget's first plan
 PAIRED_SETS = ("no-round", "round-free", "unguided-restart", "3x-sketch", "3x-long-sketch", "trajectory",
                "3x-fresh-noise", "3x-sketch-shift")
-SKETCH_SHIFTS = (2.0, 1.5, 1.0)  # below the shipped video model's static shift of 3
+SKETCH_SHIFTS = (2.0, 1.5, 1.0, 0.5, 0.25)  # below the shipped video model's static shift of 3
 UNGUIDED_RESTARTS = (4.0, 6.0)  # beyond the presets' 3, without guidance only
 ROUNDS = {"ratio 0.5": dict(promotion_ratio=0.5), "ratio 0.1": dict(promotion_ratio=0.1),
           "no round": dict(promotion_rounds=0)}
@@ -114,7 +114,7 @@ def main() -> None:
                              "with it; 3x-long-sketch: the same against a 4-, 5- and 6-step sketch; trajectory: "
                              "each video preset re-noising along each token's velocity, paired with the preset; "
                              "3x-fresh-noise: the 3x preset with independent noise at the switch, paired with it; "
-                             "3x-sketch-shift: the 3x preset with its sketch at shift 2, 1.5 and 1 instead of the "
+                             "3x-sketch-shift: the 3x preset with its sketch at shift 2, 1.5, 1, 0.5 and 0.25 instead of the "
                              "model's 3, paired with it")
     parser.add_argument("--prompts", type=int, default=24)
     parser.add_argument("--held-out", type=int, default=8)
