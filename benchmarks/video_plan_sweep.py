@@ -114,8 +114,8 @@ def main() -> None:
                              "with it; 3x-long-sketch: the same against a 4-, 5- and 6-step sketch; trajectory: "
                              "each video preset re-noising along each token's velocity, paired with the preset; "
                              "3x-fresh-noise: the 3x preset with independent noise at the switch, paired with it; "
-                             "3x-sketch-shift: the 3x preset with its sketch at shift 2, 1.5, 1, 0.5 and 0.25 instead of the "
-                             "model's 3, paired with it")
+                             "3x-sketch-shift: the 3x preset with its sketch at shift 2, 1.5, 1, 0.5 and 0.25 "
+                             "instead of the model's 3, paired with it")
     parser.add_argument("--prompts", type=int, default=24)
     parser.add_argument("--held-out", type=int, default=8)
     parser.add_argument("--seed", type=int, default=7, help="prompt-set seed (the bench uses 2026)")
