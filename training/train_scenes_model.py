@@ -339,7 +339,6 @@ def train_transformer(pipe, latents: dict[int, torch.Tensor], prompt_ids: torch.
     generator = torch.Generator().manual_seed(args.seed)
     txt_ids = torch.zeros(TEXT_TOKENS, 3, device=device)
     cycle = [(SIZE, args.batch)] * args.large_per_cycle + [(SIZE // 2, args.batch * 2)] * args.small_per_cycle
-    transformer = torch.compile(pipe.transformer) if args.compile else pipe.transformer
     for step in range(args.transformer_steps):
         size, batch = cycle[step % len(cycle)]
         index = torch.randint(len(prompt_ids), (batch,), generator=generator)
@@ -362,7 +361,7 @@ def train_transformer(pipe, latents: dict[int, torch.Tensor], prompt_ids: torch.
         embeds, pooled = encode_text(pipe, tokens.clip[ids].to(device), tokens.t5[ids].to(device))
         factor = SIZE // size if args.sketch_positions == "final" else 1
         image_ids = image_positions(height // 2, width // 2, factor, device)
-        prediction = transformer(hidden_states=noisy, encoder_hidden_states=embeds, pooled_projections=pooled,
+        prediction = pipe.transformer(hidden_states=noisy, encoder_hidden_states=embeds, pooled_projections=pooled,
                                       timestep=sigma, img_ids=image_ids, txt_ids=txt_ids, return_dict=False)[0]
         loss = flow_loss = (prediction - (noise - x0)).pow(2).mean()
         if args.coarse_weight > 0:  # the clean-image prediction's quadrant means: where each colour goes, weighted up
@@ -518,7 +517,6 @@ def main() -> None:
     parser.add_argument("--caption-dropout", type=float, default=0.1)
     parser.add_argument("--report-prompts", type=int, default=64)
     parser.add_argument("--report-cfg", type=float, nargs="+", default=(1.0, 2.0, 3.0, 4.0))
-    parser.add_argument("--compile", action="store_true", help="compile the transformer's training step")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu for the shipped weights; cuda for quick explorations")
     args = parser.parse_args()
