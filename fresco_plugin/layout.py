@@ -140,12 +140,14 @@ class TokenLayout:
         kept = true_indices(~mask, None if count is None else mask.shape[1] - count)
         promoted = true_indices(mask, count)
         parents = self.gather(promoted)
-        offsets = torch.tensor([[0, 0], [0, 1], [1, 0], [1, 1]], device=mask.device)
+        # the children's (row, col) offsets (0, 0), (0, 1), (1, 0), (1, 1), made on the device: a tensor built from
+        # host data would be a copy that waits for the device
+        child = torch.arange(4, device=mask.device)
         four = lambda t: t.unsqueeze(-1).expand(-1, -1, 4).flatten(1)  # noqa: E731
         children = TokenLayout(
             four(parents.level - 1), four(parents.frame),
-            (parents.row.unsqueeze(-1) * 2 + offsets[:, 0]).flatten(1),
-            (parents.col.unsqueeze(-1) * 2 + offsets[:, 1]).flatten(1),
+            (parents.row.unsqueeze(-1) * 2 + child // 2).flatten(1),
+            (parents.col.unsqueeze(-1) * 2 + child % 2).flatten(1),
         )
         kept_layout = self.gather(kept)
         layout = TokenLayout(*(torch.cat([a, b], 1) for a, b in zip(

@@ -436,22 +436,33 @@ def test_every_output_type_has_the_stock_form(case):
 
 # Python-level reads of a tensor's values: on a GPU each makes the host wait for the device
 _HOST_READS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__", "nonzero", "numpy", "cpu")
+# tensors made from host data on a named device: on a GPU the copy from pageable memory waits for the device too
+_HOST_COPIES = ("tensor", "as_tensor")
 
 
 @contextlib.contextmanager
 def _reads_in_flight(pipe) -> Iterator[list[int]]:
-    """Counts the host reads made after the pipeline's first model call began and before its last one began: a read
-    there leaves the device idle until the host has caught up (reads before the first call or after the last one
-    wait for nothing the generation still needs). Yields a list that holds the count once the block has ended."""
+    """Counts the host reads (and copies of host data to a device) made after the pipeline's first model call began
+    and before its last one began: a read there leaves the device idle until the host has caught up (reads before the
+    first call or after the last one wait for nothing the generation still needs). Yields a list that holds the count
+    once the block has ended."""
     calls, reads_at = [0], []
     originals = {name: getattr(torch.Tensor, name) for name in _HOST_READS}
     original_equal = torch.equal
+    copies = {name: getattr(torch, name) for name in _HOST_COPIES}
 
     def counted(original):
         def read(*args, **kwargs):
             reads_at.append(calls[0])
             return original(*args, **kwargs)
         return read
+
+    def counted_copy(original):
+        def copy(*args, **kwargs):
+            if kwargs.get("device") is not None:
+                reads_at.append(calls[0])
+            return original(*args, **kwargs)
+        return copy
 
     def called(*_):
         calls[0] += 1
@@ -462,11 +473,15 @@ def _reads_in_flight(pipe) -> Iterator[list[int]]:
         for name, original in originals.items():
             setattr(torch.Tensor, name, counted(original))
         torch.equal = counted(original_equal)
+        for name, original in copies.items():
+            setattr(torch, name, counted_copy(original))
         yield count
     finally:
         for name, original in originals.items():
             setattr(torch.Tensor, name, original)
         torch.equal = original_equal
+        for name, original in copies.items():
+            setattr(torch, name, original)
         for hook in hooks:
             hook.remove()
     count.append(sum(1 <= at < calls[0] for at in reads_at))
