@@ -181,8 +181,11 @@ def sample(
                 rewound_to = reached, moved
                 x, layout = _next_stage_order(x, layout, geometry, stages[stage.index + 1].level, padded)
             else:
-                kept = true_indices(~promote, None if count is None else num_tokens - count)
-                history = [_keep(record, kept, x.shape[1]) for record in history]
+                if local + 1 < last_round:  # a later round of this stage reads the history: carry it over
+                    kept = true_indices(~promote, None if count is None else num_tokens - count)
+                    history = [_keep(record, kept, x.shape[1]) for record in history]
+                else:
+                    history.clear()
                 positions = layout.positions(grid_level, config.position_mode)
                 grid = None  # a round mixes levels
                 sigmas[local + 1] = torch.where(moved, reached, sigmas[local + 1])
