@@ -53,6 +53,10 @@ def _numbers(name: str, value: Any, optional: bool = False) -> tuple[float, ...]
     return None if optional and value is None else _sequence(name, value, _number)
 
 
+def _optional_number(name: str, value: Any) -> float | None:
+    return None if value is None else _number(name, value)
+
+
 def _counts(name: str, value: Any, optional: bool = False) -> tuple[int, ...] | None:
     return None if optional and value is None else _sequence(name, value, _count)
 
@@ -83,9 +87,12 @@ class FrescoConfig:
     shares. At 50 steps the default is the ``flux-dev-3x`` preset's plan, at 28 it is 3 + 8; with too few steps for
     the target the sketch shrinks and a warning says what runs. 3 was measured against 5 at 28 and 50 steps
     (BENCHMARKS.md, "The default"): level with fewer steps at equal FLOPs except unguided realism at 28 steps."""
-    stage_shifts: tuple[float, ...] | None = None
-    """Per-stage sigma shift, in [0.01, 1000]. ``None``: each stage's own resolution decides (FLUX's ``mu`` from its
-    token count, or the scheduler's static shift), as the pipeline would for a stock run at that resolution."""
+    stage_shifts: tuple[float | None, ...] | None = None
+    """Per-stage sigma shift, in [0.01, 1000]. ``None`` (the whole field or one stage's entry): the stage's own
+    resolution decides (FLUX's ``mu`` from its token count, or the scheduler's static shift), as the pipeline would
+    for a stock run at that resolution. ``wan2.1-3x`` runs its sketch at 0.5 and its last stage at its own shift: on
+    the shipped video model (static shift 3) that made unguided 3x frame realism level with fewer steps and cut guided
+    flicker (BENCHMARKS.md, "Video")."""
     promotion_rounds: int = 1
     """Rounds of partial promotion inside every stage but the last (0: whole stages only). One round per
     low-resolution stage is the smallest progressive plan (the paper promotes tokens before the whole latent); the
@@ -157,8 +164,9 @@ class FrescoConfig:
         # refuse anything else with the field named, before any range check reads it.
         object.__setattr__(self, "stage_scales", _numbers("stage_scales", self.stage_scales))
         object.__setattr__(self, "stage_steps", _counts("stage_steps", self.stage_steps, optional=True))
-        for name in ("stage_fractions", "stage_shifts"):
-            object.__setattr__(self, name, _numbers(name, getattr(self, name), optional=True))
+        object.__setattr__(self, "stage_fractions", _numbers("stage_fractions", self.stage_fractions, optional=True))
+        if self.stage_shifts is not None:
+            object.__setattr__(self, "stage_shifts", _sequence("stage_shifts", self.stage_shifts, _optional_number))
         if self.target_speedup is not None:
             object.__setattr__(self, "target_speedup", _number("target_speedup", self.target_speedup))
         object.__setattr__(self, "restart_shift_scale", _number("restart_shift_scale", self.restart_shift_scale))
@@ -214,7 +222,7 @@ class FrescoConfig:
             raise ValueError(f"FrescoConfig.stage_fractions={self.stage_fractions}: every share must be a finite "
                              "number in (0, 1e6] (only their ratios matter)")
         low, high = SHIFT_RANGE
-        if self.stage_shifts is not None and not all(low <= s <= high for s in self.stage_shifts):
+        if self.stage_shifts is not None and not all(s is None or low <= s <= high for s in self.stage_shifts):
             raise ValueError(f"FrescoConfig.stage_shifts={self.stage_shifts}: every shift must be in [{low}, {high}] "
                              "(1 is no shift; FLUX's resolution shifts are 1.6-3.2, HunyuanVideo's 7-17)")
         if self.target_speedup is not None and not 1 <= self.target_speedup <= MAX_TARGET_SPEEDUP:
@@ -311,13 +319,20 @@ def _rule_plan(sketch_ratio: float, full_steps: int) -> FrescoConfig:
 UNGUIDED_VIDEO_RESTART_SHIFT_SCALE = 3.0
 UNGUIDED_VIDEO_HIGH_RESTART_SHIFT_SCALE = 4.0
 UNGUIDED_VIDEO_HIGH_RESTART_FROM = 7.5
+# below VIDEO_LOW_SHIFT_SKETCH_BELOW x a video sketch runs at shift 0.5 whatever the model's own (the shipped video
+# model's 3x sweep, shifts 2 to 0.25: the lowest unguided KID at 1 and 0.5, the least guided flicker at 0.5; 5x and
+# 10x were already level with fewer steps and were not swept)
+VIDEO_LOW_SHIFT_SKETCH = 0.5
+VIDEO_LOW_SHIFT_SKETCH_BELOW = 4.0
 
 
-def _video_plan(full_steps: int, unguided_restart: float = UNGUIDED_VIDEO_RESTART_SHIFT_SCALE) -> FrescoConfig:
+def _video_plan(full_steps: int, unguided_restart: float = UNGUIDED_VIDEO_RESTART_SHIFT_SCALE,
+                sketch_shift: float | None = None) -> FrescoConfig:
     """The video models' shape: the rule's 3-step sketch without its promotion round (every token switches at the
-    sketch's end), then ``full_steps`` at full resolution restarting at twice its own shift (``unguided_restart``
-    times without guidance)."""
+    sketch's end), at ``sketch_shift`` if given, then ``full_steps`` at full resolution restarting at twice its own
+    shift (``unguided_restart`` times without guidance)."""
     return FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(3, full_steps), promotion_rounds=0,
+                        stage_shifts=None if sketch_shift is None else (sketch_shift, None),
                         restart_shift_scale=2.0, unguided_restart_shift_scale=unguided_restart)
 
 
@@ -364,10 +379,10 @@ PRESETS: dict[str, FrescoConfig] = {
     "flux2-dev-3x": _rule_plan(0.5, 15), "flux2-dev-5x": _rule_plan(0.1, 9), "flux2-dev-10x": _rule_plan(0.1, 4),
     "qwen-image-3x": _rule_plan(0.5, 15), "qwen-image-5x": _rule_plan(0.1, 9), "qwen-image-10x": _rule_plan(0.1, 4),
     "z-image-3x": _rule_plan(0.5, 15), "z-image-5x": _rule_plan(0.1, 9), "z-image-10x": _rule_plan(0.1, 4),
-    "wan2.1-3x": _video_plan(16), "wan2.1-5x": _video_plan(9),
+    "wan2.1-3x": _video_plan(16, sketch_shift=VIDEO_LOW_SHIFT_SKETCH), "wan2.1-5x": _video_plan(9),
     "wan2.1-10x": _video_plan(4, UNGUIDED_VIDEO_HIGH_RESTART_SHIFT_SCALE),
-    "wan2.2-3x": _video_plan(12), "wan2.2-5x": _video_plan(7),
-    "hunyuan-video15-3x": _video_plan(16), "hunyuan-video15-5x": _video_plan(9),
+    "wan2.2-3x": _video_plan(12, sketch_shift=VIDEO_LOW_SHIFT_SKETCH), "wan2.2-5x": _video_plan(7),
+    "hunyuan-video15-3x": _video_plan(16, sketch_shift=VIDEO_LOW_SHIFT_SKETCH), "hunyuan-video15-5x": _video_plan(9),
     "flux-schnell-19x": _distilled_plan(4), "z-image-turbo-1.5x": _distilled_plan(8),
     "qwen-image-lightning-1.5x": _distilled_plan(8), "qwen-image-lightning-4step-1.5x": _distilled_plan(4),
     "flux2-klein-4b-distilled-1.5x": _distilled_plan(4), "flux2-klein-9b-distilled-1.5x": _distilled_plan(4),

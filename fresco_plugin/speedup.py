@@ -5,7 +5,7 @@ BENCHMARKS.md): a short half-resolution sketch with one promotion round, then th
 resolution, restarting at twice that stage's own shift. Video models skip the round: on the shipped video model it
 cost unguided realism and added guided flicker at every budget (``benchmarks/video_plan_sweep.py --set no-round``);
 without guidance their full-resolution stage restarts at three times its shift (``--set round-free``), four times
-from 7.5x up (``--set unguided-restart``).
+from 7.5x up (``--set unguided-restart``); below 4x their sketch runs at shift 0.5 (``--set 3x-sketch-shift``).
 For a target, the sketch is fixed by the budget's band and the full-resolution stage gets the most steps that still
 reach the target on the named architecture and size, counted exactly as ``fresco flops`` counts (so the presets are
 points of this function, a test).
@@ -20,6 +20,8 @@ from .config import (
     UNGUIDED_VIDEO_HIGH_RESTART_FROM,
     UNGUIDED_VIDEO_HIGH_RESTART_SHIFT_SCALE,
     UNGUIDED_VIDEO_RESTART_SHIFT_SCALE,
+    VIDEO_LOW_SHIFT_SKETCH,
+    VIDEO_LOW_SHIFT_SKETCH_BELOW,
     FrescoConfig,
 )
 
@@ -30,15 +32,17 @@ __all__ = ["SketchShape", "most_full_steps", "plan_for_speedup"]
 class SketchShape:
     """The low-resolution part of a plan: steps at half resolution and the share promoted after its second-to-last
     step (a round needs two steps of score history before it and one step after); ``None``: no round, every token
-    switches at the stage's end."""
+    switches at the stage's end. ``shift``: the sketch's sigma shift (``None``: its resolution's own)."""
 
     steps: int
     promotion_ratio: float | None
     unguided_restart_shift_scale: float | None = None
+    shift: float | None = None
 
     def config(self, full_steps: int) -> FrescoConfig:
         if self.promotion_ratio is None:
             return FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(self.steps, full_steps), promotion_rounds=0,
+                                stage_shifts=None if self.shift is None else (self.shift, None),
                                 restart_shift_scale=RESTART_SHIFT_SCALE,
                                 unguided_restart_shift_scale=self.unguided_restart_shift_scale)
         rounds = 1 if self.steps >= 3 else 0
@@ -53,7 +57,8 @@ RESTART_SHIFT_SCALE = 2.0
 # sketch shrinks until the target fits.
 BANDS = ((0.0, SketchShape(3, 0.5)), (4.0, SketchShape(3, 0.1)))
 FALLBACKS = (SketchShape(2, 0.1), SketchShape(1, 0.1))
-VIDEO_BANDS = ((0.0, SketchShape(3, None, UNGUIDED_VIDEO_RESTART_SHIFT_SCALE)),
+VIDEO_BANDS = ((0.0, SketchShape(3, None, UNGUIDED_VIDEO_RESTART_SHIFT_SCALE, VIDEO_LOW_SHIFT_SKETCH)),
+               (VIDEO_LOW_SHIFT_SKETCH_BELOW, SketchShape(3, None, UNGUIDED_VIDEO_RESTART_SHIFT_SCALE)),
                (UNGUIDED_VIDEO_HIGH_RESTART_FROM, SketchShape(3, None, UNGUIDED_VIDEO_HIGH_RESTART_SHIFT_SCALE)))
 VIDEO_FALLBACKS = (SketchShape(2, None, UNGUIDED_VIDEO_HIGH_RESTART_SHIFT_SCALE),
                    SketchShape(1, None, UNGUIDED_VIDEO_HIGH_RESTART_SHIFT_SCALE))
