@@ -115,6 +115,7 @@ def test_flux_shift_helpers_match_the_published_formula():
         ({"stage_steps": 3}, "one value per stage"),
         ({"stage_shifts": (float("nan"), 1.0)}, "stage_shifts=nan: give a finite number"),
         ({"stage_shifts": (1e-30, 2.0)}, r"in \[0.01, 1000.0\]"),
+        ({"stage_shifts": (None, "x")}, r"stage_shifts='x': give a number"),
         ({"stage_fractions": (1e308, 1e308)}, r"stage_fractions.*\(0, 1e6\]"),
         ({"promotion_rounds": 10**9, "stage_steps": (3, 4)}, r"promotion_rounds=1000000000"),
         ({"token_multiple": 10**9}, r"token_multiple=1000000000"),

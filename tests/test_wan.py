@@ -73,6 +73,27 @@ def test_restart_shift_scale_multiplies_the_static_shift_of_later_stages():
     assert np.allclose(scaled[3:], expected, atol=1e-6) and (scaled[3:] > plain[3:]).all()
 
 
+def test_a_stage_shift_of_none_leaves_that_stage_at_its_own_shift(wan_pipe):
+    """``stage_shifts=(0.5, None)`` (the low-budget video presets): the sketch runs at 0.5, the full stage at the
+    scheduler's own static shift (3) times the restart, as with no stage shifts at all."""
+    from fresco_plugin import last_fresco_run
+    from fresco_plugin.schedule import shift_sigmas
+
+    def sigmas(shifts):
+        apply_fresco(wan_pipe, FrescoConfig(stage_steps=(3, 4), promotion_rounds=0, stage_shifts=shifts,
+                                            restart_shift_scale=2.0))
+        _call(wan_pipe, guidance_scale=5.0, num_inference_steps=None)
+        used = np.array(last_fresco_run(wan_pipe).sigmas_used)
+        remove_fresco(wan_pipe)
+        return used
+
+    own, explicit, mixed = sigmas(None), sigmas((0.5, 3.0)), sigmas((0.5, None))
+    base = np.linspace(1.0, 1 / 7, 7).astype(np.float32)
+    assert np.allclose(mixed[:3], shift_sigmas(base[:3], shift=0.5), atol=1e-6)
+    assert np.array_equal(mixed[3:], own[3:]) and np.array_equal(mixed, explicit)
+    assert (mixed[1:3] < own[1:3]).all()
+
+
 def test_without_guidance_the_later_stages_restart_at_the_unguided_scale(wan_pipe):
     """A video preset's unguided_restart_shift_scale: 3 when the call runs without classifier-free guidance
     (guidance_scale 1), the guided 2 otherwise."""
