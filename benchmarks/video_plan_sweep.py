@@ -27,8 +27,9 @@ RULE_FIVE = RULE["5x"]
 RESTARTS = (2.0, 3.0, 4.0)
 # variants paired with their budget's first plan
 PAIRED_SETS = ("no-round", "round-free", "unguided-restart", "3x-sketch", "3x-long-sketch", "trajectory",
-               "3x-fresh-noise", "3x-sketch-shift")
+               "3x-fresh-noise", "3x-sketch-shift", "3x-restart")
 SKETCH_SHIFTS = (2.0, 1.5, 1.0, 0.5, 0.25)  # below the shipped video model's static shift of 3
+LOW_SHIFT_RESTARTS = (2.0, 2.5, 4.0)  # around the unguided 3 the 3x preset kept when its sketch moved to shift 0.5
 UNGUIDED_RESTARTS = (4.0, 6.0)  # beyond the presets' 3, without guidance only
 ROUNDS = {"ratio 0.5": dict(promotion_ratio=0.5), "ratio 0.1": dict(promotion_ratio=0.1),
           "no round": dict(promotion_rounds=0)}
@@ -84,6 +85,11 @@ def candidates(name: str) -> list[tuple[str, str, FrescoConfig]]:
         return [("3x", f"3x {BUDGETS['3x']}", preset),
                 *[("3x", f"3x sketch shift {shift:g}", replace(preset, stage_shifts=(shift, full_shift)))
                   for shift in SKETCH_SHIFTS]]
+    if name == "3x-restart":  # the sketch at shift 0.5 hands over a cleaner layout: does the unguided restart fit?
+        preset = PRESETS[BUDGETS["3x"]]
+        return [("3x", f"3x {BUDGETS['3x']}", preset),
+                *[("3x", f"3x unguided restart x{scale:g}", replace(preset, unguided_restart_shift_scale=scale))
+                  for scale in LOW_SHIFT_RESTARTS]]
     if name == "trajectory":  # re-noise back along each token's own velocity instead of with the field's value
         presets = {budget: PRESETS[preset] for budget, preset in BUDGETS.items()}
         out = [(budget, f"{budget} {BUDGETS[budget]}", plan) for budget, plan in presets.items()]
@@ -100,7 +106,7 @@ def main() -> None:
     parser.add_argument("--set", default="5x",
                         choices=["5x", "restart", "tube", "round", "no-round", "round-free", "unguided-restart",
                                  "3x-sketch", "3x-long-sketch", "trajectory", "3x-fresh-noise",
-                                 "3x-sketch-shift"],
+                                 "3x-sketch-shift", "3x-restart"],
                         help="5x: the 5x preset's shape against the picture presets' rule, and each change alone; "
                              "restart: each budget's plan with its full-resolution stage restarting at 2, 3 and 4 "
                              "times its shift; tube: each budget's plan promoting token by token and by tube; "
@@ -115,7 +121,9 @@ def main() -> None:
                              "each video preset re-noising along each token's velocity, paired with the preset; "
                              "3x-fresh-noise: the 3x preset with independent noise at the switch, paired with it; "
                              "3x-sketch-shift: the 3x preset with its sketch at shift 2, 1.5, 1, 0.5 and 0.25 "
-                             "instead of the model's 3, paired with it")
+                             "instead of the model's 3, paired with it; 3x-restart: the 3x preset (sketch at shift "
+                             "0.5) restarting at 2, 2.5 and 4 times its shift without guidance instead of 3, paired "
+                             "with it (use --regime unguided)")
     parser.add_argument("--prompts", type=int, default=24)
     parser.add_argument("--held-out", type=int, default=8)
     parser.add_argument("--seed", type=int, default=7, help="prompt-set seed (the bench uses 2026)")
