@@ -128,9 +128,13 @@ def sample(
         grid = (geometry.num_frames, *geometry.grid(stage.level)) if grid_level == stage.level else None
         grid_known = not padded or stage.level in (stages[0].level, 0)
         last_round = max(stage.promotion_after, default=0)
+        # views of each step's values, taken once per stage (an index per step is an operation per step); they see
+        # the writes a round makes below
+        sigma_at, timestep_at = sigmas.unbind(), timesteps.unbind()
+        dt_at = (sigmas[1:] - sigmas[:-1]).unbind()
         for local in range(stage.num_steps):
-            step = Step(stage.first_step + local, stage.index, sigmas[local], timesteps[local], grid_level,
-                        next_sigma=sigmas[local + 1], layout=layout, grid=grid, grid_known=grid_known,
+            step = Step(stage.first_step + local, stage.index, sigma_at[local], timestep_at[local], grid_level,
+                        next_sigma=sigma_at[local + 1], layout=layout, grid=grid, grid_known=grid_known,
                         levels=levels)
             if not interrupted():
                 if not layouts_run or layouts_run[-1][1] is not layout:
@@ -141,8 +145,7 @@ def sample(
                 if local < last_round:  # only rounds still ahead in this stage read the history
                     history.append(StepRecord(latents=x, denoised=x - step.sigma * velocity))
                     del history[: -config.score_window]
-                dt = sigmas[local + 1] - sigmas[local]
-                x = (x.to(torch.float32) + dt * velocity).to(velocity.dtype)  # the scheduler's Euler step, exactly
+                x = (x.to(torch.float32) + dt_at[local] * velocity).to(velocity.dtype)  # the scheduler's Euler step
                 if callback is not None:
                     x = _checked(callback(step, x, layout), x, step)
             round_here = (local + 1) in stage.promotion_after
@@ -190,6 +193,7 @@ def sample(
                 grid = None  # a round mixes levels
                 sigmas[local + 1] = torch.where(moved, reached, sigmas[local + 1])
                 timesteps[local + 1] = torch.where(moved, reached * schedule.timestep_scale, timesteps[local + 1])
+                dt_at = (sigmas[1:] - sigmas[:-1]).unbind()  # the next step starts where the rule left it
                 candidates_left = None if count is None else candidates_left - count  # None: known on the device only
 
     if layout.coarsest_level != 0:
