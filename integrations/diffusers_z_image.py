@@ -4,8 +4,10 @@ Z-Image's transformer takes a list of latent images, patchifies each itself (2x2
 embedding up in a table by each token's integer grid position (after the caption's). A uniform stage goes in as stock
 does, a list of grids. A mixed coarse / fine set is not a grid: it goes as a one-row strip per image, and for that one
 forward the transformer's rope lookup answers the strip's image tokens at their real (possibly fractional) positions,
-with the table's own formula (equal to the table at integer positions: a test). The lookup is a plain object on the
-transformer, not a module, so Fresco wraps it per transformer while any runner uses it and restores it after.
+with the table's own formula (equal to the table at integer positions: a test), tabulated on the host before sampling
+at every position the call's layouts can hold and read on the device, so no layout waits for the device. The lookup
+is a plain object on the transformer, not a module, so Fresco wraps it per transformer while any runner uses it and
+restores it after.
 
 Guidance is stock's: one forward with the conditional and unconditional captions together, ``pos + s * (pos - neg)``,
 the optional renormalisation to the conditional norm, and no guidance at steps past ``cfg_truncation``. The model
@@ -45,16 +47,41 @@ def z_image_rope_at(rope: Any, positions: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=-1).to(positions.device)
 
 
+class _SpatialRope:
+    """``z_image_rope_at``'s row and column part at the positions of one call's layouts, read on the device: the
+    formula runs on the host (as the stock table's does), so working it out per layout would wait for the device to
+    hand the positions back. Layout positions are multiples of ``1 / 2^(level + 1)`` from -1/2 up to the grid's size
+    (``TokenLayout.positions``: token centres or corners counted on one level's grid), so the formula is tabulated at
+    every such multiple before sampling and each layout's positions index that table."""
+
+    def __init__(self, rope: Any, extent: int, coarsest_level: int, device: torch.device):
+        self.denominator = 2 ** (coarsest_level + 1)
+        values = torch.arange(-self.denominator // 2, extent * self.denominator + 1,
+                              dtype=torch.float64) / self.denominator
+        frame, rows = (d // 2 for d in rope.axes_dims[:2])
+        table = z_image_rope_at(rope, torch.stack([torch.zeros_like(values), values, values], dim=1))
+        self.rows, self.cols = table[:, frame:frame + rows].to(device), table[:, frame + rows:].to(device)
+        self._last: tuple[torch.Tensor, torch.Tensor] | None = None  # (positions, their rows' and columns' part)
+
+    def __call__(self, positions: torch.Tensor) -> torch.Tensor:
+        """``(N, 3)`` positions on the device: ``(N, (rows + cols) / 2)`` complex, once per layout (the sampler passes
+        one positions tensor per layout)."""
+        if self._last is None or self._last[0] is not positions:
+            index = (positions[:, 1:] * self.denominator).round().long() + self.denominator // 2
+            self._last = (positions, torch.cat([self.rows[index[:, 0]], self.cols[index[:, 1]]], dim=-1))
+        return self._last[1]
+
+
 class _StripRope:
     """Stands in for a transformer's ``rope_embedder`` while Fresco runners use it: the stock lookup, except for the
-    one forward a runner arms it for, whose first lookup (the image tokens'; the caption's comes after) is answered
-    at ``positions`` for the strips' tokens."""
+    one forward a runner arms it for, whose first lookup (the image tokens'; the caption's comes after) takes the
+    strips' tokens' row and column part from the runner."""
 
     def __init__(self, stock: Any):
         self.stock = stock
         self.owners: weakref.WeakSet = weakref.WeakSet()
-        self.armed: tuple[torch.Tensor, int, int] | None = None  # (positions, tokens per strip, padded length)
-        self.spatial: tuple[torch.Tensor, torch.Tensor] | None = None  # (positions, their row and column part)
+        # (the strip tokens' row and column part, tokens per strip, padded length)
+        self.armed: tuple[torch.Tensor, int, int] | None = None
 
     def __getattr__(self, name: str) -> Any:  # axes_dims, theta, freqs_cis, ...: the stock lookup's
         return getattr(self.__dict__["stock"], name)
@@ -62,20 +89,16 @@ class _StripRope:
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
         if self.armed is None:
             return self.stock(ids)
-        positions, tokens, padded = self.armed
+        spatial, tokens, padded = self.armed
         self.armed = None
         # the frame axis (the caption's length) is an integer: the table answers it, with the strip's row and column
-        # zeroed (its column index can pass the table's end); rows and columns come from the formula, worked out once
-        # per layout (on the host, as the table is) since the sampler passes one positions tensor per layout
+        # zeroed (its column index can pass the table's end); rows and columns come from the runner
         strips = ids.clone()
         for start in range(0, ids.shape[0], padded):
             strips[start:start + tokens, 1:] = 0
         out = self.stock(strips)
-        if self.spatial is None or self.spatial[0] is not positions:
-            self.spatial = (positions, z_image_rope_at(self.stock, positions)[:, self.stock.axes_dims[0] // 2:]
-                            .to(out.device))
         for start in range(0, ids.shape[0], padded):
-            out[start:start + tokens, self.stock.axes_dims[0] // 2:] = self.spatial[1]
+            out[start:start + tokens, self.stock.axes_dims[0] // 2:] = spatial
         return out
 
     def __reduce_ex__(self, protocol: int) -> tuple:
@@ -200,6 +223,8 @@ class ZImageFrescoRunner(FluxFrescoRunner):
                  geometry: TokenGeometry, device: torch.device) -> TransformerDenoiser:
         denoiser = _ZImageDenoiser(self.pipe, text, negative, call.guidance_scale)
         denoiser.rope, denoiser.unguided_steps = self.rope, self._unguided_steps
+        denoiser.spatial_rope = _SpatialRope(self.rope, max(geometry.rows, geometry.cols),
+                                             max(self.config.stage_levels), device)
         return denoiser
 
     def decode(self, latents: torch.Tensor, geometry: TokenGeometry, call: CallArguments) -> Any:
@@ -214,6 +239,7 @@ class ZImageFrescoRunner(FluxFrescoRunner):
 
 class _ZImageDenoiser(TransformerDenoiser):
     rope: _StripRope
+    spatial_rope: _SpatialRope
     unguided_steps: set[int]
     _grid_cache: tuple[torch.Tensor, tuple[int, int] | None] | None = None
 
@@ -241,7 +267,8 @@ class _ZImageDenoiser(TransformerDenoiser):
             captions = captions + self.negative["prompt_embeds"][rows]
         timestep = (1000 - step.timestep.expand(images.shape[0])) / 1000
         if grid is None:
-            self.rope.armed = (positions, tokens, tokens + (-tokens % 32))  # the transformer pads each image to 32
+            # the transformer pads each image to 32 tokens
+            self.rope.armed = (self.spatial_rope(positions), tokens, tokens + (-tokens % 32))
         try:
             out = transformer(list(images.unsqueeze(2).unbind(dim=0)), timestep, captions,
                               joint_attention_kwargs=pipe.joint_attention_kwargs, return_dict=False)[0]

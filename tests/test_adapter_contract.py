@@ -440,6 +440,14 @@ _HOST_READS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__"
 _HOST_COPIES = ("tensor", "as_tensor")
 
 
+def _to_host(*args: Any, **kwargs: Any) -> bool:
+    """Whether a ``Tensor.to`` call names the host by name (``"cpu"``): from a GPU that copy waits for the device. On
+    the CPU the test runs on, a device object cannot tell ``x.to(y.device)`` (free on a GPU) from a copy to the host,
+    so only the name counts."""
+    target = kwargs.get("device", args[0] if args else None)
+    return isinstance(target, str) and torch.device(target).type == "cpu"
+
+
 @contextlib.contextmanager
 def _reads_in_flight(pipe) -> Iterator[list[int]]:
     """Counts the host reads (and copies of host data to a device) made after the pipeline's first model call began
@@ -448,7 +456,7 @@ def _reads_in_flight(pipe) -> Iterator[list[int]]:
     once the block has ended."""
     calls, reads_at = [0], []
     originals = {name: getattr(torch.Tensor, name) for name in _HOST_READS}
-    original_equal = torch.equal
+    original_to, original_equal = torch.Tensor.to, torch.equal
     copies = {name: getattr(torch, name) for name in _HOST_COPIES}
 
     def counted(original):
@@ -464,6 +472,11 @@ def _reads_in_flight(pipe) -> Iterator[list[int]]:
             return original(*args, **kwargs)
         return copy
 
+    def to(tensor, *args, **kwargs):
+        if _to_host(*args, **kwargs):
+            reads_at.append(calls[0])
+        return original_to(tensor, *args, **kwargs)
+
     def called(*_):
         calls[0] += 1
 
@@ -472,14 +485,14 @@ def _reads_in_flight(pipe) -> Iterator[list[int]]:
     try:
         for name, original in originals.items():
             setattr(torch.Tensor, name, counted(original))
-        torch.equal = counted(original_equal)
+        torch.Tensor.to, torch.equal = to, counted(original_equal)
         for name, original in copies.items():
             setattr(torch, name, counted_copy(original))
         yield count
     finally:
         for name, original in originals.items():
             setattr(torch.Tensor, name, original)
-        torch.equal = original_equal
+        torch.Tensor.to, torch.equal = original_to, original_equal
         for name, original in copies.items():
             setattr(torch, name, original)
         for hook in hooks:
