@@ -27,7 +27,7 @@ RULE_FIVE = RULE["5x"]
 RESTARTS = (2.0, 3.0, 4.0)
 # variants paired with their budget's first plan
 PAIRED_SETS = ("no-round", "round-free", "unguided-restart", "3x-sketch", "3x-long-sketch", "trajectory",
-               "3x-fresh-noise", "3x-sketch-shift", "3x-restart")
+               "3x-fresh-noise", "3x-sketch-shift", "3x-restart", "restart-spacing")
 SKETCH_SHIFTS = (2.0, 1.5, 1.0, 0.5, 0.25)  # below the shipped video model's static shift of 3
 LOW_SHIFT_RESTARTS = (2.0, 2.5, 4.0)  # around the unguided 3 the 3x preset kept when its sketch moved to shift 0.5
 UNGUIDED_RESTARTS = (4.0, 6.0)  # beyond the presets' 3, without guidance only
@@ -67,6 +67,10 @@ def candidates(name: str) -> list[tuple[str, str, FrescoConfig]]:
         return out + [(budget, f"{budget} unguided restart x{scale:g}",
                        replace(plan, unguided_restart_shift_scale=scale))
                       for budget, plan in presets.items() for scale in UNGUIDED_RESTARTS]
+    if name == "restart-spacing":  # a restart's level kept, its steps spaced as the stage's own shift spaces them
+        return [item for budget, preset in BUDGETS.items() for item in (
+            (budget, f"{budget} {preset}", PRESETS[preset]),
+            (budget, f"{budget} own spacing", replace(PRESETS[preset], restart_spacing="own")))]
     if name in ("3x-sketch", "3x-long-sketch"):  # unguided 3x lost realism at every restart: the same full stage
         # after a shorter sketch, or after a longer one (realism rose with the sketch's length up to the preset's 3;
         # 5 steps cost what the 17-step peer costs)
@@ -106,7 +110,7 @@ def main() -> None:
     parser.add_argument("--set", default="5x",
                         choices=["5x", "restart", "tube", "round", "no-round", "round-free", "unguided-restart",
                                  "3x-sketch", "3x-long-sketch", "trajectory", "3x-fresh-noise",
-                                 "3x-sketch-shift", "3x-restart"],
+                                 "3x-sketch-shift", "3x-restart", "restart-spacing"],
                         help="5x: the 5x preset's shape against the picture presets' rule, and each change alone; "
                              "restart: each budget's plan with its full-resolution stage restarting at 2, 3 and 4 "
                              "times its shift; tube: each budget's plan promoting token by token and by tube; "
@@ -123,7 +127,9 @@ def main() -> None:
                              "3x-sketch-shift: the 3x preset with its sketch at shift 2, 1.5, 1, 0.5 and 0.25 "
                              "instead of the model's 3, paired with it; 3x-restart: the 3x preset (sketch at shift "
                              "0.5) restarting at 2, 2.5 and 4 times its shift without guidance instead of 3, paired "
-                             "with it (use --regime unguided)")
+                             "with it (use --regime unguided); restart-spacing: each video preset with its restart's "
+                             "steps spaced by the stage's own shift from the level the restart starts at, paired "
+                             "with the preset")
     parser.add_argument("--prompts", type=int, default=24)
     parser.add_argument("--held-out", type=int, default=8)
     parser.add_argument("--seed", type=int, default=7, help="prompt-set seed (the bench uses 2026)")

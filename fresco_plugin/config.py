@@ -16,6 +16,7 @@ NoiseSource = Literal["generator", "hash"]
 PositionMode = Literal["center", "anchor"]
 PositionUnits = Literal["stage", "final"]
 PromotionUnit = Literal["token", "tube"]
+RestartSpacing = Literal["shifted", "own"]
 
 # Bounds that keep planning linear and every sigma finite; far beyond any real use.
 MAX_STAGES = 8
@@ -159,6 +160,18 @@ class FrescoConfig:
     transformer), in [0.01, 100]; ``None``: the same as guided. The video presets use 3 (4 for ``wan2.1-10x``): on
     the shipped video model a higher restart cut the unguided frame-realism cost at every budget (most at 10x) but
     made guided clips flicker more, so it applies where guidance is off (BENCHMARKS.md, "Video")."""
+    restart_spacing: RestartSpacing = "shifted"
+    """How a stage restarted by a shift scale spaces its steps: ``shifted``, by the scaled shift (it starts higher and
+    stays higher down to its last step), or ``own``, from the level the scaled shift starts it at down by the stage's
+    own shift (it starts as high, then reaches the low noise levels, where texture forms, as a stock run does). On the
+    shipped video model, guided, ``own`` cut flicker at every budget but cost frame realism at 3x; on the scenes model
+    shipped before, the same schedule (then a sweep's experiment) cost unguided realism at every budget. No preset uses
+    it guided (BENCHMARKS.md, "Restart spacing")."""
+    unguided_restart_spacing: RestartSpacing | None = None
+    """``restart_spacing`` for a call without guidance (as ``unguided_restart_shift_scale`` decides it); ``None``: the
+    same as guided. The video presets below 4x use ``own``: on the shipped video model it closed most of the unguided
+    3x frame-realism gap to fewer steps at equal FLOPs (KID over them +2201 to +250, paired -1951 [-3861, -382]); at
+    5x it was level and at 10x clearly worse (BENCHMARKS.md, "Restart spacing")."""
 
     def __post_init__(self) -> None:
         # Normalise what a user may reasonably pass (lists, numpy numbers, whole-number floats for counts) and
@@ -180,9 +193,12 @@ class FrescoConfig:
         if self.promotion_threshold is not None:
             object.__setattr__(self, "promotion_threshold", _number("promotion_threshold", self.promotion_threshold))
         for name in ("promotion_order", "promotion_unit", "score", "strategy", "expansion", "noise_source",
-                     "position_mode", "position_units"):
+                     "position_mode", "position_units", "restart_spacing"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"FrescoConfig.{name}={getattr(self, name)!r}: give a name (a string)")
+        if self.unguided_restart_spacing is not None and not isinstance(self.unguided_restart_spacing, str):
+            raise ValueError(f"FrescoConfig.unguided_restart_spacing={self.unguided_restart_spacing!r}: give a name (a "
+                             "string) or None")
         if not isinstance(self.strategy_options, Mapping) or not all(isinstance(k, str) for k in self.strategy_options):
             raise ValueError(f"FrescoConfig.strategy_options={self.strategy_options!r}: give a dict of keyword "
                              "arguments for the strategy, e.g. {'noise_ratio': 6.3} for 'ralu'")
@@ -234,6 +250,12 @@ class FrescoConfig:
             value = getattr(self, name)
             if value is not None and not 1e-2 <= value <= 1e2:
                 raise ValueError(f"FrescoConfig.{name}={value}: give a finite factor in [0.01, 100] (1 keeps each "
+                                 "stage's own shift)" + (", or None" if name.startswith("unguided") else ""))
+        for name in ("restart_spacing", "unguided_restart_spacing"):
+            value = getattr(self, name)
+            if value not in ("shifted", "own") and not (value is None and name.startswith("unguided")):
+                raise ValueError(f"FrescoConfig.{name}={value!r}; use 'shifted' (a restarted stage's steps follow its "
+                                 "scaled shift) or 'own' (they start where the scaled shift starts and follow the "
                                  "stage's own shift)" + (", or None" if name.startswith("unguided") else ""))
         if not 0 <= self.promotion_rounds <= MAX_STEPS:
             raise ValueError(f"FrescoConfig.promotion_rounds={self.promotion_rounds}: use a whole number in "
@@ -320,21 +342,24 @@ def _rule_plan(sketch_ratio: float, full_steps: int) -> FrescoConfig:
 UNGUIDED_VIDEO_RESTART_SHIFT_SCALE = 3.0
 UNGUIDED_VIDEO_HIGH_RESTART_SHIFT_SCALE = 4.0
 UNGUIDED_VIDEO_HIGH_RESTART_FROM = 7.5
-# below VIDEO_LOW_SHIFT_SKETCH_BELOW x a video sketch runs at shift 0.5 whatever the model's own (the shipped video
-# model's 3x sweep, shifts 2 to 0.25: the lowest unguided KID at 1 and 0.5, the least guided flicker at 0.5; 5x and
-# 10x were already level with fewer steps and were not swept)
+# below VIDEO_LOW_BUDGET_BELOW x a video sketch runs at shift 0.5 whatever the model's own (the shipped video model's
+# 3x sweep, shifts 2 to 0.25: the lowest unguided KID at 1 and 0.5, the least guided flicker at 0.5; 5x and 10x were
+# already level with fewer steps and were not swept), and an unguided restart spaces its steps by the stage's own
+# shift (the restart-spacing sweep: better at 3x, level at 5x, worse at 10x)
 VIDEO_LOW_SHIFT_SKETCH = 0.5
-VIDEO_LOW_SHIFT_SKETCH_BELOW = 4.0
+VIDEO_LOW_BUDGET_BELOW = 4.0
 
 
 def _video_plan(full_steps: int, unguided_restart: float = UNGUIDED_VIDEO_RESTART_SHIFT_SCALE,
-                sketch_shift: float | None = None) -> FrescoConfig:
+                low_budget: bool = False) -> FrescoConfig:
     """The video models' shape: the rule's 3-step sketch without its promotion round (every token switches at the
-    sketch's end), at ``sketch_shift`` if given, then ``full_steps`` at full resolution restarting at twice its own
-    shift (``unguided_restart`` times without guidance)."""
+    sketch's end), then ``full_steps`` at full resolution restarting at twice its own shift (``unguided_restart`` times
+    without guidance). ``low_budget`` (below ``VIDEO_LOW_BUDGET_BELOW``): the sketch at shift
+    ``VIDEO_LOW_SHIFT_SKETCH``, and an unguided restart spaced by the full stage's own shift."""
     return FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(3, full_steps), promotion_rounds=0,
-                        stage_shifts=None if sketch_shift is None else (sketch_shift, None),
-                        restart_shift_scale=2.0, unguided_restart_shift_scale=unguided_restart)
+                        stage_shifts=(VIDEO_LOW_SHIFT_SKETCH, None) if low_budget else None,
+                        restart_shift_scale=2.0, unguided_restart_shift_scale=unguided_restart,
+                        unguided_restart_spacing="own" if low_budget else None)
 
 
 def _distilled_plan(steps: int) -> FrescoConfig:
@@ -380,10 +405,10 @@ PRESETS: dict[str, FrescoConfig] = {
     "flux2-dev-3x": _rule_plan(0.5, 15), "flux2-dev-5x": _rule_plan(0.1, 9), "flux2-dev-10x": _rule_plan(0.1, 4),
     "qwen-image-3x": _rule_plan(0.5, 15), "qwen-image-5x": _rule_plan(0.1, 9), "qwen-image-10x": _rule_plan(0.1, 4),
     "z-image-3x": _rule_plan(0.5, 15), "z-image-5x": _rule_plan(0.1, 9), "z-image-10x": _rule_plan(0.1, 4),
-    "wan2.1-3x": _video_plan(16, sketch_shift=VIDEO_LOW_SHIFT_SKETCH), "wan2.1-5x": _video_plan(9),
+    "wan2.1-3x": _video_plan(16, low_budget=True), "wan2.1-5x": _video_plan(9),
     "wan2.1-10x": _video_plan(4, UNGUIDED_VIDEO_HIGH_RESTART_SHIFT_SCALE),
-    "wan2.2-3x": _video_plan(12, sketch_shift=VIDEO_LOW_SHIFT_SKETCH), "wan2.2-5x": _video_plan(7),
-    "hunyuan-video15-3x": _video_plan(16, sketch_shift=VIDEO_LOW_SHIFT_SKETCH), "hunyuan-video15-5x": _video_plan(9),
+    "wan2.2-3x": _video_plan(12, low_budget=True), "wan2.2-5x": _video_plan(7),
+    "hunyuan-video15-3x": _video_plan(16, low_budget=True), "hunyuan-video15-5x": _video_plan(9),
     "flux-schnell-19x": _distilled_plan(4), "z-image-turbo-1.5x": _distilled_plan(8),
     "qwen-image-lightning-1.5x": _distilled_plan(8), "qwen-image-lightning-4step-1.5x": _distilled_plan(4),
     "flux2-klein-4b-distilled-1.5x": _distilled_plan(4), "flux2-klein-9b-distilled-1.5x": _distilled_plan(4),

@@ -12,7 +12,7 @@ import torch
 from .config import MAX_STEPS, FrescoConfig
 
 __all__ = ["StagePlan", "StageSchedule", "fit_plan", "for_guidance", "plan_stages", "base_sigmas", "flux_mu",
-           "shift_sigmas", "static_schedules"]
+           "restart_spaced", "shift_sigmas", "static_schedules"]
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,7 @@ class StagePlan:
     promotion_after: tuple[int, ...]  # local step counts (1-based: after that many steps of the stage)
     shift: float | None  # explicit shift, or None for the resolution-dependent default
     shift_scale: float = 1.0  # multiplies whichever shift the stage gets (FrescoConfig.restart_shift_scale)
+    own_spacing: bool = False  # a scaled shift sets only where the stage starts (FrescoConfig.restart_spacing)
 
     @property
     def last_step(self) -> int:
@@ -126,7 +127,8 @@ def plan_stages(config: FrescoConfig, num_inference_steps: int | None, *, min_sc
             )
         shift = config.stage_shifts[index] if config.stage_shifts is not None else None
         plans.append(StagePlan(index, level, first, n, after, shift,
-                               config.restart_shift_scale if index > 0 else 1.0))
+                               config.restart_shift_scale if index > 0 else 1.0,
+                               own_spacing=config.restart_spacing == "own"))
         first += n
     return plans
 
@@ -188,11 +190,13 @@ def fit_plan(config: FrescoConfig, num_inference_steps: int | None, *,
 
 def for_guidance(stages: Sequence[StagePlan], config: FrescoConfig, guided: bool) -> list[StagePlan]:
     """The stages a call runs: without guidance, the stages after the first restart at
-    ``config.unguided_restart_shift_scale`` where the config sets one."""
-    scale = config.unguided_restart_shift_scale
-    if guided or scale is None:
+    ``config.unguided_restart_shift_scale`` and with ``config.unguided_restart_spacing`` where the config sets them."""
+    scale, spacing = config.unguided_restart_shift_scale, config.unguided_restart_spacing
+    if guided or (scale is None and spacing is None):
         return list(stages)
-    return [replace(stage, shift_scale=scale) if stage.index > 0 else stage for stage in stages]
+    return [replace(stage, shift_scale=stage.shift_scale if scale is None else scale,
+                    own_spacing=stage.own_spacing if spacing is None else spacing == "own")
+            if stage.index > 0 else stage for stage in stages]
 
 
 def _last(values: tuple | None, count: int) -> tuple | None:
@@ -229,6 +233,15 @@ class StageSchedule:
     timestep_scale: float = 1000.0  # timestep = sigma * timestep_scale (the scheduler's num_train_timesteps)
 
 
+def restart_spaced(base: np.ndarray, *, start_shift: float, own_shift: float) -> np.ndarray:
+    """Base points that ``own_shift`` maps to a schedule starting where ``start_shift`` maps ``base`` and ending at
+    the same last point, evenly spaced between: a restart's level with the stage's own step spacing. Both shifts are
+    static (``shift_sigmas``' ``s*t / (1 + (s-1)*t)``; FLUX's ``mu`` is the static shift ``e^mu``)."""
+    start = float(shift_sigmas(base[:1], shift=start_shift)[0])
+    first = start / (own_shift - (own_shift - 1.0) * start)  # the inverse of the own shift
+    return np.linspace(first, float(base[-1]), len(base)).astype(base.dtype)
+
+
 def stage_base_sigmas(stage: StagePlan, total_steps: int) -> list[float]:
     """The stage's slice of the global base schedule, plus the point its last step lands on (none for the last)."""
     sigmas = base_sigmas(total_steps)
@@ -245,6 +258,9 @@ def static_schedules(stages: Sequence[StagePlan], *, shift: float = 1.0,
     for stage in stages:
         base = np.array(stage_base_sigmas(stage, total), dtype=np.float32)
         stage_shift = (stage.shift or shift) * stage.shift_scale
+        if stage.own_spacing and stage.shift_scale != 1:
+            base = restart_spaced(base, start_shift=stage_shift, own_shift=stage.shift or shift)
+            stage_shift = stage.shift or shift
         shifted = torch.from_numpy(np.asarray(shift_sigmas(base, shift=stage_shift), dtype=np.float32))
         sigmas = torch.cat([shifted, torch.zeros(1)])[: stage.num_steps + 1]
         schedules.append(StageSchedule(sigmas, shifted[: stage.num_steps] * timestep_scale, timestep_scale))

@@ -26,7 +26,15 @@ from fresco_plugin.layout import TokenGeometry, TokenLayout
 from fresco_plugin.noise import FreshNoise, NoiseField, seeds_from_generators
 from fresco_plugin.registry import get_strategy
 from fresco_plugin.sampler import SamplerResult, Step, min_score_history, sample
-from fresco_plugin.schedule import StagePlan, StageSchedule, fit_plan, for_guidance, plan_stages, shift_sigmas
+from fresco_plugin.schedule import (
+    StagePlan,
+    StageSchedule,
+    fit_plan,
+    for_guidance,
+    plan_stages,
+    restart_spaced,
+    shift_sigmas,
+)
 
 from ._context_parallel import ContextParallel, context_parallel_of
 from .diffusers_caches import check_cache
@@ -336,9 +344,9 @@ class DiffusersFrescoRunner:
             raise ValueError(f"num_inference_steps={total} with this scheduler's shift_terminal={terminal} gives NaN "
                              "(stock's too); use at least 2 steps")
         for stage in stages:
-            end = stage.last_step + 1 if stage.last_step < total else stage.last_step
+            stage_end = stage.last_step + 1 if stage.last_step < total else stage.last_step
             # a terminal shift (Qwen-Image) stretches the whole schedule: shift all of it, then take this stage's slice
-            first, end = (0, len(base)) if terminal else (stage.first_step, end)
+            first, end = (0, len(base)) if terminal else (stage.first_step, stage_end)
             piece = base[first:end]
             rows, cols = geometry.grid(stage.level)
             mu = self.mu(rows * cols * geometry.num_frames, total) if dynamic else None
@@ -347,7 +355,13 @@ class DiffusersFrescoRunner:
                 if shift is None:
                     exponential = scheduler.config.get("time_shift_type", "exponential") == "exponential"
                     shift = (math.exp(mu) if exponential else mu) if mu is not None else scheduler.config.shift
-                shift *= stage.shift_scale
+                own, shift = shift, shift * stage.shift_scale
+                if stage.own_spacing:  # the scaled shift's start, then the own shift's spacing (this stage's slice;
+                    # a terminal shift stretches the result as it stretches any schedule)
+                    piece = np.array(piece, dtype=np.float32)
+                    mine = slice(stage.first_step - first, stage_end - first)
+                    piece[mine] = restart_spaced(piece[mine], start_shift=shift, own_shift=own)
+                    shift = own
             if shift is not None:
                 shifted = np.asarray(shift_sigmas(np.asarray(piece, dtype=np.float32), shift=shift),
                                      dtype=np.float32)

@@ -47,6 +47,8 @@ field_values = {
     "token_multiple": count,
     "restart_shift_scale": number,
     "unguided_restart_shift_scale": st.one_of(st.none(), number),
+    "restart_spacing": st.one_of(st.sampled_from(["shifted", "own"]), weird),
+    "unguided_restart_spacing": st.one_of(st.none(), st.sampled_from(["shifted", "own"]), weird),
 }
 plausible_values = {
     "stage_scales": st.sampled_from([(1.0,), (0.5, 1.0), (0.25, 0.5, 1.0)]),
@@ -71,6 +73,8 @@ plausible_values = {
     "token_multiple": st.integers(1, 4),
     "restart_shift_scale": st.floats(0.01, 100),
     "unguided_restart_shift_scale": st.one_of(st.none(), st.floats(0.01, 100)),
+    "restart_spacing": st.sampled_from(["shifted", "own"]),
+    "unguided_restart_spacing": st.one_of(st.none(), st.sampled_from(["shifted", "own"])),
 }
 configs = st.one_of(st.fixed_dictionaries({}, optional=plausible_values),  # mostly valid: exercises sampling
                     st.fixed_dictionaries({}, optional=field_values))  # anything: exercises the refusals

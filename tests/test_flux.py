@@ -119,6 +119,25 @@ def test_guidance_embedded_in_the_transformer_counts_as_guided(flux_pipe, schnel
     assert restart(schnell_pipe, 3.0) > restart(schnell_pipe, None)  # no guidance at all
 
 
+def test_own_restart_spacing_on_the_dynamic_shift_starts_at_the_restart_and_ends_at_stock(flux_pipe):
+    """FLUX's resolution shift (``e^mu``) restarted x2: with ``restart_spacing="own"`` the full stage starts where the
+    scaled shift starts it and its last step is a stock run's last."""
+    from fresco_plugin import last_fresco_run
+
+    def sigmas(**kwargs):
+        apply_fresco(flux_pipe, FrescoConfig(stage_steps=(2, 3), promotion_rounds=0, **kwargs))
+        flux_pipe(**text_inputs(), height=32, width=32, output_type="latent",
+                  generator=torch.Generator().manual_seed(0))
+        used = last_fresco_run(flux_pipe).sigmas_used
+        remove_fresco(flux_pipe)
+        return used
+
+    shifted, own = sigmas(restart_shift_scale=2.0), sigmas(restart_shift_scale=2.0, restart_spacing="own")
+    stock = sigmas(restart_shift_scale=1.0)
+    assert own[:2] == shifted[:2] and own[2] == pytest.approx(shifted[2], abs=1e-6)
+    assert own[-1] == pytest.approx(stock[-1], abs=1e-6) and own[-1] < shifted[-1]
+
+
 def test_hash_field_and_user_latents(flux_pipe):
     apply_fresco(flux_pipe, FrescoConfig(noise_source="hash"))
     assert torch.equal(_call(flux_pipe, seed=3), _call(flux_pipe, seed=3))

@@ -3,7 +3,7 @@ import torch
 
 from fresco_plugin import FrescoConfig
 from fresco_plugin.layout import TokenGeometry, TokenLayout, pack, unpack
-from fresco_plugin.schedule import flux_mu, plan_stages, shift_sigmas
+from fresco_plugin.schedule import flux_mu, plan_stages, shift_sigmas, static_schedules
 from fresco_plugin.selection import divisible_count, select_promotions
 
 GEOMETRY = TokenGeometry(channels=16, patch=2, rows=8, cols=6)
@@ -97,6 +97,19 @@ def test_plan_lays_out_stages_and_rounds():
     assert [p.num_steps for p in split] == [5, 15]
 
 
+def test_static_schedules_space_a_restart_by_the_own_shift_when_asked():
+    """The sampler-only schedules follow ``restart_spacing`` as the pipelines do: same start as the scaled shift,
+    same last sigma as the unscaled one."""
+    def last_stage(**kwargs):
+        config = FrescoConfig(stage_steps=(3, 6), promotion_rounds=0, **kwargs)
+        return static_schedules(plan_stages(config, None, min_score_history=2), shift=3.0)[-1].sigmas
+
+    shifted, own = last_stage(restart_shift_scale=3.0), last_stage(restart_shift_scale=3.0, restart_spacing="own")
+    plain = last_stage(restart_shift_scale=1.0)
+    assert own[0] == pytest.approx(float(shifted[0]), abs=1e-6) and own[-2] == pytest.approx(float(plain[-2]), abs=1e-6)
+    assert (own[1:-1] < shifted[1:-1]).all() and (own[:-2] > plain[:-2]).all()
+
+
 def test_flux_shift_helpers_match_the_published_formula():
     assert flux_mu(256) == pytest.approx(0.5) and flux_mu(4096) == pytest.approx(1.15)
     assert shift_sigmas(torch.tensor([0.5]).numpy(), shift=3.0)[0] == pytest.approx(0.75)
@@ -131,6 +144,9 @@ def test_flux_shift_helpers_match_the_published_formula():
         ({"score": "nope"}, "unknown Fresco score"),
         ({"strategy": "nope"}, "unknown Fresco strategy"),
         ({"expansion": "bicubic"}, "hadamard"),
+        ({"restart_spacing": "linear"}, r"restart_spacing='linear'; use 'shifted'"),
+        ({"unguided_restart_spacing": "linear"}, r"unguided_restart_spacing='linear'; use .*, or None"),
+        ({"unguided_restart_spacing": 1}, r"unguided_restart_spacing=1: give a name"),
     ],
 )
 def test_bad_config_names_the_field(kwargs, match):

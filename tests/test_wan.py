@@ -73,6 +73,31 @@ def test_restart_shift_scale_multiplies_the_static_shift_of_later_stages():
     assert np.allclose(scaled[3:], expected, atol=1e-6) and (scaled[3:] > plain[3:]).all()
 
 
+def test_own_restart_spacing_starts_where_the_scaled_shift_does_and_spaces_steps_by_the_own_shift():
+    """``restart_spacing="own"`` on the static-shift path (Wan, shift 3, restart x2): the full stage's first sigma is
+    the scaled shift's, its last is stock's (shift 3 at the same base point), evenly spaced in the own shift's time
+    between; the sketch does not change."""
+    from fresco_plugin import last_fresco_run
+    from fresco_plugin.schedule import shift_sigmas
+
+    def sigmas(spacing):
+        pipe = tiny_wan_pipeline()
+        pipe.set_progress_bar_config(disable=True)
+        apply_fresco(pipe, FrescoConfig(stage_steps=(3, 4), promotion_rounds=0, restart_shift_scale=2.0,
+                                        restart_spacing=spacing))
+        _call(pipe)
+        return np.array(last_fresco_run(pipe).sigmas_used)
+
+    shifted, own = sigmas("shifted"), sigmas("own")
+    base = np.linspace(1.0, 1 / 7, 7).astype(np.float32)
+    start = shift_sigmas(base[3:4], shift=6.0)[0]
+    first = start / (3.0 - 2.0 * start)  # the base point shift 3 maps to that start
+    expected = shift_sigmas(np.linspace(first, 1 / 7, 4), shift=3.0)
+    assert np.array_equal(own[:3], shifted[:3])
+    assert np.isclose(own[3], shifted[3], atol=1e-6) and np.isclose(own[-1], shift_sigmas(base[-1:], shift=3.0)[0])
+    assert np.allclose(own[3:], expected, atol=1e-6) and (own[4:] < shifted[4:]).all()
+
+
 def test_a_stage_shift_of_none_leaves_that_stage_at_its_own_shift(wan_pipe):
     """``stage_shifts=(0.5, None)`` (the low-budget video presets): the sketch runs at 0.5, the full stage at the
     scheduler's own static shift (3) times the restart, as with no stage shifts at all."""
@@ -111,6 +136,24 @@ def test_without_guidance_the_later_stages_restart_at_the_unguided_scale(wan_pip
     unguided, guided_plan = sigmas(1.0, **both), sigmas(1.0, restart_shift_scale=2.0)
     assert unguided == sigmas(1.0, restart_shift_scale=3.0)
     assert unguided[:3] == guided_plan[:3] and all(a > b for a, b in zip(unguided[3:], guided_plan[3:]))
+
+
+def test_the_unguided_restart_spacing_applies_only_without_guidance(wan_pipe):
+    """The 3x video presets' ``unguided_restart_spacing="own"``: a guided call keeps the scaled shift's spacing, an
+    unguided one runs as ``restart_spacing="own"`` at the unguided scale would."""
+    from fresco_plugin import last_fresco_run
+
+    def sigmas(guidance_scale, **kwargs):
+        apply_fresco(wan_pipe, FrescoConfig(stage_steps=(3, 4), promotion_rounds=0, restart_shift_scale=2.0,
+                                            unguided_restart_shift_scale=3.0, **kwargs))
+        _call(wan_pipe, guidance_scale=guidance_scale, num_inference_steps=None)
+        used = last_fresco_run(wan_pipe).sigmas_used
+        remove_fresco(wan_pipe)
+        return used
+
+    assert sigmas(5.0, unguided_restart_spacing="own") == sigmas(5.0)
+    unguided = sigmas(1.0, unguided_restart_spacing="own")
+    assert unguided == sigmas(1.0, restart_spacing="own") and unguided != sigmas(1.0)
 
 
 def test_sizes_stock_rounds_down_are_rounded_the_same_way(wan_pipe):
