@@ -163,15 +163,16 @@ class FrescoConfig:
     restart_spacing: RestartSpacing = "shifted"
     """How a stage restarted by a shift scale spaces its steps: ``shifted``, by the scaled shift (it starts higher and
     stays higher down to its last step), or ``own``, from the level the scaled shift starts it at down by the stage's
-    own shift (it starts as high, then reaches the low noise levels, where texture forms, as a stock run does). On the
-    shipped video model, guided, ``own`` cut flicker at every budget but cost frame realism at 3x; on the scenes model
-    shipped before, the same schedule (then a sweep's experiment) cost unguided realism at every budget. No preset uses
-    it guided (BENCHMARKS.md, "Restart spacing")."""
+    own shift (it starts as high, then reaches the low noise levels, where texture forms, as a stock run does). The 5x
+    video presets use ``own``: on the shipped video model, guided, it cut flicker at every budget (at 5x from +0.77 over
+    fewer steps at equal FLOPs, beyond noise, to +0.33, inside it) but cost frame realism at 3x and, in the point
+    estimate, at 10x; without guidance it was level at 5x. On the scenes model shipped before, the same schedule (then
+    a sweep's experiment) cost unguided realism at every budget (BENCHMARKS.md, "Restart spacing")."""
     unguided_restart_spacing: RestartSpacing | None = None
     """``restart_spacing`` for a call without guidance (as ``unguided_restart_shift_scale`` decides it); ``None``: the
     same as guided. The video presets below 4x use ``own``: on the shipped video model it closed most of the unguided
     3x frame-realism gap to fewer steps at equal FLOPs (KID over them +2201 to +250, paired -1951 [-3861, -382]); at
-    5x it was level and at 10x clearly worse (BENCHMARKS.md, "Restart spacing")."""
+    10x it was clearly worse (BENCHMARKS.md, "Restart spacing")."""
 
     def __post_init__(self) -> None:
         # Normalise what a user may reasonably pass (lists, numpy numbers, whole-number floats for counts) and
@@ -344,22 +345,26 @@ UNGUIDED_VIDEO_HIGH_RESTART_SHIFT_SCALE = 4.0
 UNGUIDED_VIDEO_HIGH_RESTART_FROM = 7.5
 # below VIDEO_LOW_BUDGET_BELOW x a video sketch runs at shift 0.5 whatever the model's own (the shipped video model's
 # 3x sweep, shifts 2 to 0.25: the lowest unguided KID at 1 and 0.5, the least guided flicker at 0.5; 5x and 10x were
-# already level with fewer steps and were not swept), and an unguided restart spaces its steps by the stage's own
-# shift (the restart-spacing sweep: better at 3x, level at 5x, worse at 10x)
+# already level with fewer steps and were not swept). Restart spacing (the restart-spacing sweep, "own" against the
+# presets): below 4x "own" without guidance only (unguided KID better, guided KID worse); from 4x to
+# UNGUIDED_VIDEO_HIGH_RESTART_FROM in both regimes (guided flicker better, everything else level); at 10x none
+# (unguided KID worse, guided KID worse in the point estimate)
 VIDEO_LOW_SHIFT_SKETCH = 0.5
 VIDEO_LOW_BUDGET_BELOW = 4.0
 
 
-def _video_plan(full_steps: int, unguided_restart: float = UNGUIDED_VIDEO_RESTART_SHIFT_SCALE,
-                low_budget: bool = False) -> FrescoConfig:
-    """The video models' shape: the rule's 3-step sketch without its promotion round (every token switches at the
-    sketch's end), then ``full_steps`` at full resolution restarting at twice its own shift (``unguided_restart`` times
-    without guidance). ``low_budget`` (below ``VIDEO_LOW_BUDGET_BELOW``): the sketch at shift
-    ``VIDEO_LOW_SHIFT_SKETCH``, and an unguided restart spaced by the full stage's own shift."""
+def _video_plan(full_steps: int, budget: float) -> FrescoConfig:
+    """The video models' shape for a FLOPs speedup of about ``budget``: the rule's 3-step sketch without its
+    promotion round (every token switches at the sketch's end), then ``full_steps`` at full resolution restarting at
+    twice its own shift (3 or 4 times without guidance), with the sketch shift and restart spacing of the budget's
+    band."""
+    low, high = budget < VIDEO_LOW_BUDGET_BELOW, budget >= UNGUIDED_VIDEO_HIGH_RESTART_FROM
     return FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(3, full_steps), promotion_rounds=0,
-                        stage_shifts=(VIDEO_LOW_SHIFT_SKETCH, None) if low_budget else None,
-                        restart_shift_scale=2.0, unguided_restart_shift_scale=unguided_restart,
-                        unguided_restart_spacing="own" if low_budget else None)
+                        stage_shifts=(VIDEO_LOW_SHIFT_SKETCH, None) if low else None, restart_shift_scale=2.0,
+                        unguided_restart_shift_scale=(UNGUIDED_VIDEO_HIGH_RESTART_SHIFT_SCALE if high
+                                                      else UNGUIDED_VIDEO_RESTART_SHIFT_SCALE),
+                        restart_spacing="shifted" if low or high else "own",
+                        unguided_restart_spacing="own" if low else None)
 
 
 def _distilled_plan(steps: int) -> FrescoConfig:
@@ -400,15 +405,14 @@ PRESETS: dict[str, FrescoConfig] = {
     "flux-dev-3x": _rule_plan(0.5, 15), "flux-dev-5x": _rule_plan(0.1, 9), "flux-dev-10x": _rule_plan(0.1, 4),
     "flux-schnell-22x": FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(3, 1), promotion_ratio=0.25,
                                      restart_shift_scale=1.0),
-    "hunyuan-video-5x": _video_plan(9),
+    "hunyuan-video-5x": _video_plan(9, 5),
     "flux-kontext-2x": _rule_plan(0.5, 12), "flux-kontext-3x": _rule_plan(0.5, 7),
     "flux2-dev-3x": _rule_plan(0.5, 15), "flux2-dev-5x": _rule_plan(0.1, 9), "flux2-dev-10x": _rule_plan(0.1, 4),
     "qwen-image-3x": _rule_plan(0.5, 15), "qwen-image-5x": _rule_plan(0.1, 9), "qwen-image-10x": _rule_plan(0.1, 4),
     "z-image-3x": _rule_plan(0.5, 15), "z-image-5x": _rule_plan(0.1, 9), "z-image-10x": _rule_plan(0.1, 4),
-    "wan2.1-3x": _video_plan(16, low_budget=True), "wan2.1-5x": _video_plan(9),
-    "wan2.1-10x": _video_plan(4, UNGUIDED_VIDEO_HIGH_RESTART_SHIFT_SCALE),
-    "wan2.2-3x": _video_plan(12, low_budget=True), "wan2.2-5x": _video_plan(7),
-    "hunyuan-video15-3x": _video_plan(16, low_budget=True), "hunyuan-video15-5x": _video_plan(9),
+    "wan2.1-3x": _video_plan(16, 3), "wan2.1-5x": _video_plan(9, 5), "wan2.1-10x": _video_plan(4, 10),
+    "wan2.2-3x": _video_plan(12, 3), "wan2.2-5x": _video_plan(7, 5),
+    "hunyuan-video15-3x": _video_plan(16, 3), "hunyuan-video15-5x": _video_plan(9, 5),
     "flux-schnell-19x": _distilled_plan(4), "z-image-turbo-1.5x": _distilled_plan(8),
     "qwen-image-lightning-1.5x": _distilled_plan(8), "qwen-image-lightning-4step-1.5x": _distilled_plan(4),
     "flux2-klein-4b-distilled-1.5x": _distilled_plan(4), "flux2-klein-9b-distilled-1.5x": _distilled_plan(4),

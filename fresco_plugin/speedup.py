@@ -32,13 +32,14 @@ __all__ = ["SketchShape", "most_full_steps", "plan_for_speedup"]
 class SketchShape:
     """The low-resolution part of a plan: steps at half resolution and the share promoted after its second-to-last
     step (a round needs two steps of score history before it and one step after); ``None``: no round, every token
-    switches at the stage's end. ``shift``: the sketch's sigma shift (``None``: its resolution's own);
-    ``unguided_restart_spacing``: ``FrescoConfig``'s."""
+    switches at the stage's end. ``shift``: the sketch's sigma shift (``None``: its resolution's own); the restart
+    fields are ``FrescoConfig``'s."""
 
     steps: int
     promotion_ratio: float | None
     unguided_restart_shift_scale: float | None = None
     shift: float | None = None
+    restart_spacing: str = "shifted"
     unguided_restart_spacing: str | None = None
 
     def config(self, full_steps: int) -> FrescoConfig:
@@ -47,6 +48,7 @@ class SketchShape:
                                 stage_shifts=None if self.shift is None else (self.shift, None),
                                 restart_shift_scale=RESTART_SHIFT_SCALE,
                                 unguided_restart_shift_scale=self.unguided_restart_shift_scale,
+                                restart_spacing=self.restart_spacing,
                                 unguided_restart_spacing=self.unguided_restart_spacing)
         rounds = 1 if self.steps >= 3 else 0
         return FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(self.steps, full_steps), promotion_rounds=rounds,
@@ -60,8 +62,10 @@ RESTART_SHIFT_SCALE = 2.0
 # sketch shrinks until the target fits.
 BANDS = ((0.0, SketchShape(3, 0.5)), (4.0, SketchShape(3, 0.1)))
 FALLBACKS = (SketchShape(2, 0.1), SketchShape(1, 0.1))
-VIDEO_BANDS = ((0.0, SketchShape(3, None, UNGUIDED_VIDEO_RESTART_SHIFT_SCALE, VIDEO_LOW_SHIFT_SKETCH, "own")),
-               (VIDEO_LOW_BUDGET_BELOW, SketchShape(3, None, UNGUIDED_VIDEO_RESTART_SHIFT_SCALE)),
+VIDEO_BANDS = ((0.0, SketchShape(3, None, UNGUIDED_VIDEO_RESTART_SHIFT_SCALE, VIDEO_LOW_SHIFT_SKETCH,
+                                  unguided_restart_spacing="own")),
+               (VIDEO_LOW_BUDGET_BELOW, SketchShape(3, None, UNGUIDED_VIDEO_RESTART_SHIFT_SCALE,
+                                                    restart_spacing="own")),
                (UNGUIDED_VIDEO_HIGH_RESTART_FROM, SketchShape(3, None, UNGUIDED_VIDEO_HIGH_RESTART_SHIFT_SCALE)))
 VIDEO_FALLBACKS = (SketchShape(2, None, UNGUIDED_VIDEO_HIGH_RESTART_SHIFT_SCALE),
                    SketchShape(1, None, UNGUIDED_VIDEO_HIGH_RESTART_SHIFT_SCALE))
