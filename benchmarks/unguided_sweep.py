@@ -12,10 +12,9 @@ import argparse
 import json
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
-import torch
 
 from fresco_plugin.config import PRESETS, FrescoConfig
 from fresco_plugin.flops import count_plan_flops
@@ -57,8 +56,8 @@ ROUND_VARIANTS = {
     "dct expansion": dict(expansion="dct"),
 }
 SETS = {"plan": VARIANTS, "restart": RESTART_VARIANTS, "round": ROUND_VARIANTS}
-SET_NAMES = [*sorted(SETS), "presets", "shapes", "default", "tail", "rounds", "round-free", "expansion",
-             "sketch-shift", "low-restart", "trajectory", "unified"]
+SET_NAMES = [*sorted(SETS), "presets", "shapes", "default", "rounds", "round-free", "expansion", "sketch-shift",
+             "low-restart", "trajectory", "restart-spacing", "unified"]
 # each budget's promotion round promoting a tenth or nothing (the video sweep's lead), paired with the preset
 BUDGET_ROUNDS = {"ratio 0.1": dict(promotion_ratio=0.1), "no round": dict(promotion_rounds=0)}
 # the two changes that lowered unguided KID in every budget's sweep, each inside noise alone (no round: "rounds";
@@ -77,6 +76,9 @@ BUDGET_LOW_RESTART = {f"restart x{scale:g}{', bilinear' if expansion == 'bilinea
                       for scale in (1.0, 1.5) for expansion in ("hadamard", "bilinear")}
 # re-noise back along each token's own velocity (its predicted noise) instead of with the field's value
 BUDGET_TRAJECTORY = {"trajectory renoise": dict(strategy_options={"renoise": "trajectory"})}
+# the restart's raised first sigma, then the stage's own shift's spacing down to the stock last sigma (the video
+# presets' choice at 3x unguided and 5x; first measured on the model shipped before as an experiment-only "stock tail")
+BUDGET_RESTART_SPACING = {"own spacing": dict(restart_spacing="own")}
 # the unified field's fidelity lead over fresh noise at the switch (the near-lossless issue asks +5 dB at equal plans)
 # against the restart: a higher restart redraws more of the picture from the noise, whichever noise it is
 UNIFIED_RESTART_SCALES = (1.0, 1.5, 2.0)
@@ -90,7 +92,7 @@ def unified_variants(scales) -> dict[str, dict]:
 
 BUDGET_VARIANTS = {"rounds": BUDGET_ROUNDS, "round-free": BUDGET_ROUND_FREE, "expansion": BUDGET_EXPANSION,
                    "sketch-shift": BUDGET_SKETCH_SHIFT, "low-restart": BUDGET_LOW_RESTART,
-                   "trajectory": BUDGET_TRAJECTORY}
+                   "trajectory": BUDGET_TRAJECTORY, "restart-spacing": BUDGET_RESTART_SPACING}
 # sketch lengths re-measured once the full-resolution stage restarts higher (the presets' 3 was chosen by fidelity
 # before it): each with the most full-resolution steps that still reach the budget on FLUX.1-dev, as for_speedup plans
 SHAPE_BUDGETS = {"5x": 5.0, "10x": 10.0}
@@ -100,50 +102,6 @@ BUDGET_PRESETS = {"3x": "flux-dev-3x", "5x": "flux-dev-5x", "10x": "flux-dev-10x
 # at FLUX.1-dev's pipeline default (28 steps) and at the presets' 50
 DEFAULT_TARGETS = (3.0, 5.0)
 DEFAULT_CALL_STEPS = (28, 50)
-
-
-@dataclass(frozen=True)
-class StockTailConfig(FrescoConfig):
-    """A full-resolution stage that restarts at the preset's raised sigma but then follows the stock shift down to
-    the stock schedule's last sigma: the raised shift keeps every later sigma high too, so the stage's last step
-    jumps from a higher sigma to 0 than stock's does (0.387 against 0.24 at 3 + 8 steps)."""
-
-
-def _stock_tail(schedules: list, stock_shift: float, scale: float) -> list:
-    """Each stage after the first: keep its first sigma (the raised restart), then space the rest evenly on the
-    stock shift's curve down to the stock schedule's last sigma."""
-    from fresco_plugin.schedule import StageSchedule
-
-    def unshift(sigma: torch.Tensor, shift: float) -> torch.Tensor:
-        return sigma / (shift - (shift - 1) * sigma)
-
-    out = [schedules[0]]
-    for schedule in schedules[1:]:
-        sigmas, count = schedule.sigmas.double(), len(schedule.timesteps)
-        base = torch.linspace(float(unshift(sigmas[0], stock_shift)), float(unshift(sigmas[count - 1],
-                                                                                    stock_shift * scale)), count,
-                              dtype=torch.float64)
-        tail = torch.cat([stock_shift * base / (1 + (stock_shift - 1) * base), torch.zeros(1, dtype=torch.float64)])
-        tail = tail.to(schedule.sigmas)
-        out.append(StageSchedule(tail, tail[:-1] * schedule.timestep_scale, schedule.timestep_scale))
-    return out
-
-
-def _patch_stock_tail() -> None:
-    """Experiment only: schedules of a :class:`StockTailConfig` get :func:`_stock_tail` (not a FrescoConfig option)."""
-    from fresco_plugin.integrations._diffusers_runner import DiffusersFrescoRunner
-
-    original = DiffusersFrescoRunner.schedules
-
-    def schedules(self, stages, geometry, device, call):
-        out = original(self, stages, geometry, device, call)
-        if isinstance(self.config, StockTailConfig):
-            scale = stages[-1].shift_scale
-            assert all(stage.shift_scale == scale for stage in stages[1:])
-            out = _stock_tail(out, FULL_SHIFT, scale)
-        return out
-
-    DiffusersFrescoRunner.schedules = schedules
 
 
 def main() -> None:
@@ -158,8 +116,7 @@ def main() -> None:
                         "presets (each budget's preset with and without --restart-shift-scale, against its steps@), "
                         "shapes (sketch lengths at 5x and 10x with the presets' restart, against steps@), or default "
                         "(FrescoConfig(target_speedup=T) on calls of 28 and 50 steps, against the stock call and "
-                        "steps@ at equal FLOPs), or tail (each budget's preset with its full-resolution stage "
-                        "restarting as high but descending on the stock shift, against steps@), or rounds (each "
+                        "steps@ at equal FLOPs), or rounds (each "
                         "--budgets preset promoting a tenth and with no round, paired with the preset and steps@), or "
                         "round-free (each --budgets preset with no round, restarting at 3x its shift without "
                         "guidance, and both, paired with the preset and steps@), or expansion (each --budgets preset "
@@ -167,7 +124,9 @@ def main() -> None:
                         "--budgets preset with its sketch at shift 1 and 0.6, paired with the preset and steps@), or "
                         "low-restart (each --budgets preset restarting at x1 and x1.5, each with the Hadamard and "
                         "the bilinear expansion, paired with the preset and steps@), or trajectory (each --budgets "
-                        "preset re-noising along each token's velocity, paired with the preset and steps@), or unified "
+                        "preset re-noising along each token's velocity, paired with the preset and steps@), or "
+                        "restart-spacing (each --budgets preset with restart_spacing='own', paired with the preset "
+                        "and steps@), or unified "
                         "(each --budgets preset restarting at each --unified-scales, by default x1, x1.5 and x2, "
                         "with the unified field and with fresh noise at the switch: PSNR to the baseline, paired with "
                         "the preset and steps@)")
@@ -202,13 +161,6 @@ def main() -> None:
                     rounds = "one round" if sketch >= 3 else "no round"
                     methods.append(Method(f"{sketch}+{full} steps, {rounds}@{budget}", f"Fresco {budget} shapes",
                                           config=shape.config(full), budget=budget))
-    elif args.set == "tail":
-        _patch_stock_tail()
-        for budget, preset in BUDGET_PRESETS.items():
-            tail = StockTailConfig(**{k: getattr(PRESETS[preset], k) for k in PRESETS[preset].__dataclass_fields__})
-            methods += [Method(f"steps@{budget}", "fewer steps", budget=budget),
-                        Method(f"fresco@{budget}", "Fresco", config=PRESETS[preset], budget=budget),
-                        Method(f"fresco-stock-tail@{budget}", "Fresco, stock tail", config=tail, budget=budget)]
     elif args.set in BUDGET_VARIANTS or args.set == "unified":
         variants = unified_variants(args.unified_scales) if args.set == "unified" else BUDGET_VARIANTS[args.set]
         for budget in args.budgets:
