@@ -233,11 +233,10 @@ class StageSchedule:
     timestep_scale: float = 1000.0  # timestep = sigma * timestep_scale (the scheduler's num_train_timesteps)
 
 
-def restart_spaced(base: np.ndarray, *, start_shift: float, own_shift: float) -> np.ndarray:
-    """Base points that ``own_shift`` maps to a schedule starting where ``start_shift`` maps ``base`` and ending at
-    the same last point, evenly spaced between: a restart's level with the stage's own step spacing. Both shifts are
-    static (``shift_sigmas``' ``s*t / (1 + (s-1)*t)``; FLUX's ``mu`` is the static shift ``e^mu``)."""
-    start = float(shift_sigmas(base[:1], shift=start_shift)[0])
+def restart_spaced(base: np.ndarray, *, start: float, own_shift: float) -> np.ndarray:
+    """Base points that ``own_shift`` maps to a schedule starting at sigma ``start`` (a restart's level) and ending
+    where it maps ``base``'s last point, evenly spaced between: the stage's own step spacing from the restart down. The
+    shift is static (``shift_sigmas``' ``s*t / (1 + (s-1)*t)``; FLUX's ``mu`` is the static shift ``e^mu``)."""
     first = start / (own_shift - (own_shift - 1.0) * start)  # the inverse of the own shift
     return np.linspace(first, float(base[-1]), len(base)).astype(base.dtype)
 
@@ -259,7 +258,8 @@ def static_schedules(stages: Sequence[StagePlan], *, shift: float = 1.0,
         base = np.array(stage_base_sigmas(stage, total), dtype=np.float32)
         stage_shift = (stage.shift or shift) * stage.shift_scale
         if stage.own_spacing and stage.shift_scale != 1:
-            base = restart_spaced(base, start_shift=stage_shift, own_shift=stage.shift or shift)
+            start = float(shift_sigmas(base[:1], shift=stage_shift)[0])
+            base = restart_spaced(base, start=start, own_shift=stage.shift or shift)
             stage_shift = stage.shift or shift
         shifted = torch.from_numpy(np.asarray(shift_sigmas(base, shift=stage_shift), dtype=np.float32))
         sigmas = torch.cat([shifted, torch.zeros(1)])[: stage.num_steps + 1]

@@ -356,11 +356,15 @@ class DiffusersFrescoRunner:
                     exponential = scheduler.config.get("time_shift_type", "exponential") == "exponential"
                     shift = (math.exp(mu) if exponential else mu) if mu is not None else scheduler.config.shift
                 own, shift = shift, shift * stage.shift_scale
-                if stage.own_spacing:  # the scaled shift's start, then the own shift's spacing (this stage's slice;
-                    # a terminal shift stretches the result as it stretches any schedule)
+                if stage.own_spacing:  # the scaled shift's start, then the own shift's spacing (this stage's slice)
                     piece = np.array(piece, dtype=np.float32)
                     mine = slice(stage.first_step - first, stage_end - first)
-                    piece[mine] = restart_spaced(piece[mine], start_shift=shift, own_shift=own)
+                    start = float(shift_sigmas(piece[mine][:1], shift=shift)[0])
+                    if terminal:  # the stretch divides by the whole schedule's last point, which the own shift
+                        # leaves at stock's: start where the stretched scaled schedule starts
+                        scaled_last, own_last = (float(shift_sigmas(piece[-1:], shift=s)[0]) for s in (shift, own))
+                        start = 1.0 - (1.0 - start) * (1.0 - own_last) / (1.0 - scaled_last)
+                    piece[mine] = restart_spaced(piece[mine], start=start, own_shift=own)
                     shift = own
             if shift is not None:
                 shifted = np.asarray(shift_sigmas(np.asarray(piece, dtype=np.float32), shift=shift),

@@ -77,6 +77,24 @@ def test_the_terminal_shift_stretches_the_whole_schedule_once():
     assert scheduler.sigmas[7] == pytest.approx(0.02)
 
 
+def test_own_restart_spacing_under_the_terminal_shift_ends_at_stock_s_last_sigma():
+    """``restart_spacing="own"`` on a stretched schedule: the restarted stage starts where the stretched scaled
+    schedule starts (the stretch's scale follows the whole schedule's last point, which the own spacing moves back to
+    stock's) and ends at stock's terminal sigma."""
+    def sigmas(**kwargs):
+        pipe = tiny_qwen_image_pipeline()
+        pipe.set_progress_bar_config(disable=True)
+        apply_fresco(pipe, FrescoConfig(stage_scales=(0.5, 1.0), stage_steps=(4, 4), promotion_rounds=0, **kwargs))
+        pipe(prompt_embeds=torch.randn(1, 5, 32), true_cfg_scale=1.0, height=64, width=64, output_type="latent")
+        return np.array(last_fresco_run(pipe).sigmas_used)
+
+    stock, shifted = sigmas(restart_shift_scale=1.0), sigmas(restart_shift_scale=2.0)
+    own = sigmas(restart_shift_scale=2.0, restart_spacing="own")
+    assert np.array_equal(own[:4], shifted[:4]) and (np.diff(own[4:]) < 0).all()
+    assert own[4] == pytest.approx(shifted[4], abs=1e-5) and own[-1] == pytest.approx(stock[-1], abs=1e-6)
+    assert (own[5:] < shifted[5:] - 1e-3).any()  # the spacing, not only the start, changed
+
+
 def test_guidance_keeps_the_conditional_norm_per_token():
     cond, uncond = torch.randn(2, 5, 8), torch.randn(2, 5, 8)
     combined = qwen_guidance(cond, uncond, 4.0)
