@@ -166,8 +166,9 @@ class FrescoConfig:
     own shift (it starts as high, then reaches the low noise levels, where texture forms, as a stock run does). The 5x
     video presets use ``own``: on the shipped video model, guided, it cut flicker at every budget (at 5x from +0.77 over
     fewer steps at equal FLOPs, beyond noise, to +0.33, inside it) but cost frame realism at 3x and, in the point
-    estimate, at 10x; without guidance it was level at 5x. On the scenes model shipped before, the same schedule (then
-    a sweep's experiment) cost unguided realism at every budget (BENCHMARKS.md, "Restart spacing")."""
+    estimate, at 10x; without guidance it was level at 5x. On the scenes model it cost realism at every budget (the
+    retrained model: both regimes, each inside noise against the presets; the one before: unguided, KID +764 to
+    +4537), so the picture presets keep ``shifted`` (BENCHMARKS.md, "Restart spacing")."""
     unguided_restart_spacing: RestartSpacing | None = None
     """``restart_spacing`` for a call without guidance (as ``unguided_restart_shift_scale`` decides it); ``None``: the
     same as guided. The video presets below 4x use ``own``: on the shipped video model it closed most of the unguided
