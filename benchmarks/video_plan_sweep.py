@@ -27,10 +27,13 @@ RULE_FIVE = RULE["5x"]
 RESTARTS = (2.0, 3.0, 4.0)
 # variants paired with their budget's first plan
 PAIRED_SETS = ("no-round", "round-free", "unguided-restart", "3x-sketch", "3x-long-sketch", "trajectory",
-               "3x-fresh-noise", "3x-sketch-shift", "3x-restart", "restart-spacing")
+               "3x-fresh-noise", "3x-sketch-shift", "3x-restart", "restart-spacing", "10x-restart")
 SKETCH_SHIFTS = (2.0, 1.5, 1.0, 0.5, 0.25)  # below the shipped video model's static shift of 3
 LOW_SHIFT_RESTARTS = (2.0, 2.5, 4.0)  # around the unguided 3 the 3x preset kept when its sketch moved to shift 0.5
 UNGUIDED_RESTARTS = (4.0, 6.0)  # beyond the presets' 3, without guidance only
+# beyond the 10x preset's unguided 4: x6 flickered less than x4 and x3; as the restart nears pure noise the plan nears
+# four plain steps, which flicker less than its five-step peer
+UNGUIDED_10X_RESTARTS = (6.0, 8.0, 12.0)
 ROUNDS = {"ratio 0.5": dict(promotion_ratio=0.5), "ratio 0.1": dict(promotion_ratio=0.1),
           "no round": dict(promotion_rounds=0)}
 
@@ -67,6 +70,11 @@ def candidates(name: str) -> list[tuple[str, str, FrescoConfig]]:
         return out + [(budget, f"{budget} unguided restart x{scale:g}",
                        replace(plan, unguided_restart_shift_scale=scale))
                       for budget, plan in presets.items() for scale in UNGUIDED_RESTARTS]
+    if name == "10x-restart":  # run with --regime unguided
+        preset = PRESETS[BUDGETS["10x"]]
+        return [("10x", f"10x {BUDGETS['10x']}", preset),
+                *[("10x", f"10x unguided restart x{scale:g}", replace(preset, unguided_restart_shift_scale=scale))
+                  for scale in UNGUIDED_10X_RESTARTS]]
     if name == "restart-spacing":  # a restart's level kept, its steps spaced as the stage's own shift spaces them
         return [item for budget, preset in BUDGETS.items() for item in (
             (budget, f"{budget} {preset}", PRESETS[preset]),
@@ -110,7 +118,7 @@ def main() -> None:
     parser.add_argument("--set", default="5x",
                         choices=["5x", "restart", "tube", "round", "no-round", "round-free", "unguided-restart",
                                  "3x-sketch", "3x-long-sketch", "trajectory", "3x-fresh-noise",
-                                 "3x-sketch-shift", "3x-restart", "restart-spacing"],
+                                 "3x-sketch-shift", "3x-restart", "restart-spacing", "10x-restart"],
                         help="5x: the 5x preset's shape against the picture presets' rule, and each change alone; "
                              "restart: each budget's plan with its full-resolution stage restarting at 2, 3 and 4 "
                              "times its shift; tube: each budget's plan promoting token by token and by tube; "
@@ -129,7 +137,8 @@ def main() -> None:
                              "0.5) restarting at 2, 2.5 and 4 times its shift without guidance instead of 3, paired "
                              "with it (use --regime unguided); restart-spacing: each video preset with its restart's "
                              "steps spaced by the stage's own shift from the level the restart starts at, paired "
-                             "with the preset")
+                             "with the preset; 10x-restart: the 10x preset restarting at 6, 8 and 12 times its "
+                             "shift without guidance instead of 4, paired with it (use --regime unguided)")
     parser.add_argument("--prompts", type=int, default=24)
     parser.add_argument("--held-out", type=int, default=8)
     parser.add_argument("--seed", type=int, default=7, help="prompt-set seed (the bench uses 2026)")
