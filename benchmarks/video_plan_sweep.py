@@ -31,8 +31,8 @@ PAIRED_SETS = ("no-round", "round-free", "unguided-restart", "3x-sketch", "3x-lo
 SKETCH_SHIFTS = (2.0, 1.5, 1.0, 0.5, 0.25)  # below the shipped video model's static shift of 3
 LOW_SHIFT_RESTARTS = (2.0, 2.5, 4.0)  # around the unguided 3 the 3x preset kept when its sketch moved to shift 0.5
 UNGUIDED_RESTARTS = (4.0, 6.0)  # beyond the presets' 3, without guidance only
-# beyond the 10x preset's unguided 4: x6 flickered less than x4 and x3; as the restart nears pure noise the plan nears
-# four plain steps, which flicker less than its five-step peer
+# beyond the 10x preset's unguided restart before this set (4): x6 flickered less than x4 and x3; as the restart nears
+# pure noise the plan nears four plain steps, which flicker less than its five-step peer
 UNGUIDED_10X_RESTARTS = (6.0, 8.0, 12.0)
 ROUNDS = {"ratio 0.5": dict(promotion_ratio=0.5), "ratio 0.1": dict(promotion_ratio=0.1),
           "no round": dict(promotion_rounds=0)}
@@ -70,8 +70,8 @@ def candidates(name: str) -> list[tuple[str, str, FrescoConfig]]:
         return out + [(budget, f"{budget} unguided restart x{scale:g}",
                        replace(plan, unguided_restart_shift_scale=scale))
                       for budget, plan in presets.items() for scale in UNGUIDED_RESTARTS]
-    if name == "10x-restart":  # run with --regime unguided
-        preset = PRESETS[BUDGETS["10x"]]
+    if name == "10x-restart":  # run with --regime unguided; paired with the preset as it was before this set
+        preset = replace(PRESETS[BUDGETS["10x"]], unguided_restart_shift_scale=4.0)
         return [("10x", f"10x {BUDGETS['10x']}", preset),
                 *[("10x", f"10x unguided restart x{scale:g}", replace(preset, unguided_restart_shift_scale=scale))
                   for scale in UNGUIDED_10X_RESTARTS]]

@@ -1,14 +1,15 @@
 """Plans for any FLOPs target: ``FrescoConfig.for_speedup`` and ``fresco plan``.
 
-A plan here has the shape the preset sweep measured best on the shipped scenes model (``benchmarks/preset_sweep.py``,
-BENCHMARKS.md): a short half-resolution sketch with one promotion round, then the rest of the budget at full
-resolution, restarting at twice that stage's own shift. Video models skip the round: on the shipped video model it
-cost unguided realism and added guided flicker at every budget (``benchmarks/video_plan_sweep.py --set no-round``);
-without guidance their full-resolution stage restarts at three times its shift (``--set round-free``), four times
-from 7.5x up (``--set unguided-restart``); below 4x their sketch runs at shift 0.5 (``--set 3x-sketch-shift``).
-For a target, the sketch is fixed by the budget's band and the full-resolution stage gets the most steps that still
-reach the target on the named architecture and size, counted exactly as ``fresco flops`` counts (so the presets are
-points of this function, a test).
+A plan here has the shape the preset sweep measured best on the shipped scenes model
+(``benchmarks/preset_sweep.py``, BENCHMARKS.md): a short half-resolution sketch with one promotion round, then the
+rest of the budget at full resolution, restarting at twice that stage's own shift. Video models skip the round: on
+the shipped video model it cost unguided realism and added guided flicker at every budget
+(``benchmarks/video_plan_sweep.py --set no-round``); without guidance their full-resolution stage restarts at three
+times its shift (``--set round-free``), eight times from 7.5x up (``--set unguided-restart`` and ``--set
+10x-restart``); below 4x their sketch runs at shift 0.5 (``--set 3x-sketch-shift``). For a target, the sketch is
+fixed by the budget's band and the full-resolution stage gets the most steps that still reach the target on the
+named architecture and size, counted exactly as ``fresco flops`` counts (so the presets are points of this function,
+a test).
 """
 
 from __future__ import annotations
