@@ -341,8 +341,8 @@ def _rule_plan(sketch_ratio: float, full_steps: int) -> FrescoConfig:
 # video plans restart higher without guidance (FrescoConfig.unguided_restart_shift_scale): 3 times their shift, 8 from
 # UNGUIDED_VIDEO_HIGH_RESTART_FROM x up (the shipped video model's unguided sweeps: at 3x, 4 cost realism against 3; at
 # 5x the two were level; at 10x 4 had clearly better realism than 3 but flickered more than five plain steps, and 8
-# is the lowest that brings flicker level with them, for realism still level with theirs; 7.5 splits the measured
-# budgets)
+# is the lowest that brought flicker level with them on the sweep's prompts (at the edge of noise on the bench's),
+# realism still level with theirs; 7.5 splits the measured budgets)
 UNGUIDED_VIDEO_RESTART_SHIFT_SCALE = 3.0
 UNGUIDED_VIDEO_HIGH_RESTART_SHIFT_SCALE = 8.0
 UNGUIDED_VIDEO_HIGH_RESTART_FROM = 7.5
