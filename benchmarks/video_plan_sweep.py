@@ -27,13 +27,18 @@ RULE_FIVE = RULE["5x"]
 RESTARTS = (2.0, 3.0, 4.0)
 # variants paired with their budget's first plan
 PAIRED_SETS = ("no-round", "round-free", "unguided-restart", "3x-sketch", "3x-long-sketch", "trajectory",
-               "3x-fresh-noise", "3x-sketch-shift", "3x-restart", "restart-spacing", "10x-restart")
+               "3x-fresh-noise", "3x-sketch-shift", "3x-restart", "restart-spacing", "10x-restart",
+               "10x-sketch-shift")
 SKETCH_SHIFTS = (2.0, 1.5, 1.0, 0.5, 0.25)  # below the shipped video model's static shift of 3
 LOW_SHIFT_RESTARTS = (2.0, 2.5, 4.0)  # around the unguided 3 the 3x preset kept when its sketch moved to shift 0.5
 UNGUIDED_RESTARTS = (4.0, 6.0)  # beyond the presets' 3, without guidance only
 # beyond the 10x preset's unguided restart before this set (4): x6 flickered less than x4 and x3; as the restart nears
 # pure noise the plan nears four plain steps, which flicker less than its five-step peer
 UNGUIDED_10X_RESTARTS = (6.0, 8.0, 12.0)
+# a 10x sketch that ends cleaner (the model's shift 3 lands its 3 steps at sigma 0.8; 1 at 0.57, 0.5 at 0.4), each
+# with a lower restart than the preset's 8, which mostly drowns the sketch (sigma 0.97)
+SKETCH_SHIFTS_10X = (1.0, 0.5)
+SKETCH_SHIFT_10X_RESTARTS = (3.0, 4.0, 8.0)
 ROUNDS = {"ratio 0.5": dict(promotion_ratio=0.5), "ratio 0.1": dict(promotion_ratio=0.1),
           "no round": dict(promotion_rounds=0)}
 
@@ -75,6 +80,13 @@ def candidates(name: str) -> list[tuple[str, str, FrescoConfig]]:
         return [("10x", f"10x {BUDGETS['10x']}", preset),
                 *[("10x", f"10x unguided restart x{scale:g}", replace(preset, unguided_restart_shift_scale=scale))
                   for scale in UNGUIDED_10X_RESTARTS]]
+    if name == "10x-sketch-shift":  # run with --regime unguided; paired with the preset
+        preset = PRESETS[BUDGETS["10x"]]
+        full_shift = json.loads((CLIPS_DIR / "scheduler" / "scheduler_config.json").read_text())["shift"]
+        return [("10x", f"10x {BUDGETS['10x']}", preset),
+                *[("10x", f"10x sketch shift {shift:g}, unguided restart x{scale:g}",
+                   replace(preset, stage_shifts=(shift, full_shift), unguided_restart_shift_scale=scale))
+                  for shift in SKETCH_SHIFTS_10X for scale in SKETCH_SHIFT_10X_RESTARTS]]
     if name == "restart-spacing":  # a restart's level kept, its steps spaced as the stage's own shift spaces them
         return [item for budget, preset in BUDGETS.items() for item in (
             (budget, f"{budget} {preset}", PRESETS[preset]),
@@ -118,7 +130,8 @@ def main() -> None:
     parser.add_argument("--set", default="5x",
                         choices=["5x", "restart", "tube", "round", "no-round", "round-free", "unguided-restart",
                                  "3x-sketch", "3x-long-sketch", "trajectory", "3x-fresh-noise",
-                                 "3x-sketch-shift", "3x-restart", "restart-spacing", "10x-restart"],
+                                 "3x-sketch-shift", "3x-restart", "restart-spacing", "10x-restart",
+                                 "10x-sketch-shift"],
                         help="5x: the 5x preset's shape against the picture presets' rule, and each change alone; "
                              "restart: each budget's plan with its full-resolution stage restarting at 2, 3 and 4 "
                              "times its shift; tube: each budget's plan promoting token by token and by tube; "
@@ -138,7 +151,10 @@ def main() -> None:
                              "with it (use --regime unguided); restart-spacing: each video preset with its restart's "
                              "steps spaced by the stage's own shift from the level the restart starts at, paired "
                              "with the preset; 10x-restart: the 10x preset restarting at 6, 8 and 12 times its "
-                             "shift without guidance instead of 4, paired with it (use --regime unguided)")
+                             "shift without guidance instead of 4, paired with it (use --regime unguided); "
+                             "10x-sketch-shift: the 10x preset with its sketch at shift 1 and 0.5 instead of the "
+                             "model's 3, each restarting at 3, 4 and 8 times its shift without guidance, paired with "
+                             "the preset (use --regime unguided)")
     parser.add_argument("--prompts", type=int, default=24)
     parser.add_argument("--held-out", type=int, default=8)
     parser.add_argument("--seed", type=int, default=7, help="prompt-set seed (the bench uses 2026)")

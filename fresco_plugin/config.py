@@ -347,11 +347,11 @@ UNGUIDED_VIDEO_RESTART_SHIFT_SCALE = 3.0
 UNGUIDED_VIDEO_HIGH_RESTART_SHIFT_SCALE = 8.0
 UNGUIDED_VIDEO_HIGH_RESTART_FROM = 7.5
 # below VIDEO_LOW_BUDGET_BELOW x a video sketch runs at shift 0.5 whatever the model's own (the shipped video model's
-# 3x sweep, shifts 2 to 0.25: the lowest unguided KID at 1 and 0.5, the least guided flicker at 0.5; 5x and 10x were
-# already level with fewer steps and were not swept). Restart spacing (the restart-spacing sweep, "own" against the
-# presets): below 4x "own" without guidance only (unguided KID better, guided KID worse); from 4x to
-# UNGUIDED_VIDEO_HIGH_RESTART_FROM in both regimes (guided flicker better, everything else level); at 10x none
-# (unguided KID worse, guided KID worse in the point estimate)
+# 3x sweep, shifts 2 to 0.25: the lowest unguided KID at 1 and 0.5, the least guided flicker at 0.5; 5x was not swept;
+# at 10x, unguided, shifts 1 and 0.5 left realism and flicker where the restart level put them). Restart spacing (the
+# restart-spacing sweep, "own" against the presets): below 4x "own" without guidance only (unguided KID better, guided
+# KID worse); from 4x to UNGUIDED_VIDEO_HIGH_RESTART_FROM in both regimes (guided flicker better, everything else
+# level); at 10x none (unguided KID worse, guided KID worse in the point estimate)
 VIDEO_LOW_SHIFT_SKETCH = 0.5
 VIDEO_LOW_BUDGET_BELOW = 4.0
 
