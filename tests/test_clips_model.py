@@ -25,10 +25,12 @@ from fresco_plugin.tools.shipped_model import (
 from fresco_plugin.tools.video_bench import (
     BUDGETS,
     VideoMethod,
+    flicker,
     full_resolution_step,
     moving_boundaries,
     region_flicker,
     run_video_benchmark,
+    texture,
     video_methods,
 )
 from fresco_plugin.tools.video_scenes import check_clip, render_clip
@@ -111,6 +113,17 @@ def test_flicker_where_promotion_boundaries_move_reads_the_places_and_frames_the
     assert np.isnan(region_flicker(frames, np.zeros_like(region)))
 
 
+def test_texture_reads_a_clip_against_its_own_true_clip_where_flicker_cannot():
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(size=(9, 16, 16, 3))
+    still_flat = np.full_like(truth, truth.mean())  # no flicker at all, and none of the true texture
+    noisy = np.clip(truth + rng.normal(0.0, 0.2, truth.shape), 0.0, 1.0)
+    assert flicker(still_flat) == 0.0
+    # the true clip against itself keeps only the patch sampling's floor (its places differ between the two sides)
+    assert texture(truth, truth, seed=3) < texture(noisy, truth, seed=3) < texture(still_flat, truth, seed=3) / 4
+    assert texture(noisy, truth, seed=3) == texture(noisy, truth, seed=3)  # one prompt's places: paired differences
+
+
 def test_quick_video_bench_runs_every_method_and_repeats_the_baseline_exactly(tmp_path, capsys):
     assert main(["bench", "--video", "--quick", "--regime", "guided", "--resamples", "50", "--out",
                  str(tmp_path)]) == 0
@@ -125,8 +138,11 @@ def test_quick_video_bench_runs_every_method_and_repeats_the_baseline_exactly(tm
         fresco, peer = by_name[f"fresco@{budget}"], by_name[f"steps@{budget}"]
         assert fresco["versus_fewer_steps"]["method"] == f"steps@{budget}"
         assert abs(peer["flops_ratio"] / fresco["flops_ratio"] - 1) < 0.25  # FLOPs peers: within a stock step
-        low, high = fresco["flicker"]["ci"]
-        assert low <= fresco["flicker"]["value"] <= high
+        for figure in ("flicker", "texture"):
+            low, high = fresco[figure]["ci"]
+            assert low <= fresco[figure]["value"] <= high
+        assert fresco["versus_fewer_steps"]["texture"]["value"] == pytest.approx(fresco["texture"]["value"]
+                                                                                 - peer["texture"]["value"])
         # the video presets have no promotion round: every token switches at the sketch's end, no boundary moves
         assert fresco["boundary_flicker"] == {"clips": 0, "share": 0.0} and peer["boundary_flicker"] is None
     strip = Image.open(tmp_path / "bench_video_frames.png")

@@ -11,7 +11,8 @@ Per method and regime, with 95% bootstrap intervals over prompts:
   its shape, motion the stated way) and motion alone, on training and held-out prompts;
 - **realism per frame**: KID (x 1e3) between the method's frames and the true clips' frames (first, middle and last
   of each clip), on the shipped scene encoder's features (frames upsampled 2x to the 128 pixels it was trained at),
-  and the sliced Wasserstein distance of 7x7 pixel patches over every frame;
+  and the sliced Wasserstein distance of 7x7 pixel patches over every frame (pooled over the clips, and per clip
+  against its own true clip: *texture*, with intervals and paired differences; lower is nearer the true texture);
 - **temporal stability**: *motion error*, how far a clip's mean frame-to-frame change is from its true clip's (too
   still or too busy both count), and *flicker*, the mean absolute second difference in time (a pixel that brightens
   and dims again; a true clip's only comes from the moving object's edges), each over the true clip's own figure;
@@ -52,7 +53,7 @@ from .shipped_model import (
 from .video_scenes import check_clip, clip_for_prompt, render_clip
 
 __all__ = ["BUDGETS", "REGIMES", "VideoMethod", "flicker", "full_resolution_step", "motion", "moving_boundaries",
-           "region_flicker", "run_video_benchmark", "video_methods"]
+           "region_flicker", "run_video_benchmark", "texture", "video_methods"]
 
 BASELINE_STEPS = 50
 BUDGETS = {"3x": "wan2.1-3x", "5x": "hunyuan-video-5x", "10x": "wan2.1-10x"}
@@ -60,6 +61,7 @@ REGIMES = {"unguided": 1.0, "guided": CLIP_GUIDANCE_SCALE}  # WanPipeline's guid
 REPEAT = "baseline (timed again)"
 RESAMPLES = 1000
 KID_FRAMES = (0, CLIP_FRAMES // 2, CLIP_FRAMES - 1)  # KID's frames of each clip (all nine would cost 9x as much)
+TEXTURE_PATCHES, TEXTURE_PROJECTIONS = 2048, 64  # per clip: of its 9 frames' ~30k 7x7 patches
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,12 @@ def motion(frames: np.ndarray) -> float:
 def flicker(frames: np.ndarray) -> float:
     """Mean absolute second difference in time: zero for still or steadily changing pixels."""
     return float(np.abs(np.diff(frames.astype(np.float64), n=2, axis=0)).mean())
+
+
+def texture(frames: np.ndarray, truth: np.ndarray, seed: int) -> float:
+    """Patch SWD (x 1e3) between a clip's frames and its true clip's. ``seed`` fixes the patches' places and the
+    projections, so every method's clip of one prompt is read at the same places (paired differences)."""
+    return patch_swd(list(frames), list(truth), count=TEXTURE_PATCHES, projections=TEXTURE_PROJECTIONS, seed=seed)
 
 
 def full_resolution_step(resolution_maps: Any) -> np.ndarray:
@@ -188,7 +196,7 @@ def equal_flops_steps(runner: _Runner, prompt: ClipPrompt, methods: list[VideoMe
 
 @dataclass
 class _Scored:
-    facts: dict[str, np.ndarray]  # per prompt: whole, motion (0/1), motion_error, flicker
+    facts: dict[str, np.ndarray]  # per prompt: whole, motion (0/1), motion_error, flicker, texture
     features: np.ndarray  # per frame
     kid_resampled: np.ndarray
 
@@ -206,6 +214,7 @@ def _score(clips: list[np.ndarray], prompts: list[ClipPrompt], truth: list[np.nd
         motion=np.array([c.motion_ok for c in checks], dtype=float),
         motion_error=np.array([abs(motion(c) - motion(t)) for c, t in zip(clips, truth)]),
         flicker=np.array([flicker(c) - flicker(t) for c, t in zip(clips, truth)]),
+        texture=np.array([texture(c, t, seed) for seed, (c, t) in enumerate(zip(clips, truth))]),
     )
     features = _frame_features(encoder, clips)
     return _Scored(facts, features, kid_bootstrap(features, truth_features, frame_index))
@@ -279,7 +288,8 @@ def run_video_benchmark(prompts: list[ClipPrompt], *, regimes: tuple[str, ...] =
                         patch_swd=patch_swd(frames_of(redrawn), frames_of(truth)),
                         motion_error=_interval(floor.facts["motion_error"].mean(),
                                                floor.facts["motion_error"][index].mean(1)),
-                        flicker=_interval(floor.facts["flicker"].mean(), floor.facts["flicker"][index].mean(1))),
+                        flicker=_interval(floor.facts["flicker"].mean(), floor.facts["flicker"][index].mean(1)),
+                        texture=_interval(floor.facts["texture"].mean(), floor.facts["texture"][index].mean(1))),
         regimes=report_regimes, torch=torch.__version__, threads=torch.get_num_threads(), commit=_commit(),
         _clips={regime: {name: r["clips"] for name, r in runs[regime].items()} for regime in regimes},
     )
@@ -288,7 +298,7 @@ def run_video_benchmark(prompts: list[ClipPrompt], *, regimes: tuple[str, ...] =
 def _paired(a: _Scored, b: _Scored, truth_features: np.ndarray, index: np.ndarray) -> dict[str, Any]:
     """a minus b, with paired bootstrap intervals."""
     out = {}
-    for name in ("whole", "motion_error", "flicker"):
+    for name in ("whole", "motion_error", "flicker", "texture"):
         difference = a.facts[name] - b.facts[name]
         out["adherence" if name == "whole" else name] = _interval(difference.mean(), difference[index].mean(1))
     out["kid"] = _interval(kid(a.features, truth_features) - kid(b.features, truth_features),
@@ -341,28 +351,29 @@ def _boundary_flicker(run: dict[str, list], base: dict[str, list], index: np.nda
 def table(report: dict[str, Any], regime: str) -> str:
     lines = [f"{regime} (guidance_scale {report['regimes'][regime]['guidance_scale']:g}); [95% bootstrap interval]",
              "| method | steps | FLOPs ratio | wall ratio | adherence | held-out | motion | KID x1e3 (frames) | "
-             "motion error x1e3 | flicker x1e3 | adherence - fewer steps | KID - fewer steps | "
-             "flicker - fewer steps x1e3 | flicker where promotion boundaries move - baseline x1e3 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "texture | motion error x1e3 | flicker x1e3 | adherence - fewer steps | KID - fewer steps | "
+             "texture - fewer steps | flicker - fewer steps x1e3 | "
+             "flicker where promotion boundaries move - baseline x1e3 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     thousand = lambda e: dict(value=e["value"] * 1e3, ci=[v * 1e3 for v in e["ci"]])  # noqa: E731
     for r in report["regimes"][regime]["methods"]:
         held = _figure(r["whole_held_out"], 2) if "whole_held_out" in r else "-"
         versus = r["versus_fewer_steps"]
-        paired = ["-", "-", "-"] if versus is None else [f"{_figure(versus['adherence'], 2)} vs {versus['method']}",
-                                                         _figure(versus["kid"], 2),
-                                                         _figure(thousand(versus["flicker"]), 2)]
+        paired = ["-"] * 4 if versus is None else [f"{_figure(versus['adherence'], 2)} vs {versus['method']}",
+                                                   _figure(versus["kid"], 2), _figure(versus["texture"], 2),
+                                                   _figure(thousand(versus["flicker"]), 2)]
         boundary = r["boundary_flicker"]
         moving = "-" if boundary is None else "no moving boundary" if "versus_baseline" not in boundary else (
             f"{_figure(thousand(boundary['versus_baseline']), 2)} ({boundary['share']:.0%} of entries)")
         steps = r["steps"] if r["steps"] is not None else "+".join(str(n) for n in r["config"]["stage_steps"])
         lines.append(f"| {r['method']} | {steps} | {r['flops_ratio']:.2f} | {r['wall_ratio']:.2f} | "
                      f"{_figure(r['whole'], 2)} | {held} | {_figure(r['motion'], 2)} | {_figure(r['kid'], 2)} | "
-                     f"{_figure(thousand(r['motion_error']), 2)} | {_figure(thousand(r['flicker']), 2)} | "
-                     + " | ".join(paired) + f" | {moving} |")
+                     f"{_figure(r['texture'], 2)} | {_figure(thousand(r['motion_error']), 2)} | "
+                     f"{_figure(thousand(r['flicker']), 2)} | " + " | ".join(paired) + f" | {moving} |")
     t = report["true_clips"]
     lines.append(f"| true clips (other draws of the same prompts) | - | - | - | {_figure(t['adherence'], 2)} | - | - | "
-                 f"{_figure(t['kid'], 2)} | {_figure(thousand(t['motion_error']), 2)} | "
-                 f"{_figure(thousand(t['flicker']), 2)} | - | - | - | - |")
+                 f"{_figure(t['kid'], 2)} | {_figure(t['texture'], 2)} | {_figure(thousand(t['motion_error']), 2)} | "
+                 f"{_figure(thousand(t['flicker']), 2)} | - | - | - | - | - |")
     return "\n".join(lines)
 
 
@@ -371,7 +382,7 @@ def sanity_problems(report: dict[str, Any]) -> list[str]:
     for regime, block in report["regimes"].items():
         for row in block["methods"]:
             figures = [row["flops_ratio"], row["wall_ratio"], row["kid"]["value"], row["whole"]["value"],
-                       row["flicker"]["value"], row["patch_swd"]]
+                       row["flicker"]["value"], row["patch_swd"], row["texture"]["value"]]
             if not all(np.isfinite(figures)):
                 problems.append(f"{regime} / {row['method']}: a non-finite figure")
         if not next(r for r in block["methods"] if r["method"] == REPEAT)["identical_to_baseline"]:
