@@ -25,12 +25,12 @@ from fresco_plugin.tools.shipped_model import (
 from fresco_plugin.tools.video_bench import (
     BUDGETS,
     VideoMethod,
-    flicker,
     full_resolution_step,
     moving_boundaries,
+    patch_projections,
+    patch_swd_resamples,
     region_flicker,
     run_video_benchmark,
-    texture,
     video_methods,
 )
 from fresco_plugin.tools.video_scenes import check_clip, render_clip
@@ -113,15 +113,19 @@ def test_flicker_where_promotion_boundaries_move_reads_the_places_and_frames_the
     assert np.isnan(region_flicker(frames, np.zeros_like(region)))
 
 
-def test_texture_reads_a_clip_against_its_own_true_clip_where_flicker_cannot():
+def test_patch_swd_reads_every_method_at_the_same_places_with_centred_prompt_resamples():
     rng = np.random.default_rng(0)
-    truth = rng.uniform(size=(9, 16, 16, 3))
-    still_flat = np.full_like(truth, truth.mean())  # no flicker at all, and none of the true texture
-    noisy = np.clip(truth + rng.normal(0.0, 0.2, truth.shape), 0.0, 1.0)
-    assert flicker(still_flat) == 0.0
-    # the true clip against itself keeps only the patch sampling's floor (its places differ between the two sides)
-    assert texture(truth, truth, seed=3) < texture(noisy, truth, seed=3) < texture(still_flat, truth, seed=3) / 4
-    assert texture(noisy, truth, seed=3) == texture(noisy, truth, seed=3)  # one prompt's places: paired differences
+    truth = [rng.uniform(size=(9, 16, 16, 3)) for _ in range(8)]
+    flat = [np.full_like(t, t.mean()) for t in truth]  # still and flat: no flicker, none of the true texture
+    other = [rng.uniform(size=t.shape) for t in truth]  # other draws of the same texture
+    index = rng.integers(len(truth), size=(200, len(truth)))
+    scored = patch_swd_resamples([patch_projections(clips) for clips in (truth, flat, other)],
+                                 patch_projections(truth), index)
+    (same, same_resampled), (blank, _), (drawn, _) = scored
+    assert same == 0.0 and (same_resampled == 0.0).all()  # the same places of the same clips
+    assert 0.0 < drawn < blank / 10
+    for figure, resampled in scored:  # resampling repeats clips; the resamples are centred on the figure
+        assert resampled.mean() == pytest.approx(figure, abs=1e-6)
 
 
 def test_quick_video_bench_runs_every_method_and_repeats_the_baseline_exactly(tmp_path, capsys):
@@ -138,11 +142,11 @@ def test_quick_video_bench_runs_every_method_and_repeats_the_baseline_exactly(tm
         fresco, peer = by_name[f"fresco@{budget}"], by_name[f"steps@{budget}"]
         assert fresco["versus_fewer_steps"]["method"] == f"steps@{budget}"
         assert abs(peer["flops_ratio"] / fresco["flops_ratio"] - 1) < 0.25  # FLOPs peers: within a stock step
-        for figure in ("flicker", "texture"):
+        for figure in ("flicker", "patch_swd"):
             low, high = fresco[figure]["ci"]
             assert low <= fresco[figure]["value"] <= high
-        assert fresco["versus_fewer_steps"]["texture"]["value"] == pytest.approx(fresco["texture"]["value"]
-                                                                                 - peer["texture"]["value"])
+        assert fresco["versus_fewer_steps"]["patch_swd"]["value"] == pytest.approx(
+            fresco["patch_swd"]["value"] - peer["patch_swd"]["value"])
         # the video presets have no promotion round: every token switches at the sketch's end, no boundary moves
         assert fresco["boundary_flicker"] == {"clips": 0, "share": 0.0} and peer["boundary_flicker"] is None
     strip = Image.open(tmp_path / "bench_video_frames.png")
