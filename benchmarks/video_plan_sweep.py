@@ -198,6 +198,7 @@ def print_rows(report: dict) -> None:
             other = row.get("versus_other")
             print(f"{regime:9s} {row['method']:48s} FLOPs {row['flops_ratio']:5.2f} (peer {steps[row['budget']]:2d} "
                   f"steps)  KID - peer {figure(versus['kid'])}  adherence - peer {figure(versus['adherence'])}  "
+                  f"patch SWD - peer {figure(versus['patch_swd'])}  "
                   f"flicker - peer x1e3 {figure(versus['flicker'], 1e3)}  {moving}" + (
                       "" if other is None else f"  against {other['method']}: KID {figure(other['kid'])}  adherence "
                                                f"{figure(other['adherence'])}  flicker x1e3 "
