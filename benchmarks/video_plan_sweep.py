@@ -120,9 +120,25 @@ def candidates(name: str) -> list[tuple[str, str, FrescoConfig]]:
         trajectory = {"renoise": "trajectory"}
         return out + [(budget, f"{budget} trajectory renoise", replace(plan, strategy_options=trajectory))
                       for budget, plan in presets.items()]
+    if name == "frame-shared-detail":  # its methods are frame_shared_detail_methods()
+        return []
     # tube: promotions decided per place for all frames at once, against token by token
     return [(budget, f"{budget} by {unit}", replace(plan, promotion_unit=unit))
             for budget, plan in plans.items() for unit in ("token", "tube")]
+
+
+def frame_shared_detail_methods() -> list[VideoMethod]:
+    """The 50-step baseline, 5 plain steps and the 10x preset from the stock noise, and each again from that noise
+    with its fine detail shared across latent frames (a still background's prior), paired with its stock-noise self;
+    Fresco's is also paired with the plain steps from the shared noise, its FLOPs peer on equal noise."""
+    shared = "frame-shared detail"
+    plan = PRESETS[BUDGETS["10x"]]
+    return [VideoMethod("baseline", steps=BASELINE_STEPS), VideoMethod("steps@10x", budget="10x"),
+            VideoMethod(f"10x {BUDGETS['10x']}", config=plan, budget="10x"),
+            VideoMethod("baseline, shared detail", steps=BASELINE_STEPS, against="baseline", initial_noise=shared),
+            VideoMethod("steps@10x, shared detail", budget="10x", against="steps@10x", initial_noise=shared),
+            VideoMethod(f"10x {BUDGETS['10x']}, shared detail", config=plan, budget="10x",
+                        against="steps@10x, shared detail", initial_noise=shared)]
 
 
 def main() -> None:
@@ -131,7 +147,7 @@ def main() -> None:
                         choices=["5x", "restart", "tube", "round", "no-round", "round-free", "unguided-restart",
                                  "3x-sketch", "3x-long-sketch", "trajectory", "3x-fresh-noise",
                                  "3x-sketch-shift", "3x-restart", "restart-spacing", "10x-restart",
-                                 "10x-sketch-shift"],
+                                 "10x-sketch-shift", "frame-shared-detail"],
                         help="5x: the 5x preset's shape against the picture presets' rule, and each change alone; "
                              "restart: each budget's plan with its full-resolution stage restarting at 2, 3 and 4 "
                              "times its shift; tube: each budget's plan promoting token by token and by tube; "
@@ -154,14 +170,17 @@ def main() -> None:
                              "shift without guidance instead of 4, paired with it (use --regime unguided); "
                              "10x-sketch-shift: the 10x preset with its sketch at shift 1 and 0.5 instead of the "
                              "model's 3, each restarting at 3, 4 and 8 times its shift without guidance, paired with "
-                             "the preset (use --regime unguided)")
+                             "the preset (use --regime unguided); frame-shared-detail: the baseline, 5 plain steps "
+                             "and the 10x preset from the stock noise and from that noise with its 2x2 detail "
+                             "shared across latent frames, each paired with its stock-noise self")
     parser.add_argument("--prompts", type=int, default=24)
     parser.add_argument("--held-out", type=int, default=8)
     parser.add_argument("--seed", type=int, default=7, help="prompt-set seed (the bench uses 2026)")
     parser.add_argument("--regime", default="both", choices=["unguided", "guided", "both"])
     parser.add_argument("--out", default="video_plan_sweep.json")
     args = parser.parse_args()
-    methods = [VideoMethod("baseline", steps=BASELINE_STEPS)]
+    methods = frame_shared_detail_methods() if args.set == "frame-shared-detail" else [
+        VideoMethod("baseline", steps=BASELINE_STEPS)]
     first_of = {}
     for budget, label, config in candidates(args.set):
         if budget not in first_of:
@@ -191,6 +210,10 @@ def print_rows(report: dict) -> None:
         for row in block["methods"]:
             versus, boundary = row["versus_fewer_steps"], row["boundary_flicker"]
             if versus is None:
+                if row.get("versus_other"):  # a stock method paired with another (frame-shared-detail)
+                    other = row["versus_other"]
+                    print(f"{regime:9s} {row['method']:48s} against {other['method']}: KID {figure(other['kid'])}  "
+                          f"patch SWD {figure(other['patch_swd'])}  flicker x1e3 {figure(other['flicker'], 1e3)}")
                 continue
             moving = ("no moving boundary" if "versus_baseline" not in boundary else
                       f"boundary flicker - baseline x1e3 {figure(boundary['versus_baseline'], 1e3)} "

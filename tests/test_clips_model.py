@@ -25,12 +25,14 @@ from fresco_plugin.tools.shipped_model import (
 from fresco_plugin.tools.video_bench import (
     BUDGETS,
     VideoMethod,
+    _Runner,
     full_resolution_step,
     moving_boundaries,
     patch_projections,
     patch_swd_resamples,
     region_flicker,
     run_video_benchmark,
+    share_frame_detail,
     video_methods,
 )
 from fresco_plugin.tools.video_scenes import check_clip, render_clip
@@ -185,3 +187,25 @@ def test_two_processes_under_context_parallelism_give_the_single_process_clip(tm
     parallel, single = launch(2), launch(1)
     assert parallel.shape == single.shape and torch.allclose(parallel, single, atol=1e-4)
     assert Image.open(tmp_path / "2.gif").n_frames == CLIP_FRAMES
+
+
+def test_frame_shared_detail_noise_keeps_each_frames_means_and_reaches_the_stock_call_as_latents(pipe):
+    noise = torch.randn(2, 4, 5, 8, 8, generator=torch.Generator().manual_seed(0))
+    shared = share_frame_detail(noise)
+    pool = torch.nn.functional.avg_pool3d
+    assert torch.allclose(pool(shared, (1, 2, 2)), pool(noise, (1, 2, 2)), atol=1e-6)  # what a sketch reads
+    detail = shared - pool(shared, (1, 2, 2)).repeat_interleave(2, -2).repeat_interleave(2, -1)
+    assert torch.allclose(detail, detail[:, :, :1].expand_as(detail), atol=1e-6)
+    assert torch.allclose(shared[:, :, 0], noise[:, :, 0], atol=1e-6)  # the first frame's noise is its own
+    with pytest.raises(ValueError, match="initial_noise='shared' is unknown"):
+        VideoMethod("x", steps=2, initial_noise="shared")
+    prompt = clip_prompt_set(1, 0)[0]
+    runner = _Runner(pipe)
+    latents = runner(VideoMethod("x", steps=2, initial_noise="frame-shared detail"), prompt, 1.0)[0]
+    stock = runner(VideoMethod("stock", steps=2), prompt, 1.0)[0]
+    start = pipe.prepare_latents(1, pipe.transformer.config.in_channels, CLIP_SIZE, CLIP_SIZE, CLIP_FRAMES,
+                                 torch.float32, pipe.device, torch.Generator().manual_seed(prompt.seed))
+    expected = pipe(prompt_embeds=runner.embed(prompt.prompt), height=CLIP_SIZE, width=CLIP_SIZE,
+                    num_frames=CLIP_FRAMES, guidance_scale=1.0, num_inference_steps=2, output_type="latent",
+                    latents=share_frame_detail(start)).frames
+    assert torch.equal(latents, expected) and not torch.equal(latents, stock)

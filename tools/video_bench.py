@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from fresco_plugin.config import PRESETS, FrescoConfig
 from fresco_plugin.tools.flops_trace import ForwardRecorder
@@ -55,7 +56,8 @@ from .shipped_model import (
 from .video_scenes import check_clip, clip_for_prompt, render_clip
 
 __all__ = ["BUDGETS", "REGIMES", "VideoMethod", "flicker", "full_resolution_step", "motion", "moving_boundaries",
-           "patch_projections", "patch_swd_resamples", "region_flicker", "run_video_benchmark", "video_methods"]
+           "patch_projections", "patch_swd_resamples", "region_flicker", "run_video_benchmark", "share_frame_detail",
+           "video_methods"]
 
 BASELINE_STEPS = 50
 BUDGETS = {"3x": "wan2.1-3x", "5x": "hunyuan-video-5x", "10x": "wan2.1-10x"}
@@ -73,6 +75,25 @@ class VideoMethod:
     config: FrescoConfig | None = None
     budget: str | None = None
     against: str | None = None  # another method's name: the row adds paired differences against it (plan sweeps)
+    initial_noise: str | None = None  # a name in INITIAL_NOISE: the stock noise, transformed, passed as latents=
+
+    def __post_init__(self):
+        if self.initial_noise is not None and self.initial_noise not in INITIAL_NOISE:
+            raise ValueError(f"method {self.name!r}: initial_noise={self.initial_noise!r} is unknown; use one of "
+                             f"{sorted(INITIAL_NOISE)} or None (the stock noise)")
+
+
+def share_frame_detail(noise: torch.Tensor) -> torch.Tensor:
+    """``(B, C, F, H, W)`` noise whose fine detail (each 2x2 block of latent pixels less its mean) is the first latent
+    frame's in every frame. Each frame keeps its own 2x2 means, which are all a half-resolution sketch reads; every
+    value stays standard normal. A noise prior for a still background (sweep only: no bench method uses it)."""
+    def detail(x: torch.Tensor) -> torch.Tensor:
+        return x - F.avg_pool3d(x, (1, 2, 2)).repeat_interleave(2, -2).repeat_interleave(2, -1)
+
+    return noise - detail(noise) + detail(noise[:, :, :1])
+
+
+INITIAL_NOISE = {"frame-shared detail": share_frame_detail}
 
 
 def video_methods() -> list[VideoMethod]:
@@ -153,6 +174,11 @@ class _Runner:
             kwargs["negative_prompt_embeds"] = self.embed("")
         if method.steps is not None:
             kwargs["num_inference_steps"] = method.steps
+        if method.initial_noise is not None:
+            stock = self.pipe.prepare_latents(1, self.pipe.transformer.config.in_channels, CLIP_SIZE, CLIP_SIZE,
+                                              CLIP_FRAMES, torch.float32, self.pipe.device,
+                                              torch.Generator().manual_seed(prompt.seed))
+            kwargs["latents"] = INITIAL_NOISE[method.initial_noise](stock)
         if method.config is not None:
             apply_fresco(self.pipe, method.config)
         promoted_at = None
@@ -368,7 +394,7 @@ def _row(method: VideoMethod, runs: dict[str, dict[str, list]], scored: dict[str
             figures[f"whole_{split}"] = _interval(whole.mean(), whole[resampled].mean(1))
     peer = f"steps@{method.budget}" if method.config is not None else None
     return dict(
-        method=method.name, budget=method.budget, steps=method.steps,
+        method=method.name, budget=method.budget, steps=method.steps, initial_noise=method.initial_noise,
         config=None if method.config is None else _config_fields(method.config),
         flops_ratio=sum(base["flops"]) / sum(r["flops"]), wall_ratio=baseline_seconds / sum(r["seconds"]),
         kid=_interval(kid(s.features, truth_features), s.kid_resampled),
