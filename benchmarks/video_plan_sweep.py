@@ -129,8 +129,8 @@ def candidates(name: str) -> list[tuple[str, str, FrescoConfig]]:
 
 def frame_shared_detail_methods() -> list[VideoMethod]:
     """The 50-step baseline, 5 plain steps and the 10x preset from the stock noise, and each again from that noise
-    with its fine detail shared across latent frames (a still background's prior), paired with its stock-noise self;
-    Fresco's is also paired with the plain steps from the shared noise, its FLOPs peer on equal noise."""
+    with its fine detail shared across latent frames (a still background's prior): the stock samplers paired with
+    their stock-noise selves, Fresco with the plain steps from the shared noise, its FLOPs peer on equal noise."""
     shared = "frame-shared detail"
     plan = PRESETS[BUDGETS["10x"]]
     return [VideoMethod("baseline", steps=BASELINE_STEPS), VideoMethod("steps@10x", budget="10x"),
@@ -172,7 +172,8 @@ def main() -> None:
                              "model's 3, each restarting at 3, 4 and 8 times its shift without guidance, paired with "
                              "the preset (use --regime unguided); frame-shared-detail: the baseline, 5 plain steps "
                              "and the 10x preset from the stock noise and from that noise with its 2x2 detail "
-                             "shared across latent frames, each paired with its stock-noise self")
+                             "shared across latent frames; the stock samplers paired with their stock-noise selves, "
+                             "Fresco with 5 plain steps on the shared noise")
     parser.add_argument("--prompts", type=int, default=24)
     parser.add_argument("--held-out", type=int, default=8)
     parser.add_argument("--seed", type=int, default=7, help="prompt-set seed (the bench uses 2026)")
