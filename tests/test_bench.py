@@ -63,6 +63,10 @@ def test_quick_bench_runs_every_method_and_repeats_the_baseline_exactly(tmp_path
         assert fresco["versus_fewer_steps"]["method"] == "steps@10x"
         low, high = fresco["kid"]["ci"]
         assert low <= high and fresco["flops_ratio"] > 8  # the 10x plan, counted
+        low, high = fresco["patch_swd"]["ci"]  # texture: centred prompt resamples around the figure
+        assert low <= fresco["patch_swd"]["value"] <= high
+        assert fresco["versus_fewer_steps"]["patch_swd"]["value"] == pytest.approx(
+            fresco["patch_swd"]["value"] - by_name["steps@10x"]["patch_swd"]["value"])
         # the FLOPs peers match: within one stock step of the Fresco plan
         assert abs(by_name["steps@10x"]["flops_ratio"] / fresco["flops_ratio"] - 1) < 0.25
     assert len(report["prompts"]) == 3 and sum(p["held_out"] for p in report["prompts"]) == 1
@@ -152,6 +156,7 @@ def test_a_plan_paired_against_another_reports_the_difference():
     assert rows["plan"]["versus_other"] is None
     same = rows["same plan"]["versus_other"]
     assert same["method"] == "plan" and same["kid"]["value"] == 0 and same["adherence"]["value"] == 0
+    assert same["patch_swd"] == dict(value=0.0, ci=[0.0, 0.0])  # the same pictures, read at the same places
     other = rows["more steps"]["versus_other"]
     assert other["method"] == "steps@10x" and other["kid"]["value"] != 0
     with pytest.raises(ValueError, match="against='plans' names no other method of this run"):

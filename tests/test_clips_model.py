@@ -13,6 +13,7 @@ from PIL import Image
 
 from fresco_plugin import FrescoConfig, apply_fresco, remove_fresco
 from fresco_plugin.tools.cli import main
+from fresco_plugin.tools.patch_statistics import patch_projections, patch_swd_resamples
 from fresco_plugin.tools.shipped_model import (
     CLIP_FRAMES,
     CLIP_GUIDANCE_SCALE,
@@ -28,8 +29,6 @@ from fresco_plugin.tools.video_bench import (
     _Runner,
     full_resolution_step,
     moving_boundaries,
-    patch_projections,
-    patch_swd_resamples,
     region_flicker,
     run_video_benchmark,
     share_frame_detail,

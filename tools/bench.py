@@ -5,7 +5,9 @@ step) and **guided** (true classifier-free guidance with the empty negative prom
 for). Per method and regime:
 
 - **realism**: KID (x 1e3) between the method's pictures and true renders of the same prompts, on the features of
-  the shipped scene encoder (:mod:`.scene_features`); and the sliced Wasserstein distance of 7x7 pixel patches;
+  the shipped scene encoder (:mod:`.scene_features`); and, for texture, the sliced Wasserstein distance between 7x7
+  pixel patches of the method's pictures and of the true renders (patch SWD, :mod:`.patch_statistics`: every
+  method's picture of a prompt read at the same places, so paired differences compare like with like);
 - **adherence**: the checker (:func:`fresco_plugin.tools.scenes.check_adherence`), whole and per fact (both objects in
   their colours, both shapes, the relation), on training and held-out prompts;
 - **fidelity** to the 50-step baseline picture of the same seed and regime (PSNR, SSIM), a secondary figure;
@@ -43,6 +45,7 @@ from fresco_plugin.api import last_fresco_run
 from fresco_plugin.config import PRESETS, FrescoConfig
 from fresco_plugin.tools.flops_trace import ForwardRecorder
 
+from .patch_statistics import patch_projections, patch_swd_resamples
 from .scene_features import embed_pictures, kid, kid_bootstrap, load_feature_encoder
 from .scenes import check_adherence, parse_prompt, render, scene_for_prompt
 from .shipped_model import (
@@ -283,27 +286,6 @@ def ssim(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor, data_range:
     return float(value.mean())
 
 
-def patch_swd(pictures: Sequence[np.ndarray], reference: Sequence[np.ndarray], patch: int = 7, count: int = 8192,
-              projections: int = 128, seed: int = 0) -> float:
-    """Sliced Wasserstein-1 distance between random ``patch`` x ``patch`` RGB patches of two picture sets (x 1e3)."""
-    rng = np.random.default_rng(seed)
-
-    def patches(images: Sequence[np.ndarray]) -> np.ndarray:
-        stack = np.stack(images).astype(np.float64)
-        n, h, w, _ = stack.shape
-        i, y, x = rng.integers(n, size=count), rng.integers(h - patch + 1, size=count), \
-            rng.integers(w - patch + 1, size=count)
-        offsets = np.arange(patch)
-        rows = (y[:, None] + offsets)[:, :, None]
-        cols = (x[:, None] + offsets)[:, None, :]
-        return stack[i[:, None, None], rows, cols].reshape(count, -1)
-
-    a, b = patches(pictures), patches(reference)
-    directions = rng.standard_normal((a.shape[1], projections))
-    directions /= np.linalg.norm(directions, axis=0, keepdims=True)
-    return float(np.abs(np.sort(a @ directions, axis=0) - np.sort(b @ directions, axis=0)).mean() * 1e3)
-
-
 def _interval(point: float, resampled: np.ndarray) -> dict[str, Any]:
     """A figure with its 95% percentile-bootstrap interval (a KID resample with fewer than two distinct prompts has no
     value and is left out: only at a handful of prompts, as with ``--quick``)."""
@@ -323,6 +305,9 @@ class _Scored:
     facts: dict[str, np.ndarray]  # per prompt, 0/1: whole, objects, shapes, relation
     features: np.ndarray
     kid_resampled: np.ndarray
+    patches: np.ndarray  # (projections, pictures, patches per picture): see patch_projections
+    swd: float = math.nan
+    swd_resampled: np.ndarray | None = None
 
 
 def _score(images: list[np.ndarray], prompts: list[ScenePrompt], encoder: Any, truth_features: np.ndarray,
@@ -336,16 +321,22 @@ def _score(images: list[np.ndarray], prompts: list[ScenePrompt], encoder: Any, t
         relation=np.array([c.relation_ok for c in checks], dtype=float),
     )
     features = embed_pictures(encoder, images)
-    return _Scored(facts, features, kid_bootstrap(features, truth_features, resamples))
+    return _Scored(facts, features, kid_bootstrap(features, truth_features, resamples), patch_projections(images))
+
+
+def _score_patch_swd(scored: Sequence[_Scored], truth_patches: np.ndarray, index: np.ndarray) -> None:
+    for s, (swd, resampled) in zip(scored, patch_swd_resamples([s.patches for s in scored], truth_patches, index)):
+        s.swd, s.swd_resampled = swd, resampled
 
 
 def _paired(a: _Scored, b: _Scored, truth_features: np.ndarray, resamples: np.ndarray) -> dict[str, Any]:
-    """a minus b: whole-check adherence and KID, with paired bootstrap intervals."""
+    """a minus b: whole-check adherence, KID and patch SWD, with paired bootstrap intervals."""
     difference = a.facts["whole"] - b.facts["whole"]
     return dict(
         adherence=_interval(difference.mean(), difference[resamples].mean(1)),
         kid=_interval(kid(a.features, truth_features) - kid(b.features, truth_features),
                       a.kid_resampled - b.kid_resampled),
+        patch_swd=_interval(a.swd - b.swd, a.swd_resampled - b.swd_resampled),
     )
 
 
@@ -407,10 +398,13 @@ def run_benchmark(prompts: list[ScenePrompt], methods: list[Method], *, regimes:
     # The floor a perfect generator would reach: other true renders of the same prompts.
     redrawn = [render(scene_for_prompt(p.prompt, rng), SIZE) for p in prompts]
     floor = _score(redrawn, prompts, encoder, truth_features, index)
+    truth_patches = patch_projections(truth)
+    _score_patch_swd([floor], truth_patches, index)
     report_regimes = {}
     for regime in regimes:
         scored = {m.name: _score(runs[regime][m.name].images, prompts, encoder, truth_features, index) for m in order}
-        rows = [_row(m, runs[regime], scored, prompts, truth, truth_features, index) for m in order]
+        _score_patch_swd(list(scored.values()), truth_patches, index)
+        rows = [_row(m, runs[regime], scored, prompts, truth_features, index) for m in order]
         guidance = dict(guidance_scale=GUIDANCE_SCALE) if regime == DISTILLED else dict(true_cfg_scale=REGIMES[regime])
         report_regimes[regime] = dict(**guidance, methods=rows)
     used = list(dict.fromkeys(m.model for m in methods))
@@ -422,7 +416,7 @@ def run_benchmark(prompts: list[ScenePrompt], methods: list[Method], *, regimes:
         equal_flops_steps=matched,
         true_renders=dict(adherence=_interval(floor.facts["whole"].mean(), floor.facts["whole"][index].mean(1)),
                           kid=_interval(kid(floor.features, truth_features), floor.kid_resampled),
-                          patch_swd=patch_swd(redrawn, truth)),
+                          patch_swd=_interval(floor.swd, floor.swd_resampled)),
         regimes=report_regimes, torch=torch.__version__, threads=torch.get_num_threads(), commit=_commit(),
         _pictures={regime: {name: r.images for name, r in runs[regime].items()} for regime in regimes},
         _resolution_maps={regime: {name: r.resolution_maps for name, r in runs[regime].items()} for regime in regimes},
@@ -430,7 +424,7 @@ def run_benchmark(prompts: list[ScenePrompt], methods: list[Method], *, regimes:
 
 
 def _row(method: Method, runs: dict[str, _Runs], scored: dict[str, _Scored], prompts: list[ScenePrompt],
-         truth: list[np.ndarray], truth_features: np.ndarray, index: np.ndarray) -> dict[str, Any]:
+         truth_features: np.ndarray, index: np.ndarray) -> dict[str, Any]:
     r, base, again = runs[method.name], runs["baseline"], runs[REPEAT]
     s = scored[method.name]
     baseline_seconds = sum((a + b) / 2 for a, b in zip(base.seconds, again.seconds))
@@ -456,7 +450,7 @@ def _row(method: Method, runs: dict[str, _Runs], scored: dict[str, _Scored], pro
         config=None if method.config is None else _config_fields(method.config),
         flops_ratio=sum(base.flops) / sum(r.flops), wall_ratio=baseline_seconds / sum(r.seconds),
         kid=_interval(kid(s.features, truth_features), s.kid_resampled),
-        patch_swd=patch_swd(r.images, truth), adherence=adherence,
+        patch_swd=_interval(s.swd, s.swd_resampled), adherence=adherence,
         psnr=_mean(per_prompt["psnr"]), ssim=_interval(ssims.mean(), ssims[index].mean(1)),
         latent_psnr=_mean(per_prompt["latent_psnr"]),
         versus_baseline=_paired(s, scored["baseline"], truth_features, index),
@@ -503,7 +497,7 @@ def sanity_problems(report: dict[str, Any]) -> list[str]:
         for row in block["methods"]:
             figures = dict(flops_ratio=row["flops_ratio"], wall_ratio=row["wall_ratio"], kid=row["kid"]["value"],
                            adherence=row["adherence"]["whole"]["value"], ssim=row["ssim"]["value"],
-                           patch_swd=row["patch_swd"])
+                           patch_swd=row["patch_swd"]["value"])
             if not row["identical_to_baseline"]:
                 figures.update(psnr=row["psnr"], latent_psnr=row["latent_psnr"])
             bad = [k for k, v in figures.items() if not (isinstance(v, float) and math.isfinite(v))]
@@ -530,22 +524,26 @@ def _regime_title(report: dict[str, Any], regime: str) -> str:
 
 def table(report: dict[str, Any], regime: str) -> str:
     lines = [f"{_regime_title(report, regime)}; [95% bootstrap interval]",
-             "| method | FLOPs ratio | wall ratio | KID x1e3 | adherence | held-out adherence | shapes | relation | "
-             "adherence - fewer steps | KID - fewer steps | SSIM to baseline | PSNR |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| method | FLOPs ratio | wall ratio | KID x1e3 | patch SWD x1e3 | adherence | held-out adherence | "
+             "shapes | relation | adherence - fewer steps | KID - fewer steps | patch SWD - fewer steps | "
+             "SSIM to baseline | PSNR |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["regimes"][regime]["methods"]:
         a = r["adherence"]
         held = _figure(a["whole_held_out"], 2) if "whole_held_out" in a else "-"
         versus = r["versus_fewer_steps"]
-        d_adh, d_kid = ("-", "-") if versus is None else (f"{_figure(versus['adherence'], 2)} vs {versus['method']}",
-                                                          _figure(versus["kid"], 2))
+        d_adh, d_kid, d_swd = ("-", "-", "-") if versus is None else (
+            f"{_figure(versus['adherence'], 2)} vs {versus['method']}", _figure(versus["kid"], 2),
+            _figure(versus["patch_swd"], 1))
         image_psnr = f"{r['psnr']:.2f}" if math.isfinite(r["psnr"]) else "identical"
         lines.append(f"| {r['method']} | {r['flops_ratio']:.2f} | {r['wall_ratio']:.2f} | {_figure(r['kid'], 2)} | "
-                     f"{_figure(a['whole'], 2)} | {held} | {a['shapes']['value']:.2f} | {a['relation']['value']:.2f} | "
-                     f"{d_adh} | {d_kid} | {r['ssim']['value']:.3f} | {image_psnr} |")
+                     f"{_figure(r['patch_swd'], 1)} | {_figure(a['whole'], 2)} | {held} | {a['shapes']['value']:.2f} | "
+                     f"{a['relation']['value']:.2f} | {d_adh} | {d_kid} | {d_swd} | {r['ssim']['value']:.3f} | "
+                     f"{image_psnr} |")
     truth = report["true_renders"]
     lines.append(f"| true renders (other draws of the same prompts) | - | - | {_figure(truth['kid'], 2)} | "
-                 f"{_figure(truth['adherence'], 2)} | - | - | - | - | - | - | - |")
+                 f"{_figure(truth['patch_swd'], 1)} | {_figure(truth['adherence'], 2)} | - | - | - | - | - | - | - | "
+                 "- |")
     return "\n".join(lines)
 
 

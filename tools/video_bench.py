@@ -43,6 +43,7 @@ from fresco_plugin.config import PRESETS, FrescoConfig
 from fresco_plugin.tools.flops_trace import ForwardRecorder
 
 from .bench import _check_against, _commit, _config_fields, _figure, _interval, _json_safe
+from .patch_statistics import patch_projections, patch_swd_resamples
 from .scene_features import embed_pictures, kid, kid_bootstrap, load_feature_encoder
 from .shipped_model import (
     CLIP_FRAMES,
@@ -56,8 +57,7 @@ from .shipped_model import (
 from .video_scenes import check_clip, clip_for_prompt, render_clip
 
 __all__ = ["BUDGETS", "REGIMES", "VideoMethod", "flicker", "full_resolution_step", "motion", "moving_boundaries",
-           "patch_projections", "patch_swd_resamples", "region_flicker", "run_video_benchmark", "share_frame_detail",
-           "video_methods"]
+           "region_flicker", "run_video_benchmark", "share_frame_detail", "video_methods"]
 
 BASELINE_STEPS = 50
 BUDGETS = {"3x": "wan2.1-3x", "5x": "hunyuan-video-5x", "10x": "wan2.1-10x"}
@@ -65,7 +65,6 @@ REGIMES = {"unguided": 1.0, "guided": CLIP_GUIDANCE_SCALE}  # WanPipeline's guid
 REPEAT = "baseline (timed again)"
 RESAMPLES = 1000
 KID_FRAMES = (0, CLIP_FRAMES // 2, CLIP_FRAMES - 1)  # KID's frames of each clip (all nine would cost 9x as much)
-SWD_PATCH, SWD_PATCHES, SWD_PROJECTIONS = 7, 8192, 128  # patch side; patches over all clips; random directions
 
 
 @dataclass(frozen=True)
@@ -224,51 +223,6 @@ class _Scored:
     patches: np.ndarray  # (projections, clips, patches per clip): each clip's patches along the SWD's directions
     swd: float = math.nan
     swd_resampled: np.ndarray | None = None
-
-
-def patch_projections(clips: list[np.ndarray], count: int = SWD_PATCHES,
-                       projections: int = SWD_PROJECTIONS) -> np.ndarray:
-    """``(projections, clips, per clip)``: ``count / clips`` random 7x7 patches of each clip's frames, projected on
-    ``projections`` random unit directions. Places and directions depend only on the clip's position in the list and
-    its shape, so every method's clip of one prompt is read at the same places."""
-    frames, height, width, channels = clips[0].shape
-    per_clip = -(-count // len(clips))
-    directions = np.random.default_rng(0).standard_normal((SWD_PATCH * SWD_PATCH * channels, projections))
-    directions /= np.linalg.norm(directions, axis=0, keepdims=True)
-    offsets = np.arange(SWD_PATCH)
-    out = []
-    for i, clip in enumerate(clips):
-        rng = np.random.default_rng([1, i])
-        f, y, x = (rng.integers(n - size + 1, size=per_clip)
-                   for n, size in ((frames, 1), (height, SWD_PATCH), (width, SWD_PATCH)))
-        patches = clip.astype(np.float64)[f[:, None, None], (y[:, None] + offsets)[:, :, None],
-                                          (x[:, None] + offsets)[:, None, :]]
-        out.append(patches.reshape(per_clip, -1) @ directions)
-    return np.stack(out).transpose(2, 0, 1).astype(np.float32)
-
-
-def _sorted_patches(patches: np.ndarray, clips: np.ndarray | None = None) -> np.ndarray:
-    """``(projections, patches)``: the patches of ``clips`` (all by default) sorted along each direction."""
-    drawn = patches if clips is None else patches[:, clips]
-    return np.sort(drawn.reshape(drawn.shape[0], -1), axis=1)
-
-
-def patch_swd_resamples(methods: list[np.ndarray], truth: np.ndarray,
-                        index: np.ndarray) -> list[tuple[float, np.ndarray]]:
-    """Each method's sliced Wasserstein-1 distance (x 1e3) between its patches and the true clips' (all from
-    :func:`patch_projections`), with its value on every prompt resample of ``index``. Resampling repeats clips, which
-    raises a distance between samples by itself, so the resamples are centred on the figure of the prompts drawn
-    (KID's estimator is unbiased; this one is not)."""
-    distance = lambda drawn, true: float(np.abs(drawn - true).mean() * 1e3)  # noqa: E731
-    true_sorted = _sorted_patches(truth)
-    figures = [distance(_sorted_patches(patches), true_sorted) for patches in methods]
-    resampled = np.empty((len(methods), index.shape[0]))
-    for r, clips in enumerate(index):
-        true_sorted = _sorted_patches(truth, clips)
-        for m, patches in enumerate(methods):
-            resampled[m, r] = distance(_sorted_patches(patches, clips), true_sorted)
-    resampled += np.array(figures)[:, None] - resampled.mean(axis=1, keepdims=True)
-    return list(zip(figures, resampled))
 
 
 def _score_patch_swd(scored: list[_Scored], truth_patches: np.ndarray, index: np.ndarray) -> None:
