@@ -324,7 +324,8 @@ def _score(images: list[np.ndarray], prompts: list[ScenePrompt], encoder: Any, t
     return _Scored(facts, features, kid_bootstrap(features, truth_features, resamples), patch_projections(images))
 
 
-def _score_patch_swd(scored: Sequence[_Scored], truth_patches: np.ndarray, index: np.ndarray) -> None:
+def _score_patch_swd(scored: Sequence[Any], truth_patches: np.ndarray, index: np.ndarray) -> None:
+    """Sets ``swd`` and ``swd_resampled`` on each scored method (this bench's or the video bench's ``_Scored``)."""
     for s, (swd, resampled) in zip(scored, patch_swd_resamples([s.patches for s in scored], truth_patches, index)):
         s.swd, s.swd_resampled = swd, resampled
 

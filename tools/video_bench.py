@@ -42,8 +42,8 @@ import torch.nn.functional as F
 from fresco_plugin.config import PRESETS, FrescoConfig
 from fresco_plugin.tools.flops_trace import ForwardRecorder
 
-from .bench import _check_against, _commit, _config_fields, _figure, _interval, _json_safe
-from .patch_statistics import patch_projections, patch_swd_resamples
+from .bench import _check_against, _commit, _config_fields, _figure, _interval, _json_safe, _score_patch_swd
+from .patch_statistics import patch_projections
 from .scene_features import embed_pictures, kid, kid_bootstrap, load_feature_encoder
 from .shipped_model import (
     CLIP_FRAMES,
@@ -223,11 +223,6 @@ class _Scored:
     patches: np.ndarray  # (projections, clips, patches per clip): each clip's patches along the SWD's directions
     swd: float = math.nan
     swd_resampled: np.ndarray | None = None
-
-
-def _score_patch_swd(scored: list[_Scored], truth_patches: np.ndarray, index: np.ndarray) -> None:
-    for s, (swd, resampled) in zip(scored, patch_swd_resamples([s.patches for s in scored], truth_patches, index)):
-        s.swd, s.swd_resampled = swd, resampled
 
 
 def _frame_features(encoder: Any, clips: list[np.ndarray]) -> np.ndarray:
