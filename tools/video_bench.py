@@ -376,15 +376,16 @@ def table(report: dict[str, Any], regime: str) -> str:
     lines = [f"{regime} (guidance_scale {report['regimes'][regime]['guidance_scale']:g}); [95% bootstrap interval]",
              "| method | steps | FLOPs ratio | wall ratio | adherence | held-out | motion | KID x1e3 (frames) | "
              "patch SWD | motion error x1e3 | flicker x1e3 | adherence - fewer steps | KID - fewer steps | "
-             "patch SWD - fewer steps | flicker - fewer steps x1e3 | "
+             "patch SWD - fewer steps | motion error - fewer steps x1e3 | flicker - fewer steps x1e3 | "
              "flicker where promotion boundaries move - baseline x1e3 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     thousand = lambda e: dict(value=e["value"] * 1e3, ci=[v * 1e3 for v in e["ci"]])  # noqa: E731
     for r in report["regimes"][regime]["methods"]:
         held = _figure(r["whole_held_out"], 2) if "whole_held_out" in r else "-"
         versus = r["versus_fewer_steps"]
-        paired = ["-"] * 4 if versus is None else [f"{_figure(versus['adherence'], 2)} vs {versus['method']}",
+        paired = ["-"] * 5 if versus is None else [f"{_figure(versus['adherence'], 2)} vs {versus['method']}",
                                                    _figure(versus["kid"], 2), _figure(versus["patch_swd"], 2),
+                                                   _figure(thousand(versus["motion_error"]), 2),
                                                    _figure(thousand(versus["flicker"]), 2)]
         boundary = r["boundary_flicker"]
         moving = "-" if boundary is None else "no moving boundary" if "versus_baseline" not in boundary else (
@@ -397,7 +398,7 @@ def table(report: dict[str, Any], regime: str) -> str:
     t = report["true_clips"]
     lines.append(f"| true clips (other draws of the same prompts) | - | - | - | {_figure(t['adherence'], 2)} | - | - | "
                  f"{_figure(t['kid'], 2)} | {_figure(t['patch_swd'], 2)} | {_figure(thousand(t['motion_error']), 2)} | "
-                 f"{_figure(thousand(t['flicker']), 2)} | - | - | - | - | - |")
+                 f"{_figure(thousand(t['flicker']), 2)} | - | - | - | - | - | - |")
     return "\n".join(lines)
 
 
