@@ -11,7 +11,9 @@ little.
 
 Writes a diffusers folder (``WanPipeline.from_pretrained`` loads it) to ``tools/models/clips-wan``, with
 ``training_report.json`` beside the weights. Every random draw comes from the seed and the run is single-process fp32
-with a fixed thread count, so a rerun on the same kind of machine reproduces the weights. The clips are
+with a fixed thread count, yet a rerun in a later session did not give the shipped weights (its VAE's latent statistics
+already differed; BENCHMARKS.md, "Video"): float kernels differ between machines, so the report records the
+environment a rerun must match (library versions, CPU and torch's vector kernels). The clips are
 ``fresco_plugin.tools.video_scenes``'s: one shape moving in a stated direction over a still textured background,
 9 frames of 64x64 pixels. Components:
 
@@ -40,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers import WanPipeline
-from train_scenes_model import cosine_lr
+from train_scenes_model import cosine_lr, run_environment
 
 from fresco_plugin.tools.scenes import BACKGROUNDS, COLORS, SHAPES
 from fresco_plugin.tools.shipped_model import CLIP_FRAMES, CLIP_SIZE, CLIP_TEXT_TOKENS
@@ -330,7 +332,7 @@ def main() -> None:
     report = dict(adherence=adherence_report(trained, rng, args.report_prompts, list(args.report_cfg), device, log))
     report.update(seed=args.seed, arguments={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                                              if k != "output"},
-                  minutes=round((time.time() - started) / 60, 1), torch=torch.__version__)
+                  minutes=round((time.time() - started) / 60, 1), **run_environment())
     (args.output / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
     log(f"saved to {args.output}")
 
