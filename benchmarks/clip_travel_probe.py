@@ -5,7 +5,7 @@ one whose clips move the wrong way, which the checker's pass rate alone does not
 
 For each folder (a ``WanPipeline`` saved by ``training/train_video_model.py``), 8 clip prompts drawn with seed 5,
 30 steps, seeds 100-107, prints the checker's travel along the stated direction (a share of the frame, first to last
-frame) and the mean size of the travel across it, at guidance 1 and 5, after the same reading of the true clips.
+frame) and the mean size of the travel across it, at guidance 1 and 5, beside the same reading of the true clips.
 """
 
 from __future__ import annotations
