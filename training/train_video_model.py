@@ -14,9 +14,11 @@ Writes a diffusers folder (``WanPipeline.from_pretrained`` loads it) to ``tools/
 with a fixed thread count: two processes of a short run on one machine write byte-identical weights. Float kernels
 differ between machines, though (the first shipped weights, made elsewhere, did not repeat here; BENCHMARKS.md,
 "Video"), so the report records the environment a rerun must match (library versions, CPU and torch's vector kernels)
-and the minutes to the end of the VAE and of training. Fewer steps are not a way to a shorter run: 1600 VAE and 3000
-transformer steps trained in 94 minutes on a machine where these defaults take over 2 hours, but the guided model's
-clips then rarely moved the stated way (BENCHMARKS.md, "Video"). The clips are
+and the minutes to the end of the VAE and of training. These defaults took over 2 hours on a machine where two cheaper
+schedules fit but lost the stated motion (BENCHMARKS.md, "Video"): fewer steps (``--vae-steps 1600
+--transformer-steps 3000``, 94 minutes; guided clips stand still), and the same 2250 64-pixel steps with half the
+32-pixel ones and 5-frame VAE crops (``--vae-crop-frames 5 --large-per-cycle 2 --transformer-steps 3375``, 104
+minutes; clips move the stated way about half as often, at 32 pixels a quarter of the time). The clips are
 ``fresco_plugin.tools.video_scenes``'s: one shape moving in a stated direction over a still textured background,
 9 frames of 64x64 pixels. Components:
 
@@ -100,18 +102,21 @@ def downsample(videos: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.avg_pool3d(videos, (1, 2, 2))
 
 
-def train_vae(vae, steps: int, rng: np.random.Generator, device: torch.device, log) -> None:
+def train_vae(vae, steps: int, crop_frames: int, rng: np.random.Generator, device: torch.device, log) -> None:
     optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
     vae.train()
     recent: list[float] = []
     for step in range(steps):
-        # 32-pixel views: whole downsampled clips, or crops of 64-pixel clips (their finer textures, cheaply)
+        # 32-pixel views: whole downsampled clips, or crops of 64-pixel clips (their finer textures, cheaply); a
+        # shorter crop spans crop_frames frames from any start (a shape moves steadily, so any window is a clip)
         videos = to_video_tensor([render_clip(sample_clip(rng), FRAMES, SIZE) for _ in range(8)])
         if step % 2:
             videos = downsample(videos)
         else:
             corners = rng.integers(0, SIZE // 2 + 1, size=(8, 2))
-            videos = torch.stack([v[..., y:y + SIZE // 2, x:x + SIZE // 2] for v, (y, x) in zip(videos, corners)])
+            starts = rng.integers(0, FRAMES - crop_frames + 1, size=8) if crop_frames < FRAMES else [0] * 8
+            videos = torch.stack([v[:, t:t + crop_frames, y:y + SIZE // 2, x:x + SIZE // 2]
+                                  for v, (y, x), t in zip(videos, corners, starts)])
         videos = videos.to(device)
         posterior = vae.encode(videos).latent_dist
         # as for the scenes model: a plain autoencoder on the posterior mean, L1 for sharp edges, a tiny KL for scale;
@@ -263,6 +268,8 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=OUTPUT)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vae-steps", type=int, default=2000)
+    parser.add_argument("--vae-crop-frames", type=int, default=FRAMES, choices=(1, 5, 9),
+                        help="frames in the VAE's 64-pixel crops (1 + a multiple of 4, as the VAE encodes clips)")
     parser.add_argument("--clips", type=int, default=4096, help="training clips encoded at 64 and 32 pixels")
     parser.add_argument("--transformer-steps", type=int, default=4500)
     parser.add_argument("--heads", type=int, default=4, help="attention heads of 32 channels (width = 32 x heads)")
@@ -302,7 +309,7 @@ def main() -> None:
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
 
-    train_vae(vae, args.vae_steps, rng, device, log)
+    train_vae(vae, args.vae_steps, args.vae_crop_frames, rng, device, log)
     vae_minutes = round((time.time() - started) / 60, 1)
     with torch.no_grad():  # a cheap early read of the VAE: does the checker still read its round trips?
         clips = [sample_clip(rng) for _ in range(16)]
