@@ -18,7 +18,7 @@ and the minutes to the end of the VAE and of training. These defaults took over 
 schedules fit but lost the stated motion (BENCHMARKS.md, "Video"): fewer steps (``--vae-steps 1600
 --transformer-steps 3000``, 94 minutes; guided clips stand still), and the same 2250 64-pixel steps with half the
 32-pixel ones and 5-frame VAE crops (``--vae-crop-frames 5 --large-per-cycle 2 --transformer-steps 3375``, 104
-minutes; clips move the stated way about half as often, at 32 pixels a quarter of the time). The clips are
+minutes; clips move the stated way far less often, at 32 pixels a quarter of the time). The clips are
 ``fresco_plugin.tools.video_scenes``'s: one shape moving in a stated direction over a still textured background,
 9 frames of 64x64 pixels. Components:
 
