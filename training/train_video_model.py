@@ -14,17 +14,16 @@ Writes a diffusers folder (``WanPipeline.from_pretrained`` loads it) to ``tools/
 with a fixed thread count: two processes of a short run on one machine write byte-identical weights. Float kernels
 differ between machines, though (the first shipped weights, made elsewhere, did not repeat here; BENCHMARKS.md,
 "Video"), so the report records the environment a rerun must match (library versions, CPU and torch's vector kernels)
-and the minutes to the end of the VAE and of training. These defaults took over 2 hours on a machine where four
-cheaper schedules fit but lost the stated motion (BENCHMARKS.md, "Video"): fewer steps (``--vae-steps 1600
---transformer-steps 3000``, 94 minutes; guided clips stand still), and the same 2250 64-pixel steps with half the
-32-pixel ones and 5-frame VAE crops (``--vae-crop-frames 5 --large-per-cycle 2 --transformer-steps 3375``, 104
-minutes; clips move the stated way far less often, at 32 pixels a quarter of the time). A third, 4 transformer layers
-instead of 6 at the default steps (``--layers 4``, 98 minutes), matches the shipped model unguided and at 32 pixels,
-but guided its clips move the stated way about half the time (shipped: about nine in ten). With 5 layers
-(``--layers 5``) training took 112 minutes, 120 with the report, and guided clips of held-out prompts still moved the
-stated way only about six times in ten. The clips are
-``fresco_plugin.tools.video_scenes``'s: one shape moving in a stated direction over a still textured background, 9
-frames of 64x64 pixels. Components:
+and the minutes to the end of the VAE and of training. These defaults took over 2 hours on one session's machine; four
+cheaper schedules, run in later sessions, fit but lost the stated motion under guidance (BENCHMARKS.md, "Video"):
+fewer steps (``--vae-steps 1600 --transformer-steps 3000``, 94 minutes; guided clips stand still), the same 2250
+64-pixel steps with half the 32-pixel ones and 5-frame VAE crops (``--vae-crop-frames 5 --large-per-cycle 2
+--transformer-steps 3375``, 104 minutes; clips move the stated way far less often, at 32 pixels a quarter of the
+time), and 4 or 5 transformer layers instead of 6 (``--layers 4``, 98 minutes; ``--layers 5``, 112), which match the
+shipped model unguided but whose guided clips of held-out prompts move the stated way about half to six times in ten
+(shipped: about nine in ten). On a later session's machine the defaults themselves (``--seed 1``) trained in 113
+minutes and kept the guided motion. The clips are ``fresco_plugin.tools.video_scenes``'s: one shape moving in a stated
+direction over a still textured background, 9 frames of 64x64 pixels. Components:
 
 - a T5 unigram tokenizer of the clip grammar's words and a 2-layer UMT5 encoder (Wan's text encoder class),
   trained jointly with the transformer;
